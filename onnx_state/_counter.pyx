@@ -1,0 +1,371 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Hot loops of the state counter: threshold, pack and hash-count, without the GIL.
+
+A state is stored as ``nwords`` little-endian uint64 words, neuron c at bit c % 64 of word
+c // 64. On a little-endian machine the bytes of those words are exactly
+``np.packbits(bits, bitorder='little')`` padded to a multiple of 8 bytes.
+The public, validating wrapper is ``onnx_state.counter.StateCounter``.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, memset
+
+cnp.import_array()
+
+ctypedef fused value_t:
+    float
+    double
+    uint8_t   # numpy bool viewed as bytes
+    uint16_t  # float16 viewed as its bit pattern
+
+# Positions packed per block: big enough to amortise loop overhead, small enough for L1.
+cdef enum:
+    BLOCK = 256
+
+
+cdef inline bint _fires(value_t v) noexcept nogil:
+    if value_t is float or value_t is double:
+        return v > 0
+    elif value_t is uint8_t:
+        return v != 0
+    else:
+        # float16 > 0: sign clear, not zero, and not NaN (positive NaNs lie above +inf = 0x7c00).
+        return v != 0 and v <= 0x7c00
+
+
+cdef inline bint _isnan(value_t v) noexcept nogil:
+    if value_t is float or value_t is double:
+        return v != v
+    elif value_t is uint8_t:
+        return False
+    else:
+        return (v & 0x7fff) > 0x7c00
+
+
+cdef inline uint64_t _hash(const uint64_t* key, Py_ssize_t nwords) noexcept nogil:
+    cdef uint64_t h = 0x9E3779B97F4A7C15ULL ^ <uint64_t>nwords
+    cdef Py_ssize_t i
+    for i in range(nwords):
+        h = (h ^ key[i]) * 0xBF58476D1CE4E5B9ULL
+        h ^= h >> 31
+    h *= 0x94D049BB133111EBULL
+    return h ^ (h >> 29)
+
+
+cdef inline bint _same(const uint64_t* a, const uint64_t* b, Py_ssize_t nwords) noexcept nogil:
+    if nwords == 1:
+        return a[0] == b[0]
+    return memcmp(a, b, nwords * sizeof(uint64_t)) == 0
+
+
+cdef struct Table:
+    Py_ssize_t nwords       # uint64 words per state
+    Py_ssize_t n            # unique states stored
+    Py_ssize_t capacity     # rows allocated in keys/counts/hashes
+    Py_ssize_t mask         # slot count - 1 (a power of two)
+    uint64_t* keys          # [capacity * nwords]
+    int64_t* counts         # [capacity]
+    uint64_t* hashes        # [capacity], kept so growing never rehashes keys
+    int64_t* slots          # [mask + 1], row + 1, 0 = empty
+    Py_ssize_t last         # row of the previous state: runs of one state skip the probe
+
+
+cdef int _table_init(Table* t, Py_ssize_t nwords) noexcept nogil:
+    t.nwords = nwords
+    t.n = 0
+    t.capacity = 64
+    t.mask = 127
+    t.last = -1
+    t.keys = <uint64_t*>malloc(t.capacity * nwords * sizeof(uint64_t))
+    t.counts = <int64_t*>malloc(t.capacity * sizeof(int64_t))
+    t.hashes = <uint64_t*>malloc(t.capacity * sizeof(uint64_t))
+    t.slots = <int64_t*>malloc((t.mask + 1) * sizeof(int64_t))
+    if t.keys == NULL or t.counts == NULL or t.hashes == NULL or t.slots == NULL:
+        return -1
+    memset(t.slots, 0, (t.mask + 1) * sizeof(int64_t))
+    return 0
+
+
+cdef void _table_free(Table* t) noexcept nogil:
+    free(t.keys)
+    free(t.counts)
+    free(t.hashes)
+    free(t.slots)
+    t.keys = NULL
+    t.counts = NULL
+    t.hashes = NULL
+    t.slots = NULL
+
+
+cdef int _table_grow_slots(Table* t) noexcept nogil:
+    cdef Py_ssize_t size = (t.mask + 1) * 2
+    cdef int64_t* slots = <int64_t*>malloc(size * sizeof(int64_t))
+    cdef Py_ssize_t row, i
+    if slots == NULL:
+        return -1
+    memset(slots, 0, size * sizeof(int64_t))
+    for row in range(t.n):
+        i = <Py_ssize_t>(t.hashes[row] & <uint64_t>(size - 1))
+        while slots[i] != 0:
+            i = (i + 1) & (size - 1)
+        slots[i] = row + 1
+    free(t.slots)
+    t.slots = slots
+    t.mask = size - 1
+    return 0
+
+
+cdef int _table_grow_rows(Table* t) noexcept nogil:
+    cdef Py_ssize_t cap = t.capacity * 2
+    cdef void* p
+    p = realloc(t.keys, cap * t.nwords * sizeof(uint64_t))
+    if p == NULL:
+        return -1
+    t.keys = <uint64_t*>p
+    p = realloc(t.counts, cap * sizeof(int64_t))
+    if p == NULL:
+        return -1
+    t.counts = <int64_t*>p
+    p = realloc(t.hashes, cap * sizeof(uint64_t))
+    if p == NULL:
+        return -1
+    t.hashes = <uint64_t*>p
+    t.capacity = cap
+    return 0
+
+
+cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
+    """Add *count* observations of *key*; -1 when out of memory."""
+    cdef size_t nbytes = t.nwords * sizeof(uint64_t)
+    cdef uint64_t h
+    cdef Py_ssize_t i, row
+    cdef int64_t s
+    if t.last >= 0 and _same(t.keys + t.last * t.nwords, key, t.nwords):
+        t.counts[t.last] += count
+        return 0
+    h = _hash(key, t.nwords)
+    i = <Py_ssize_t>(h & <uint64_t>t.mask)
+    while True:
+        s = t.slots[i]
+        if s == 0:
+            break
+        row = s - 1
+        if t.hashes[row] == h and _same(t.keys + row * t.nwords, key, t.nwords):
+            t.counts[row] += count
+            t.last = row
+            return 0
+        i = (i + 1) & t.mask
+    if t.n == t.capacity and _table_grow_rows(t) != 0:
+        return -1
+    row = t.n
+    memcpy(t.keys + row * t.nwords, key, nbytes)
+    t.counts[row] = count
+    t.hashes[row] = h
+    t.slots[i] = row + 1
+    t.n += 1
+    t.last = row
+    if 2 * t.n > t.mask + 1:  # keep the load factor at most one half
+        return _table_grow_slots(t)
+    return 0
+
+
+cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
+                     uint64_t* record, int64_t* nan_count) noexcept nogil:
+    """Pack and count every state of x, shaped (outer, neurons, inner).
+
+    States run over (outer, inner) in C order. Values are read in the order that follows
+    the smaller stride, so both NCHW-like and channels-last views stream through memory.
+    When *record* is not NULL, every packed state is also written there in order.
+    """
+    cdef Py_ssize_t n_outer = x.shape[0], n_neurons = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t nwords = t.nwords
+    cdef Py_ssize_t sc = x.strides[1], sp = x.strides[2]
+    cdef bint neurons_inner = (sc if sc >= 0 else -sc) <= (sp if sp >= 0 else -sp)
+    cdef bint contiguous = sp == sizeof(value_t)
+    cdef const value_t* row
+    cdef uint32_t lanes[BLOCK]
+    cdef uint32_t nan_lanes[BLOCK]  # 32-bit like lanes, so both vectorise together
+    cdef uint32_t* half
+    cdef Py_ssize_t o, p0, pn, j, c, w, g, gn
+    cdef uint64_t bit
+    cdef int64_t nans = 0
+    cdef value_t v
+    for o in range(n_outer):
+        p0 = 0
+        while p0 < n_inner:
+            pn = min(<Py_ssize_t>BLOCK, n_inner - p0)
+            memset(block, 0, pn * nwords * sizeof(uint64_t))
+            if neurons_inner:
+                for j in range(pn):
+                    for c in range(n_neurons):
+                        v = x[o, c, p0 + j]
+                        nans += _isnan(v)
+                        block[j * nwords + (c >> 6)] |= (<uint64_t>_fires(v)) << (c & 63)
+            elif contiguous:
+                # The common conv case, a contiguous row per neuron: pack 32 neurons at a
+                # time into uint32 lanes (4 per SSE2 register), then place them in the words.
+                for g in range(0, n_neurons, 32):
+                    gn = min(<Py_ssize_t>32, n_neurons - g)
+                    memset(lanes, 0, pn * sizeof(uint32_t))
+                    memset(nan_lanes, 0, pn * sizeof(uint32_t))
+                    for c in range(gn):
+                        row = &x[o, g + c, p0]
+                        for j in range(pn):
+                            nan_lanes[j] += _isnan(row[j])
+                            lanes[j] |= (<uint32_t>_fires(row[j])) << c
+                    for j in range(pn):
+                        nans += nan_lanes[j]
+                    half = <uint32_t*>block
+                    w = g >> 5  # 32-bit half-word index; little-endian halves of the uint64s
+                    for j in range(pn):
+                        half[j * 2 * nwords + w] = lanes[j]
+            else:
+                for c in range(n_neurons):
+                    w = c >> 6
+                    bit = c & 63
+                    for j in range(pn):
+                        v = x[o, c, p0 + j]
+                        nans += _isnan(v)
+                        block[j * nwords + w] |= (<uint64_t>_fires(v)) << bit
+            for j in range(pn):
+                if _table_add(t, block + j * nwords, 1) != 0:
+                    return -1
+            if record != NULL:
+                memcpy(record, block, pn * nwords * sizeof(uint64_t))
+                record += pn * nwords
+            p0 += pn
+    nan_count[0] += nans
+    return 0
+
+
+cdef class StateTable:
+    """Hash table of packed states and their counts (memory grows with unique states only)."""
+
+    cdef Table t
+    cdef uint64_t* block
+    cdef readonly Py_ssize_t neurons
+    cdef readonly int64_t state_count
+    cdef readonly int64_t nan_count
+
+    def __cinit__(self, Py_ssize_t neurons):
+        if neurons < 1:
+            raise ValueError(f"a layer needs at least one neuron, got {neurons}")
+        self.neurons = neurons
+        self.block = NULL
+        if _table_init(&self.t, (neurons + 63) // 64) != 0:
+            _table_free(&self.t)
+            raise MemoryError("cannot allocate the state table")
+        self.block = <uint64_t*>malloc(BLOCK * self.t.nwords * sizeof(uint64_t))
+        if self.block == NULL:
+            raise MemoryError("cannot allocate the packing buffer")
+
+    def __dealloc__(self):
+        _table_free(&self.t)
+        free(self.block)
+
+    @property
+    def nwords(self) -> int:
+        return self.t.nwords
+
+    @property
+    def n_unique(self) -> int:
+        return self.t.n
+
+    def add(self, x, record=None):
+        """Count every state of x, shaped (outer, neurons, inner), of a supported dtype.
+
+        *record*, when given, is a C-contiguous uint64 array of shape
+        (outer * inner, nwords) that receives the packed states in order.
+        """
+        cdef uint64_t* rec = NULL
+        cdef uint64_t[:, ::1] rec_view
+        cdef int rc = 0
+        cdef int64_t nans = 0
+        if x.shape[1] != self.neurons:
+            raise ValueError(f"expected {self.neurons} neurons, got {x.shape[1]}")
+        if record is not None:
+            rec_view = record
+            if rec_view.shape[0] != x.shape[0] * x.shape[2] or rec_view.shape[1] != self.t.nwords:
+                raise ValueError("record buffer has the wrong shape")
+            if rec_view.shape[0] > 0:
+                rec = &rec_view[0, 0]
+        if x.shape[0] == 0 or x.shape[2] == 0:
+            return
+        dt = x.dtype
+        if dt == np.float32:
+            rc = self._add_f32(x, rec, &nans)
+        elif dt == np.float64:
+            rc = self._add_f64(x, rec, &nans)
+        elif dt == np.uint8:
+            rc = self._add_u8(x, rec, &nans)
+        elif dt == np.uint16:
+            rc = self._add_u16(x, rec, &nans)
+        else:
+            raise TypeError(f"unsupported kernel dtype {dt}")
+        if rc != 0:
+            raise MemoryError("out of memory while growing the state table")
+        self.state_count += x.shape[0] * x.shape[2]
+        self.nan_count += nans
+
+    cdef int _add_f32(self, const float[:, :, :] x, uint64_t* rec, int64_t* nans):
+        cdef int rc
+        with nogil:
+            rc = _pack_count(x, &self.t, self.block, rec, nans)
+        return rc
+
+    cdef int _add_f64(self, const double[:, :, :] x, uint64_t* rec, int64_t* nans):
+        cdef int rc
+        with nogil:
+            rc = _pack_count(x, &self.t, self.block, rec, nans)
+        return rc
+
+    cdef int _add_u8(self, const uint8_t[:, :, :] x, uint64_t* rec, int64_t* nans):
+        cdef int rc
+        with nogil:
+            rc = _pack_count(x, &self.t, self.block, rec, nans)
+        return rc
+
+    cdef int _add_u16(self, const uint16_t[:, :, :] x, uint64_t* rec, int64_t* nans):
+        cdef int rc
+        with nogil:
+            rc = _pack_count(x, &self.t, self.block, rec, nans)
+        return rc
+
+    def add_counts(self, const uint64_t[:, ::1] keys, const int64_t[::1] counts,
+                   int64_t nan_count=0):
+        """Add (state, count) rows, e.g. another table's contents: the exact merge."""
+        cdef Py_ssize_t i, n = keys.shape[0]
+        cdef int rc = 0
+        cdef int64_t total = 0
+        if keys.shape[1] != self.t.nwords or counts.shape[0] != n:
+            raise ValueError("keys and counts do not fit this table")
+        for i in range(n):
+            if counts[i] < 0:
+                raise ValueError("counts must be non-negative")
+            total += counts[i]
+        with nogil:
+            for i in range(n):
+                if counts[i] > 0:
+                    rc = _table_add(&self.t, &keys[i, 0], counts[i])
+                    if rc != 0:
+                        break
+        if rc != 0:
+            raise MemoryError("out of memory while growing the state table")
+        self.state_count += total
+        self.nan_count += nan_count
+
+    def export(self):
+        """Return (keys uint64 [n, nwords], counts int64 [n]) in insertion order (copies)."""
+        cdef Py_ssize_t n = self.t.n, nw = self.t.nwords
+        keys = np.empty((n, nw), dtype=np.uint64)
+        counts = np.empty(n, dtype=np.int64)
+        cdef uint64_t[:, ::1] kv = keys
+        cdef int64_t[::1] cv = counts
+        if n:
+            memcpy(&kv[0, 0], self.t.keys, n * nw * sizeof(uint64_t))
+            memcpy(&cv[0], self.t.counts, n * sizeof(int64_t))
+        return keys, counts

@@ -1,0 +1,346 @@
+"""Streaming counter of firing states: validation and layouts around the Cython kernel.
+
+A neuron fires iff its value is > 0 (NaN never fires and is counted in ``nan_count``).
+Every index combination other than the neuron axis is one state; a state is packed
+least-significant bit first, neuron ``8*j + i`` being bit ``i`` of byte ``j``, which is
+``np.packbits(bits, bitorder='little')``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_state._counter import StateTable
+from onnx_state.errors import DTypeError, InputError
+
+if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
+    raise ImportError("onnx_state's state counter needs a little-endian machine")
+
+__all__ = ["StateCounter", "kernel_view", "sort_states"]
+
+# dtype accepted -> dtype the kernel reads (bool as bytes, float16 as its bit pattern)
+_KERNEL_DTYPES = {
+    np.dtype(np.float32): np.dtype(np.float32),
+    np.dtype(np.float64): np.dtype(np.float64),
+    np.dtype(np.float16): np.dtype(np.uint16),
+    np.dtype(np.bool_): np.dtype(np.uint8),
+}
+
+
+def kernel_view(x: Any, axis: int) -> np.ndarray:
+    """Return *x* as a (outer, neurons, inner) array the kernel reads, a view where possible.
+
+    Raises DTypeError for other dtypes and InputError for a rank below 2 or a bad axis.
+    """
+    x = np.asarray(x)
+    kdt = _KERNEL_DTYPES.get(x.dtype)
+    if kdt is None:
+        raise DTypeError(
+            f"cannot count states of a {x.dtype} tensor; use float16, float32, float64 or bool"
+        )
+    if x.ndim < 2:
+        raise InputError(
+            f"a captured tensor needs rank >= 2 (samples and neurons), got shape {x.shape}"
+        )
+    if not -x.ndim <= axis < x.ndim:
+        raise InputError(f"neuron axis {axis} is out of range for shape {x.shape}")
+    axis %= x.ndim
+    if axis == 0:
+        raise InputError("the neuron axis cannot be axis 0, the sample (batch) axis")
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1 :])
+    x3 = x.view(kdt).reshape(outer, x.shape[axis], inner)  # a view unless strides forbid it
+    if inner == 1 and outer > 1:
+        # Neurons last: make the samples the inner loop so blocks span many states.
+        x3 = x3[:, :, 0].T[None]
+    return x3
+
+
+def sort_states(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort (uint64 words, counts) ascending by the integer sum(bit_c * 2**c)."""
+    if len(keys) == 0:
+        return keys, counts
+    order = np.lexsort(keys.T)  # np.lexsort sorts by the last key first: the top word
+    return keys[order], counts[order]
+
+
+class StateCounter:
+    """Count the firing states of one layer, batch after batch, in bounded memory.
+
+    Parameters
+    ----------
+    neurons:
+        Number of neurons; taken from the first batch when None.
+    record:
+        Keep every packed state in order as well (TensorState's ``raw_states``): ``True``
+        for an in-memory zarr array, or a directory path for an on-disk zarr array.
+    compressor:
+        ``"blosc"`` (lz4, bit-shuffled) or ``"zstd"`` for the recorded states.
+    chunk_states:
+        Recorded states per zarr chunk.
+    threads:
+        Threads that count one batch (the kernel releases the GIL); results are identical
+        for any value.
+    """
+
+    def __init__(
+        self,
+        neurons: int | None = None,
+        *,
+        record: bool | str | Path = False,
+        compressor: str = "blosc",
+        chunk_states: int = 1 << 16,
+        threads: int = 1,
+    ) -> None:
+        if compressor not in ("blosc", "zstd"):
+            raise InputError(f"unknown compressor {compressor!r}; use 'blosc' or 'zstd'")
+        if chunk_states < 1:
+            raise InputError(f"chunk_states must be positive, got {chunk_states}")
+        if threads < 1:
+            raise InputError(f"threads must be at least 1, got {threads}")
+        self.threads = int(threads)
+        self._record = record
+        self._compressor = compressor
+        self._chunk_states = int(chunk_states)
+        self._table: StateTable | None = None
+        self._raw = None
+        if neurons is not None:
+            self._start(int(neurons))
+
+    def _start(self, neurons: int) -> None:
+        if neurons < 1:
+            raise InputError(f"a layer needs at least one neuron, got {neurons}")
+        self._table = StateTable(neurons)
+        if self._record is not False and self._record is not None:
+            self._raw = _open_raw_store(
+                self._record, self.n_bytes, self._compressor, self._chunk_states
+            )
+
+    # -- counting ---------------------------------------------------------------------------
+    def update(self, x: Any, axis: int = 1) -> StateCounter:
+        """Count the states of one captured batch *x* whose neurons lie along *axis*."""
+        x3 = kernel_view(x, axis)
+        if self._table is None:
+            self._start(x3.shape[1])
+        elif x3.shape[1] != self.neurons:
+            raise InputError(
+                f"this counter has {self.neurons} neurons but the batch has {x3.shape[1]} "
+                f"along axis {axis}; use one counter per layer and the same neuron axis"
+            )
+        table = self._table
+        buf = None
+        if self._raw is not None:
+            buf = np.empty((x3.shape[0] * x3.shape[2], table.nwords), dtype=np.uint64)
+        parts = _split(x3, self.threads)
+        if len(parts) == 1:
+            table.add(x3, buf)
+        else:
+            _add_parallel(table, parts, buf)
+        if buf is not None and len(buf):
+            self._raw.append(buf.view(np.uint8)[:, : self.n_bytes], axis=0)
+        return self
+
+    def merge(self, other: StateCounter) -> StateCounter:
+        """Add *other*'s counts (and recorded states, appended after ours) to this counter."""
+        if not isinstance(other, StateCounter):
+            raise TypeError(f"can only merge a StateCounter, not {type(other).__name__}")
+        if other._table is None:
+            return self
+        if self._table is None:
+            self._start(other.neurons)
+        elif other.neurons != self.neurons:
+            raise InputError(
+                f"cannot merge a {other.neurons}-neuron counter into a {self.neurons}-neuron one"
+            )
+        keys, counts = other._table.export()
+        self._table.add_counts(keys, counts, other.nan_count)
+        if self._raw is not None and other._raw is not None and other._raw.shape[0]:
+            self._raw.append(other._raw[:], axis=0)
+        return self
+
+    def reset(self) -> None:
+        """Forget every state seen so far (recorded states too)."""
+        neurons = self.neurons if self._table is not None else None
+        self._table = None
+        self._raw = None
+        if neurons is not None:
+            if isinstance(self._record, (str, Path)):
+                _remove_raw_store(Path(self._record))
+            self._start(neurons)
+
+    # -- results ----------------------------------------------------------------------------
+    @property
+    def neurons(self) -> int:
+        """Neurons in the layer (0 before the first batch)."""
+        return 0 if self._table is None else self._table.neurons
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes per packed state: ceil(neurons / 8)."""
+        return (self.neurons + 7) // 8
+
+    @property
+    def state_count(self) -> int:
+        """All states observed, repeats included."""
+        return 0 if self._table is None else int(self._table.state_count)
+
+    @property
+    def nan_count(self) -> int:
+        """NaN values seen (each counted as not firing)."""
+        return 0 if self._table is None else int(self._table.nan_count)
+
+    @property
+    def n_unique(self) -> int:
+        """Distinct states observed."""
+        return 0 if self._table is None else int(self._table.n_unique)
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._table is None:
+            return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
+        return sort_states(*self._table.export())
+
+    def counts(self) -> np.ndarray:
+        """Occurrences of each observed state (int64), in ``state_ids`` order."""
+        return self._sorted()[1]
+
+    def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
+        """Observed states as uint8 rows [n_unique, n_bytes] (or a list of bytes).
+
+        Ordered ascending by the little-endian integer sum(bit_c * 2**c).
+        """
+        keys = self._sorted()[0]
+        ids = np.ascontiguousarray(keys.view(np.uint8)[:, : self.n_bytes])
+        return [row.tobytes() for row in ids] if as_bytes else ids
+
+    def state_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(state_ids, counts) from one sort, for callers that need both."""
+        keys, counts = self._sorted()
+        return np.ascontiguousarray(keys.view(np.uint8)[:, : self.n_bytes]), counts
+
+    @property
+    def raw_states(self):
+        """Recorded packed states as a zarr array [state_count, n_bytes], or None."""
+        return self._raw
+
+    def states(self) -> np.ndarray:
+        """Recorded states unpacked to bool [state_count, neurons] (needs ``record``)."""
+        if self._raw is None:
+            if self._record:
+                return np.zeros((0, self.neurons), dtype=bool)
+            raise InputError("states were not recorded; create the counter with record=True")
+        packed = np.asarray(self._raw[:])
+        return np.unpackbits(packed, axis=1, count=self.neurons, bitorder="little").astype(bool)
+
+    # -- pickling (for workers) -------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        keys, counts = (None, None) if self._table is None else self._table.export()
+        raw = None
+        if self._raw is not None and not isinstance(self._record, (str, Path)):
+            raw = np.asarray(self._raw[:])
+        return {
+            "threads": self.threads,
+            "record": self._record,
+            "compressor": self._compressor,
+            "chunk_states": self._chunk_states,
+            "neurons": self.neurons or None,
+            "keys": keys,
+            "counts": counts,
+            "state_count": self.state_count,
+            "nan_count": self.nan_count,
+            "raw": raw,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.threads = state["threads"]
+        self._record = state["record"]
+        self._compressor = state["compressor"]
+        self._chunk_states = state["chunk_states"]
+        self._table = None
+        self._raw = None
+        if state["neurons"] is None:
+            return
+        self._table = StateTable(state["neurons"])
+        self._table.add_counts(state["keys"], state["counts"], state["nan_count"])
+        if isinstance(self._record, (str, Path)):
+            import zarr
+
+            self._raw = zarr.open_array(str(self._record), mode="r+")
+        elif self._record:
+            self._raw = _open_raw_store(True, self.n_bytes, self._compressor, self._chunk_states)
+            if state["raw"] is not None and len(state["raw"]):
+                self._raw.append(state["raw"], axis=0)
+
+    def __repr__(self) -> str:
+        return (
+            f"StateCounter(neurons={self.neurons}, state_count={self.state_count}, "
+            f"n_unique={self.n_unique})"
+        )
+
+
+# Below this many values per thread, starting threads costs more than it saves.
+_MIN_VALUES_PER_THREAD = 1 << 20
+
+
+def _split(x3: np.ndarray, threads: int) -> list[np.ndarray]:
+    """Split (outer, neurons, inner) along outer into views whose states stay in order."""
+    n = min(threads, x3.shape[0], max(1, x3.size // _MIN_VALUES_PER_THREAD))
+    if n <= 1:
+        return [x3]
+    edges = np.linspace(0, x3.shape[0], n + 1).astype(int)
+    return [x3[a:b] for a, b in itertools.pairwise(edges) if b > a]
+
+
+def _add_parallel(table: StateTable, parts: list[np.ndarray], buf: np.ndarray | None) -> None:
+    """Count *parts* on threads, each into its own table, then merge them exactly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tables = [table] + [StateTable(table.neurons) for _ in parts[1:]]
+    offsets = np.cumsum([0] + [p.shape[0] * p.shape[2] for p in parts])
+    recs = [None if buf is None else buf[a:b] for a, b in itertools.pairwise(offsets)]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        list(pool.map(lambda args: args[0].add(args[1], args[2]), zip(tables, parts, recs)))
+    for extra in tables[1:]:
+        keys, counts = extra.export()
+        table.add_counts(keys, counts, extra.nan_count)
+
+
+def _codecs(compressor: str) -> list[Any]:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compressor == "zstd":
+        return [ZstdCodec(level=3)]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+
+
+def _open_raw_store(record: bool | str | Path, n_bytes: int, compressor: str, chunk: int):
+    import zarr
+
+    store: Any
+    if isinstance(record, (str, Path)):
+        path = Path(record)
+        if path.exists():
+            raise InputError(f"{path} already exists; choose a new path for recorded states")
+        store = zarr.storage.LocalStore(str(path))
+    else:
+        store = zarr.storage.MemoryStore()
+    return zarr.create_array(
+        store=store,
+        shape=(0, n_bytes),
+        chunks=(chunk, n_bytes),
+        dtype="uint8",
+        compressors=_codecs(compressor),
+        fill_value=0,
+    )
+
+
+def _remove_raw_store(path: Path) -> None:
+    import shutil
+
+    if path.exists():
+        shutil.rmtree(path)

@@ -1,0 +1,49 @@
+"""One root error class; each subclass also inherits the builtin it refines.
+
+Callers can catch ``OnnxStateError`` for anything this package raises on bad input,
+or the builtin (``ValueError``, ``TypeError``, ...) they already handle.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class OnnxStateError(Exception):
+    """Base class of every error onnx_state raises for bad input or bad state."""
+
+
+class InputError(OnnxStateError, ValueError):
+    """Data, arguments or files that do not fit what was asked."""
+
+
+class DTypeError(OnnxStateError, TypeError):
+    """An array of a dtype that cannot be used here."""
+
+
+class LayerNotFoundError(OnnxStateError, KeyError):
+    """A requested layer, op type or tensor name matched nothing."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelError(OnnxStateError, ValueError):
+    """A model that cannot be loaded, rewritten or run as asked."""
+
+
+class StoreError(OnnxStateError, OSError):
+    """A results store that is missing, incomplete or of another schema."""
+
+
+class MissingExtraError(OnnxStateError, ImportError):
+    """An optional framework that is not installed."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean: a, b?' for close matches of *name*, or ''."""
+    pool = sorted(set(choices))
+    lowered = {c.lower(): c for c in pool}
+    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
+    return f" Did you mean: {', '.join(lowered[h] for h in hits)}?" if hits else ""

@@ -1,0 +1,40 @@
+"""Plain-numpy references the tests compare onnx_state against (independent of its code)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reference_states(x: np.ndarray, axis: int) -> np.ndarray:
+    """Packed states of x in order: one row per non-neuron index, packbits little-endian."""
+    x = np.asarray(x)
+    fires = np.moveaxis(x > 0, axis, -1)  # NaN > 0 is False
+    bits = fires.reshape(-1, x.shape[axis])
+    return np.packbits(bits, axis=1, bitorder="little")
+
+
+def reference_counts(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(unique packed states, counts), ascending by the integer sum(bit_c * 2**c)."""
+    packed = reference_states(x, axis)
+    return unique_rows(packed)
+
+
+def unique_rows(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids, counts = np.unique(packed, axis=0, return_counts=True)
+    # np.unique sorts rows lexicographically from byte 0; the integer order needs the
+    # most significant byte (the last) first.
+    order = np.lexsort(ids.T) if len(ids) else np.arange(0)
+    return ids[order], counts[order]
+
+
+def reference_renyi(counts: np.ndarray, alpha: float) -> float:
+    """Rényi entropy in bits by the textbook formula, written out separately."""
+    p = np.asarray(counts, dtype=float)
+    p = p[p > 0] / p.sum()
+    if alpha == 1:
+        return float(sum(-q * np.log(q) for q in p) / np.log(2))
+    if alpha == 0:
+        return float(np.log(len(p)) / np.log(2))
+    if np.isinf(alpha):
+        return float(-np.log(max(p)) / np.log(2))
+    return float(np.log(sum(q**alpha for q in p)) / np.log(2) / (1 - alpha))

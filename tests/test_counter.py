@@ -1,0 +1,194 @@
+"""The Cython state counter equals the plain-numpy reference, whatever the layout or split."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnx_state.counter import StateCounter
+from onnx_state.errors import DTypeError, InputError
+from tests.reference import reference_counts, reference_states, unique_rows
+
+DTYPES = [np.float16, np.float32, np.float64, np.bool_]
+
+
+def assert_matches(counter: StateCounter, ids: np.ndarray, counts: np.ndarray) -> None:
+    np.testing.assert_array_equal(counter.state_ids(), ids)
+    np.testing.assert_array_equal(counter.counts(), counts)
+    assert counter.state_count == counts.sum()
+
+
+@st.composite
+def tensors(draw, max_neurons=1100):
+    """A random captured tensor: rank 2..4, any neuron axis but 0, with ties at 0 and NaN."""
+    rank = draw(st.integers(2, 4))
+    axis = draw(st.integers(1, rank - 1))
+    neurons = draw(st.sampled_from([1, 2, 7, 8, 9, 31, 32, 33, 63, 64, 65, 100, 129, max_neurons]))
+    shape = [draw(st.integers(0, 5))] + [draw(st.integers(1, 4)) for _ in range(rank - 1)]
+    shape[axis] = neurons
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    # Few distinct values so states repeat; exact zeros and NaN must not fire.
+    x = rng.choice(np.array([-1.0, 0.0, 0.5, 2.0, np.nan]), size=shape, p=[0.3, 0.2, 0.2, 0.2, 0.1])
+    if dtype is np.bool_:
+        x = np.nan_to_num(x) > 0
+    x = x.astype(dtype)
+    if draw(st.booleans()):  # a non-contiguous view with the same values
+        x = np.moveaxis(np.moveaxis(x, axis, -1).copy(), -1, axis)
+    return x, axis
+
+
+@settings(max_examples=150, deadline=None)
+@given(tensors(), st.integers(1, 3))
+def test_counter_equals_reference(case, threads):
+    x, axis = case
+    counter = StateCounter(threads=threads).update(x, axis=axis)
+    ids, counts = reference_counts(x, axis)
+    if x.size == 0:
+        assert counter.state_count == 0
+        return
+    assert_matches(counter, ids, counts)
+    expected_nans = int(np.isnan(x).sum()) if x.dtype != np.bool_ else 0
+    assert counter.nan_count == expected_nans
+
+
+@settings(max_examples=60, deadline=None)
+@given(tensors(max_neurons=300), st.lists(st.integers(0, 6), max_size=6))
+def test_any_split_into_batches_gives_the_same_counts(case, cuts):
+    x, axis = case
+    edges = sorted({0, len(x), *[min(c, len(x)) for c in cuts]})
+    counter = StateCounter(x.shape[axis])
+    for a, b in itertools.pairwise(edges):
+        counter.update(x[a:b], axis=axis)
+    counter.update(x[:0], axis=axis)  # an empty batch changes nothing
+    ids, counts = reference_counts(x, axis)
+    if len(x):
+        assert_matches(counter, ids, counts)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(tensors(max_neurons=65), min_size=2, max_size=4), st.randoms())
+def test_merge_is_exact_and_order_independent(cases, rnd):
+    neurons = cases[0][0].shape[cases[0][1]]
+    parts = [np.moveaxis(x, a, -1).reshape(-1, x.shape[a]) for x, a in cases]
+    parts = [p[:, :neurons] for p in parts if p.shape[1] >= neurons]
+    counters = [StateCounter(neurons).update(p, axis=-1) for p in parts]
+    order = list(range(len(counters)))
+    rnd.shuffle(order)
+    merged = StateCounter()
+    for i in order:
+        merged.merge(pickle.loads(pickle.dumps(counters[i])))
+    ids, counts = unique_rows(np.concatenate([reference_states(p, 1) for p in parts]))
+    if len(ids):
+        assert_matches(merged, ids, counts)
+    assert merged.nan_count == sum(c.nan_count for c in counters)
+
+
+@pytest.mark.parametrize("neurons", [1, 8, 20, 65_536])
+def test_wide_and_narrow_layers(neurons):
+    rng = np.random.default_rng(neurons)
+    x = rng.standard_normal((3, neurons, 2)).astype(np.float32)
+    x[1] = x[0]  # repeated states
+    counter = StateCounter().update(x)
+    assert_matches(counter, *reference_counts(x, 1))
+    assert counter.state_ids().shape[1] == (neurons + 7) // 8
+
+
+def test_bit_order_and_state_order_are_tensorstate_s():
+    # neuron 8j+i is bit i of byte j; states ascend by sum(bit_c * 2**c)
+    x = np.array(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0, 1.0],
+            [1.0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 1.0, 0, 0, 0, 0, 0, 0, 0],
+        ]
+    )
+    counter = StateCounter().update(x)
+    assert counter.state_ids(as_bytes=True) == [b"\x01\x00", b"\x02\x00", b"\x00\x01"]
+    np.testing.assert_array_equal(counter.counts(), [1, 1, 1])
+
+
+def test_counts_states_of_real_conv_layout_without_copy():
+    rng = np.random.default_rng(1)
+    nhwc = rng.standard_normal((4, 6, 6, 20)).astype(np.float32)
+    nchw_view = nhwc.transpose(0, 3, 1, 2)  # the neuron axis is not innermost in memory
+    a = StateCounter().update(nchw_view, axis=1)
+    b = StateCounter().update(nhwc, axis=-1)
+    np.testing.assert_array_equal(a.state_ids(), b.state_ids())
+    np.testing.assert_array_equal(a.counts(), b.counts())
+    assert a.state_count == 4 * 6 * 6
+
+
+def test_nan_is_not_firing_and_counted():
+    x = np.array([[np.nan, 1.0], [np.nan, np.nan]], dtype=np.float16)
+    counter = StateCounter().update(x)
+    assert counter.nan_count == 3
+    assert counter.state_ids(as_bytes=True) == [b"\x00", b"\x02"]
+
+
+def test_float16_edge_values():
+    values = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 6e-8, -6e-8, 65504], dtype=np.float16)
+    x = values[None, :]
+    counter = StateCounter().update(x)
+    expected = np.packbits(values > 0, bitorder="little")
+    np.testing.assert_array_equal(counter.state_ids()[0], expected)
+
+
+@pytest.mark.parametrize("compressor", ["blosc", "zstd"])
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_raw_states_round_trip_for_any_batch_sizes(tmp_path, compressor, on_disk):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((37, 11, 3, 2)).astype(np.float32)
+    record = tmp_path / "raw.zarr" if on_disk else True
+    counter = StateCounter(record=record, compressor=compressor, chunk_states=16, threads=2)
+    for a, b in [(0, 5), (5, 5), (5, 6), (6, 30), (30, 37)]:
+        counter.update(x[a:b])
+    expected = reference_states(x, 1)
+    np.testing.assert_array_equal(np.asarray(counter.raw_states[:]), expected)
+    np.testing.assert_array_equal(counter.states(), np.moveaxis(x > 0, 1, -1).reshape(-1, 11))
+    clone = pickle.loads(pickle.dumps(counter))
+    np.testing.assert_array_equal(np.asarray(clone.raw_states[:]), expected)
+    counter.reset()
+    assert counter.state_count == 0 and counter.raw_states.shape[0] == 0
+
+
+def test_threads_do_not_change_results_on_large_batches():
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((64, 20, 30, 30)) > 0.8).astype(np.float32)
+    one = StateCounter(threads=1).update(x)
+    two = StateCounter(threads=2).update(x)
+    np.testing.assert_array_equal(one.state_ids(), two.state_ids())
+    np.testing.assert_array_equal(one.counts(), two.counts())
+
+
+@pytest.mark.parametrize(
+    ("x", "axis", "error", "text"),
+    [
+        (np.zeros((2, 3), dtype=np.int32), 1, DTypeError, "int32"),
+        (np.zeros(4, dtype=np.float32), 0, InputError, "rank"),
+        (np.zeros((2, 3), dtype=np.float32), 2, InputError, "out of range"),
+        (np.zeros((2, 3), dtype=np.float32), 0, InputError, "axis 0"),
+    ],
+)
+def test_bad_input_raises_one_clear_error(x, axis, error, text):
+    with pytest.raises(error, match=text):
+        StateCounter().update(x, axis=axis)
+
+
+def test_neuron_count_mismatch_across_batches():
+    counter = StateCounter().update(np.ones((2, 3), np.float32))
+    with pytest.raises(InputError, match="3 neurons but the batch has 4"):
+        counter.update(np.ones((2, 4), np.float32))
+    with pytest.raises(ValueError):
+        counter.merge(StateCounter(5))
+
+
+def test_states_without_recording_is_an_error():
+    with pytest.raises(InputError, match="record=True"):
+        StateCounter().update(np.ones((2, 3), np.float32)).states()

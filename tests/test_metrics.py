@@ -1,0 +1,113 @@
+"""Metrics against hand-computed values and the textbook formulas in tests/reference.py."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnx_state import metrics
+from onnx_state.errors import InputError
+from tests.reference import reference_renyi
+
+
+@pytest.mark.parametrize("alpha", [0, 0.5, 1, 2, 3, math.inf])
+def test_uniform_distribution_has_log2_k_bits_for_every_order(alpha):
+    assert metrics.entropy([5, 5, 5, 5, 5, 5, 5, 5], alpha) == pytest.approx(3.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha", [0, 1, 2, math.inf])
+def test_single_state_has_zero_entropy(alpha):
+    assert metrics.entropy([42], alpha) == 0.0
+
+
+def test_known_values_by_hand():
+    # p = (1/2, 1/4, 1/4): H1 = 1.5 bits; H2 = -log2(1/4+1/16+1/16) = log2(8/3); Hinf = 1
+    counts = [2, 1, 1, 0]  # zero counts are ignored
+    assert metrics.entropy(counts, 1) == pytest.approx(1.5, abs=1e-12)
+    assert metrics.entropy(counts, 2) == pytest.approx(math.log2(8 / 3), abs=1e-12)
+    assert metrics.entropy(counts, math.inf) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.entropy(counts, 0) == pytest.approx(math.log2(3), abs=1e-12)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(1, 10_000), min_size=1, max_size=60),
+    st.sampled_from([0, 0.3, 1, 1.7, 2, 5, math.inf]),
+)
+def test_renyi_equals_textbook_formula(counts, alpha):
+    assert metrics.entropy(counts, alpha) == pytest.approx(
+        reference_renyi(counts, alpha), abs=1e-12
+    )
+
+
+def test_efficiency_uses_neurons_as_max_entropy():
+    assert metrics.efficiency([1, 1, 1, 1], neurons=4) == pytest.approx(0.5, abs=1e-12)
+    assert metrics.efficiency([1, 1, 1, 1], neurons=4, alpha2=0) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.efficiency([1, 1, 2], neurons=1, alpha1=2, alpha2=1) == pytest.approx(
+        reference_renyi([1, 1, 2], 2) / reference_renyi([1, 1, 2], 1), abs=1e-12
+    )
+
+
+def test_network_efficiency_is_the_geometric_mean():
+    assert metrics.network_efficiency([0.25, 1.0]) == pytest.approx(0.5, abs=1e-12)
+    assert metrics.network_efficiency([0.3, 0.0]) == 0.0
+
+
+def test_aiq_formula_and_weight_check():
+    assert metrics.aIQ(0.5, 0.8, 2) == pytest.approx((0.5 * 0.64) ** (1 / 3), abs=1e-12)
+    with pytest.raises(InputError, match="weight"):
+        metrics.aIQ(0.5, 0.8, 0.5)
+    with pytest.raises(InputError, match="accuracy"):
+        metrics.aIQ(0.5, 80, 2)
+
+
+def test_unseen_layer_and_bad_counts_are_clear_errors():
+    with pytest.raises(InputError, match="no states were observed"):
+        metrics.efficiency([], neurons=3)
+    with pytest.raises(InputError, match="non-negative"):
+        metrics.entropy([1, -1])
+    with pytest.raises(InputError, match="alpha"):
+        metrics.entropy([1, 2], alpha=-1)
+    with pytest.raises(InputError):
+        metrics.network_efficiency([])
+
+
+def test_miller_madow_by_hand():
+    counts = [3, 1]  # N=4, K=2: plug-in + (K-1)/(2N ln 2)
+    expected = reference_renyi(counts, 1) + 1 / (8 * math.log(2))
+    assert metrics.miller_madow_entropy(counts) == pytest.approx(expected, abs=1e-12)
+
+
+def test_chao_shen_by_hand():
+    counts = np.array([2, 1, 1])  # N=4, f1=2, coverage C=1/2
+    n, pa = 4, 0.5 * counts / 4
+    expected = -np.sum(pa * np.log2(pa) / (1 - (1 - pa) ** n))
+    assert metrics.chao_shen_entropy(counts) == pytest.approx(expected, abs=1e-12)
+    assert np.isfinite(metrics.chao_shen_entropy([1, 1, 1]))  # all singletons
+
+
+def test_corrections_reduce_undersampling_bias():
+    # 2**12 equiprobable states seen 3000 times: the plug-in estimate sits well below 12 bits.
+    rng = np.random.default_rng(0)
+    counts = np.bincount(rng.integers(0, 4096, 3000), minlength=4096)
+    plug, mm, cs = (
+        metrics.entropy(counts),
+        metrics.miller_madow_entropy(counts),
+        metrics.chao_shen_entropy(counts),
+    )
+    assert plug < mm < 12.5 and abs(cs - 12) < abs(plug - 12)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
+    counts = [50, 30, 15, 5]
+    a = metrics.bootstrap_entropy(counts, n_boot=300, seed=1)
+    b = metrics.bootstrap_entropy(counts, n_boot=300, seed=1)
+    assert a == b
+    assert a.low <= a.estimate <= a.high
+    assert a.estimate == pytest.approx(reference_renyi(counts, 1), abs=1e-12)
+    with pytest.raises(InputError, match="estimator"):
+        metrics.bootstrap_entropy(counts, estimator="nope")
