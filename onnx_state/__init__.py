@@ -11,6 +11,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
+from onnx_state.analysis import analyze, instrument
 from onnx_state.counter import StateCounter
 from onnx_state.errors import OnnxStateError
 from onnx_state.metrics import (
@@ -22,16 +23,21 @@ from onnx_state.metrics import (
     miller_madow_entropy,
     network_efficiency,
 )
+from onnx_state.results import Analysis, LayerResult
 
 __all__ = [
+    "Analysis",
+    "LayerResult",
     "OnnxStateError",
     "StateCounter",
     "__version__",
     "aIQ",
+    "analyze",
     "bootstrap_entropy",
     "chao_shen_entropy",
     "efficiency",
     "entropy",
+    "instrument",
     "miller_madow_entropy",
     "network_efficiency",
 ]

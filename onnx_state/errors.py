@@ -43,7 +43,9 @@ class MissingExtraError(OnnxStateError, ImportError):
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean: a, b?' for close matches of *name*, or ''."""
-    pool = sorted(set(choices))
-    lowered = {c.lower(): c for c in pool}
-    hits = difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.6)
-    return f" Did you mean: {', '.join(lowered[h] for h in hits)}?" if hits else ""
+    by_lower: dict[str, list[str]] = {}
+    for choice in sorted(set(choices)):
+        by_lower.setdefault(choice.lower(), []).append(choice)
+    hits = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)
+    found = [original for h in hits for original in by_lower[h]]
+    return f" Did you mean: {', '.join(found)}?" if found else ""

@@ -1,0 +1,9 @@
+"""Framework exporters: PyTorch and Keras models to ONNX with onnx_state layer metadata.
+
+This package imports no framework; each exporter imports its framework when called and
+says which extra to install when it is missing.
+"""
+
+from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
+
+__all__ = ["META_LAYER_NAME", "META_LAYER_TYPE", "META_NEURON_AXIS"]

@@ -1,0 +1,93 @@
+"""PyTorch module -> ONNX via torch.onnx (dynamo exporter), with module names and classes.
+
+The dynamo exporter records, per node, ``pkg.torch.onnx.name_scopes`` (module paths from the
+root, then the op) and ``pkg.torch.onnx.class_hierarchy`` (their classes). The deepest module
+is the layer: its path (``conv_1``, ``features.0``) and class (``Conv2d``) become the
+``onnx_state.layer_name`` / ``onnx_state.layer_type`` metadata the rewriter reads.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from typing import Any
+
+import onnx
+
+from onnx_state.errors import MissingExtraError
+from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
+
+__all__ = ["annotate", "export"]
+
+# Module classes whose output neurons lie on the last axis; others use the channel axis 1.
+_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding"}
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingExtraError(
+            "PyTorch is not installed; install it with: pip install 'onnx-state[torch]'"
+        ) from exc
+    return torch
+
+
+def _parse_list(text: str) -> list[str]:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
+def annotate(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Write onnx_state layer metadata from the dynamo exporter's scope metadata (in place)."""
+    for node in model.graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        scopes = _parse_list(meta.get("pkg.torch.onnx.name_scopes", ""))
+        classes = _parse_list(meta.get("pkg.torch.onnx.class_hierarchy", ""))
+        # scopes = ['', 'block', 'block.seq.0', 'conv2d']: the last entry is the op itself.
+        if len(scopes) < 3 or len(classes) != len(scopes):
+            continue  # an op called in the root module's forward: no layer of its own
+        path, cls = scopes[-2], classes[-2].rsplit(".", 1)[-1]
+        axis = "-1" if cls in _LAST_AXIS_CLASSES else "1"
+        for key, value in (
+            (META_LAYER_NAME, path),
+            (META_LAYER_TYPE, cls),
+            (META_NEURON_AXIS, axis),
+        ):
+            entry = next((p for p in node.metadata_props if p.key == key), None)
+            if entry is None:
+                entry = node.metadata_props.add()
+                entry.key = key
+            entry.value = value
+    return model
+
+
+def export(
+    module: Any,
+    sample_input: Any,
+    path: str | os.PathLike | None = None,
+    opset: int = 18,
+    dynamic_batch: bool = True,
+) -> onnx.ModelProto:
+    """Export *module* (put in eval mode) to ONNX with layer metadata; save to *path* if given.
+
+    BatchNorm stays a node of its own (no folding into Conv), so layer boundaries survive.
+    """
+    torch = _import_torch()
+    module = module.eval()
+    args = sample_input if isinstance(sample_input, tuple) else (sample_input,)
+    dynamic = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch")
+        dynamic = tuple({0: batch} for _ in args)
+    program = torch.onnx.export(
+        module, args, dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+        optimize=True, do_constant_folding=False, verbose=False,
+    )  # fmt: skip
+    model = annotate(program.model_proto)
+    if path is not None:
+        onnx.save(model, os.fspath(path))
+    return model

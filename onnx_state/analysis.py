@@ -1,0 +1,218 @@
+"""analyze(): rewrite the graph, stream batches through onnxruntime, count states per layer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnx_state import graph, runtime
+from onnx_state.counter import StateCounter
+from onnx_state.errors import InputError
+from onnx_state.results import Analysis, LayerResult
+
+__all__ = ["Instrumented", "analyze", "instrument"]
+
+
+class Instrumented:
+    """A model rewritten to expose the captured tensors, with its onnxruntime session."""
+
+    def __init__(
+        self,
+        model: str | os.PathLike | ModelProto,
+        attach_to: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str = (),
+        method: str = "after",
+        neuron_axes: Mapping[str, int] | None = None,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        optimization: str = "all",
+    ) -> None:
+        path = None if isinstance(model, ModelProto) else Path(model)
+        large = path is not None and _file_size(path) > runtime.LARGE_MODEL_BYTES
+        self.original = graph.load_model(model, load_external=not large)
+        self.model_dir = path.parent if path is not None else None
+        self.captures = graph.select_captures(
+            self.original, attach_to, exclude, method, neuron_axes
+        )
+        self.model = graph.add_outputs(self.original, self.captures)
+        self.specs = runtime.input_specs(self.original)
+        self.output_names = [o.name for o in self.original.graph.output]
+        self._session_args = (providers, threads, optimization, self.model_dir)
+        self.session = runtime.make_session(self.model, *self._session_args)
+        self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+
+    def run(
+        self, batch: Mapping[str, np.ndarray]
+    ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """(final outputs, captured tensors by name) for one batch."""
+        values = self.session.run(self.output_names + self.tensors, dict(batch))
+        k = len(self.output_names)
+        captured = dict(zip(self.output_names + self.tensors, values))
+        return values[:k], {t: captured[t] for t in self.tensors}
+
+    def parity(self, batch: Mapping[str, np.ndarray]) -> float:
+        """Max |difference| between the final outputs of the original and instrumented model.
+
+        Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
+        """
+        plain = runtime.make_session(self.original, *self._session_args)
+        a = plain.run(self.output_names, dict(batch))
+        b = self.session.run(self.output_names, dict(batch))
+        diffs = [
+            float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+            for x, y in zip(a, b)
+        ]
+        return max(diffs, default=0.0)
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _progress(total: int | None, enabled: bool | None):
+    from tqdm import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    return tqdm(total=total, disable=not enabled, unit="batch", leave=False)
+
+
+def _labels_array(labels: Any) -> np.ndarray:
+    if isinstance(labels, (str, os.PathLike)):
+        labels = runtime.load_array(labels)
+    y = np.asarray(labels)
+    if y.ndim == 2:  # one-hot
+        y = y.argmax(axis=1)
+    if y.ndim != 1:
+        raise InputError(f"labels must be class indices or one-hot rows, got shape {y.shape}")
+    return y
+
+
+def analyze(
+    model: str | os.PathLike | ModelProto,
+    data: Any,
+    attach_to: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str = (),
+    method: str = "after",
+    batch_size: int = 200,
+    labels: Any = None,
+    *,
+    neuron_axes: Mapping[str, int] | None = None,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization: str = "all",
+    parity: bool = True,
+    keep_outputs: bool = False,
+    progress: bool | None = None,
+) -> Analysis:
+    """Analyse the state space of the chosen layers of *model* on *data*.
+
+    *attach_to* defaults to Conv, ConvTranspose, Gemm and MatMul. *data* is an array, a dict
+    of arrays, a .npy/.npz/zarr path, or an iterable of batches; *labels* (class indices or
+    one-hot) enable accuracy and aIQ. Activations are counted batch by batch and dropped.
+    """
+    from onnx_state import __version__
+
+    inst = Instrumented(
+        model, attach_to, exclude, method, neuron_axes, providers, threads, optimization
+    )
+    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    y = None if labels is None else _labels_array(labels)
+    digest = runtime.Fingerprint()
+    n_samples = 0
+    correct = 0
+    outputs: list[list[np.ndarray]] = []
+    parity_diff = None
+    pending: Future | None = None
+
+    def count(captured: dict[str, np.ndarray]) -> None:
+        for (tensor, axis), counter in counters.items():
+            counter.update(captured[tensor], axis=axis)
+
+    total = runtime.batch_count(data, inst.specs, batch_size)
+    # Counting runs on a worker thread (both it and onnxruntime release the GIL), so batch
+    # k is counted while batch k+1 runs; at most two batches of activations are alive.
+    with ThreadPoolExecutor(1) as pool, _progress(total, progress) as bar:
+        for batch in runtime.iter_batches(data, inst.specs, batch_size):
+            if parity and parity_diff is None:
+                parity_diff = inst.parity(batch)
+            finals, captured = inst.run(batch)
+            n = len(next(iter(batch.values())))
+            digest.update(batch)
+            if y is not None:
+                correct += _correct(finals[0], y, n_samples, n)
+            if keep_outputs:
+                outputs.append(finals)
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(count, captured)
+            n_samples += n
+            bar.update(1)
+        if pending is not None:
+            pending.result()
+    if y is not None and len(y) != n_samples:
+        raise InputError(f"got {len(y)} labels for {n_samples} samples; they must match")
+    layers = [_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    nans = sum(r.nan_count for r in layers)
+    if nans:
+        warnings.warn(
+            f"{nans} NaN activations were counted as not firing", RuntimeWarning, stacklevel=2
+        )
+    return Analysis(
+        layers=layers,
+        n_samples=n_samples,
+        model_sha256=graph.model_sha256(inst.original),
+        data_fingerprint=digest.hexdigest(),
+        accuracy=None if y is None else correct / n_samples,
+        parity_max_abs_diff=parity_diff,
+        onnx_state_version=__version__,
+        outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
+    )
+
+
+def _correct(logits: np.ndarray, y: np.ndarray, start: int, n: int) -> int:
+    if start + n > len(y):
+        raise InputError(f"got {len(y)} labels but the data holds more samples")
+    return int(np.sum(np.argmax(logits.reshape(n, -1), axis=1) == y[start : start + n]))
+
+
+def _result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
+    ids, counts = counter.state_table()
+    return LayerResult(
+        name=capture.name,
+        tensor=capture.tensor,
+        layer=capture.layer,
+        layer_type=capture.layer_type,
+        op_type=capture.op_type,
+        kind=capture.kind,
+        neurons=counter.neurons,
+        axis=capture.axis,
+        state_count=counter.state_count,
+        nan_count=counter.nan_count,
+        ids=ids,
+        state_counts=counts,
+    )
+
+
+def instrument(
+    model: str | os.PathLike | ModelProto,
+    attach_to: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str = (),
+    method: str = "after",
+    neuron_axes: Mapping[str, int] | None = None,
+) -> ModelProto:
+    """The rewritten model alone: *model* with the captured tensors as extra outputs."""
+    proto = graph.load_model(model)
+    captures = graph.select_captures(proto, attach_to, exclude, method, neuron_axes)
+    return graph.add_outputs(proto, captures)

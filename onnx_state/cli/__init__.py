@@ -1,0 +1,40 @@
+"""The ``onnx-state`` command: one thin module per subcommand over the Python API."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from onnx_state import __version__
+from onnx_state.errors import OnnxStateError
+
+
+class _Group(click.Group):
+    """Turn onnx_state's errors into one line on stderr and exit code 2 (``--debug``: trace)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (OnnxStateError, OSError) as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            click.echo(f"Error: {message}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnx-state")
+@click.option("--debug", is_flag=True, help="Show the full traceback of errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """State-space analysis of neural networks through ONNX."""
+    ctx.obj = {"debug": debug}
+
+
+from onnx_state.cli.analyze import analyze_command  # noqa: E402
+from onnx_state.cli.inspect import inspect_command  # noqa: E402
+
+main.add_command(inspect_command)
+main.add_command(analyze_command)

@@ -1,0 +1,87 @@
+"""Options shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from onnx_state.runtime import OPTIMIZATION_LEVELS
+
+
+def parse_axes(values: tuple[str, ...]) -> dict[str, int]:
+    """``LAYER=AXIS`` pairs into a dict."""
+    axes = {}
+    for item in values:
+        name, sep, axis = item.rpartition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{item!r} is not LAYER=AXIS", param_hint="--neuron-axis")
+        try:
+            axes[name] = int(axis)
+        except ValueError:
+            raise click.BadParameter(
+                f"axis {axis!r} is not an integer", param_hint="--neuron-axis"
+            ) from None
+    return axes
+
+
+def selection(f):
+    """--attach-to, --exclude, --method, --neuron-axis."""
+    f = click.option(
+        "--neuron-axis",
+        "neuron_axes",
+        multiple=True,
+        metavar="LAYER=AXIS",
+        help="Override the inferred neuron axis of a layer.",
+    )(f)
+    f = click.option(
+        "--method",
+        type=click.Choice(["after", "before", "both"]),
+        default="after",
+        show_default=True,
+        help="Capture layer outputs, inputs, or both.",
+    )(f)
+    f = click.option(
+        "--exclude",
+        multiple=True,
+        metavar="NAME",
+        help="Layer or tensor name to skip even if its type matches (repeatable).",
+    )(f)
+    f = click.option(
+        "--attach-to",
+        multiple=True,
+        metavar="TYPE|NAME",
+        help="ONNX op type, framework layer type, or layer/tensor name (repeatable)."
+        " Default: Conv, ConvTranspose, Gemm, MatMul.",
+    )(f)
+    return f
+
+
+def session(f):
+    """--provider, --threads, --optimization."""
+    f = click.option(
+        "--optimization",
+        type=click.Choice(OPTIMIZATION_LEVELS),
+        default="all",
+        show_default=True,
+        help="onnxruntime graph optimization level.",
+    )(f)
+    f = click.option(
+        "--threads",
+        type=click.IntRange(min=1),
+        default=None,
+        help="onnxruntime intra-op threads (default: all cores).",
+    )(f)
+    f = click.option(
+        "--provider",
+        "providers",
+        multiple=True,
+        metavar="NAME",
+        help="onnxruntime execution provider, e.g. CUDAExecutionProvider.",
+    )(f)
+    return f
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))

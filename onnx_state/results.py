@@ -1,0 +1,186 @@
+"""Plain result objects of an analysis: one LayerResult per captured tensor, one Analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnx_state import metrics
+from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
+
+__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerResult:
+    """States of one captured layer output and the metrics computed from them."""
+
+    name: str
+    tensor: str
+    layer: str
+    layer_type: str
+    op_type: str
+    kind: str
+    neurons: int
+    axis: int
+    state_count: int
+    nan_count: int
+    ids: np.ndarray = field(repr=False)  # uint8 [n_unique, ceil(neurons / 8)]
+    state_counts: np.ndarray = field(repr=False)  # int64 [n_unique]
+
+    @property
+    def n_unique(self) -> int:
+        return len(self.state_counts)
+
+    def counts(self) -> np.ndarray:
+        """Occurrences of each observed state, in state_ids order."""
+        return self.state_counts
+
+    def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
+        """Observed packed states (uint8 rows, or bytes), ascending by their integer value."""
+        return [r.tobytes() for r in self.ids] if as_bytes else self.ids
+
+    def entropy(self, alpha: float = 1) -> float:
+        """Rényi entropy of the state distribution, in bits."""
+        return metrics.entropy(self.state_counts, alpha)
+
+    def max_entropy(self) -> float:
+        """One bit per neuron."""
+        return float(self.neurons)
+
+    def efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
+        return metrics.efficiency(self.state_counts, self.neurons, alpha1, alpha2)
+
+    def miller_madow(self) -> float:
+        return metrics.miller_madow_entropy(self.state_counts)
+
+    def chao_shen(self) -> float:
+        return metrics.chao_shen_entropy(self.state_counts)
+
+    def entropy_interval(self, **kwargs: Any) -> metrics.EntropyInterval:
+        return metrics.bootstrap_entropy(self.state_counts, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        """Attributes and headline metrics, JSON-ready (no state arrays)."""
+        observed = self.state_count > 0
+        return {
+            "name": self.name,
+            "tensor": self.tensor,
+            "layer": self.layer,
+            "layer_type": self.layer_type,
+            "op_type": self.op_type,
+            "kind": self.kind,
+            "neurons": self.neurons,
+            "axis": self.axis,
+            "state_count": self.state_count,
+            "unique_states": self.n_unique,
+            "nan_count": self.nan_count,
+            "entropy": self.entropy() if observed else None,
+            "efficiency": self.efficiency() if observed else None,
+            "entropy_miller_madow": self.miller_madow() if observed else None,
+            "entropy_chao_shen": self.chao_shen() if observed else None,
+        }
+
+
+@dataclass
+class Analysis:
+    """Per-layer state-space results of one model on one data set."""
+
+    layers: list[LayerResult]
+    n_samples: int
+    model_sha256: str
+    data_fingerprint: str
+    accuracy: float | None = None
+    parity_max_abs_diff: float | None = None
+    onnx_state_version: str = ""
+    schema_version: int = SCHEMA_VERSION
+    outputs: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def layer(self, name: str) -> LayerResult:
+        """The result called *name*: a capture name, or a layer name (its post states first)."""
+        exact = [r for r in self.layers if r.name == name]
+        by_layer = sorted(
+            (r for r in self.layers if r.layer == name), key=lambda r: r.kind != "post"
+        )
+        if exact or by_layer:
+            return (exact or by_layer)[0]  # a layer name means its output when both were captured
+        raise LayerNotFoundError(
+            f"no captured layer {name!r}." + did_you_mean(name, [r.name for r in self.layers])
+        )
+
+    def network_efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
+        """Geometric mean of the layer efficiencies."""
+        return metrics.network_efficiency(r.efficiency(alpha1, alpha2) for r in self.layers)
+
+    def aiq(self, beta: float = 2) -> float:
+        """aIQ = (network efficiency * accuracy**beta) ** (1 / (beta + 1)); needs labels."""
+        if self.accuracy is None:
+            raise InputError("aIQ needs the accuracy: run the analysis with labels")
+        return metrics.aIQ(self.network_efficiency(), self.accuracy, beta)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Summary for JSON: attributes, per-layer metrics, network metrics."""
+        observed = all(r.state_count > 0 for r in self.layers) and self.layers
+        net = self.network_efficiency() if observed else None
+        return {
+            "schema_version": self.schema_version,
+            "onnx_state_version": self.onnx_state_version,
+            "model_sha256": self.model_sha256,
+            "data_fingerprint": self.data_fingerprint,
+            "n_samples": self.n_samples,
+            "accuracy": self.accuracy,
+            "parity_max_abs_diff": self.parity_max_abs_diff,
+            "network_efficiency": net,
+            "aiq_beta2": (
+                metrics.aIQ(net, self.accuracy, 2)
+                if net is not None and self.accuracy is not None
+                else None
+            ),
+            "layers": [r.summary() for r in self.layers],
+        }
+
+    def save(self, path: str, overwrite: bool = False) -> None:
+        """Write the results store (a zarr group) atomically; see README 'Results store'."""
+        from onnx_state.store import save_analysis
+
+        save_analysis(self, path, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str) -> Analysis:
+        from onnx_state.store import load_analysis
+
+        return load_analysis(path)
+
+    def table(self) -> str:
+        """The per-layer table the CLI prints."""
+        head = f"{'layer':28s} {'type':14s} {'neurons':>7s} {'states':>10s} {'unique':>8s}"
+        head += f" {'entropy':>8s} {'efficiency':>10s}"
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            ent = f"{r.entropy():8.3f}" if r.state_count else f"{'-':>8s}"
+            eff = f"{100 * r.efficiency():9.2f}%" if r.state_count else f"{'-':>10s}"
+            lines.append(
+                f"{r.name[:28]:28s} {r.layer_type[:14]:14s} {r.neurons:7d} {r.state_count:10d}"
+                f" {r.n_unique:8d} {ent} {eff}"
+            )
+        d = self.to_dict()
+        lines.append("")
+        lines.append(f"samples: {self.n_samples}")
+        if d["network_efficiency"] is not None:
+            lines.append(f"network efficiency: {100 * d['network_efficiency']:.2f}%")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: {100 * self.accuracy:.2f}%")
+            if d["aiq_beta2"] is not None:
+                lines.append(f"aIQ (beta=2): {100 * d['aiq_beta2']:.2f}%")
+        if self.parity_max_abs_diff is not None:
+            lines.append(
+                f"parity (instrumented vs original, max |diff|): {self.parity_max_abs_diff:.3g}"
+            )
+        nans = sum(r.nan_count for r in self.layers)
+        if nans:
+            lines.append(f"warning: {nans} NaN activations were counted as not firing")
+        return "\n".join(lines)
