@@ -249,8 +249,8 @@ def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> 
         spec, array = expected[name], batch[name]
         if array.ndim != len(spec.shape):
             problems.append(
-                f"input {name!r} has rank {array.ndim} (samples of shape {array.shape[1:]}) but the model "
-                f"expects rank {len(spec.shape)} {_fmt(spec.shape)}"
+                f"input {name!r} has rank {array.ndim} (samples of shape {array.shape[1:]}) "
+                f"but the model expects rank {len(spec.shape)} {_fmt(spec.shape)}"
             )
             continue
         bad = [

@@ -32,7 +32,7 @@ def tag(node: onnx.NodeProto, layer: str, layer_type: str, axis: int | None = No
 
 
 def conv_net(seed: int = 0):
-    """x(N,3,8,8) -> Conv(4,3x3) -> Relu -> Flatten -> MatMul(144x5) -> y. Returns (model, params)."""
+    """x(N,3,8,8) -> Conv(4,3x3) -> Relu -> Flatten -> MatMul(144x5) -> y; (model, params)."""
     # Small integers keep every float32 sum exact, so numpy's float64 reference agrees bit
     # for bit, ties at exactly zero included.
     rng = np.random.default_rng(seed)
@@ -55,7 +55,7 @@ def conv_net(seed: int = 0):
 
 def numpy_conv(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Valid 2-D cross-correlation, NCHW, stride 1, in float64."""
-    n, c, h, wd = x.shape
+    _n, _c, _h, _wd = x.shape
     k = w.shape[2]
     patches = np.lib.stride_tricks.sliding_window_view(x.astype(np.float64), (k, k), axis=(2, 3))
     return np.einsum("nchwij,ocij->nohw", patches, w.astype(np.float64))

@@ -50,10 +50,9 @@ def test_states_equal_the_numpy_reference_for_every_layer(net):
 
 
 def test_transposed_capture_uses_the_moved_neuron_axis(net):
-    model, params, x, ref = net
-    nodes = list(model.graph.node) + [
-        helper.make_node("Transpose", ["c"], ["t"], name="nhwc", perm=[0, 2, 3, 1])
-    ]
+    model, _params, x, ref = net
+    transpose = helper.make_node("Transpose", ["c"], ["t"], name="nhwc", perm=[0, 2, 3, 1])
+    nodes = [*model.graph.node, transpose]
     m2 = make_model(
         nodes,
         list(model.graph.input),
@@ -240,7 +239,7 @@ def test_bundled_torch_export_matches_plain_onnxruntime_outputs():
 
     from onnx_state.data import example_paths
 
-    model_path, data, labels = example_paths()
+    model_path, data, _labels = example_paths()
     x = runtime.load_array(data)[:300]
     a = onnx_state.analyze(model_path, x, ["Conv2d", "Linear"], batch_size=64)
     model = onnx.load(model_path)

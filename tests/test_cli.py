@@ -39,8 +39,10 @@ def test_example_runs_and_prints_the_table():
 
 def test_analyze_json_equals_the_python_api(files):
     path, x = files
-    r = run("analyze", path / "m.onnx", "--data", path / "x.npy", "--labels", path / "y.npy",
-            "--attach-to", "Conv", "--attach-to", "fc", "--batch-size", "7", "--json", "-q")  # fmt: skip
+    r = run(
+        "analyze", path / "m.onnx", "--data", path / "x.npy", "--labels", path / "y.npy",
+        "--attach-to", "Conv", "--attach-to", "fc", "--batch-size", "7", "--json", "-q",
+    )  # fmt: skip
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
     want = onnx_state.analyze(
