@@ -11,7 +11,7 @@ import numpy as np
 
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset
 
 cnp.import_array()
@@ -24,7 +24,7 @@ ctypedef fused value_t:
 
 # Positions packed per block: big enough to amortise loop overhead, small enough for L1.
 cdef enum:
-    BLOCK = 256
+    BLOCK = 1024
 
 
 cdef inline bint _fires(value_t v) noexcept nogil:
@@ -62,6 +62,72 @@ cdef inline bint _same(const uint64_t* a, const uint64_t* b, Py_ssize_t nwords) 
     return memcmp(a, b, nwords * sizeof(uint64_t)) == 0
 
 
+cdef struct Entry:
+    uint64_t key
+    int64_t count           # 0 marks an empty entry: stored states have count >= 1
+
+
+# States of at most 64 neurons: keys live in the open-addressing entries themselves, so a
+# lookup touches one cache line (the wide table needs three).
+cdef struct Narrow:
+    Entry* entries          # [mask + 1]
+    Py_ssize_t n
+    Py_ssize_t mask
+    int shift               # 64 - log2(mask + 1), for Fibonacci hashing
+    uint64_t last_key       # previous state and its entry: runs skip the probe
+    Py_ssize_t last
+
+
+cdef int _narrow_init(Narrow* t) noexcept nogil:
+    t.n = 0
+    t.mask = 127
+    t.shift = 64 - 7
+    t.last = -1
+    t.entries = <Entry*>calloc(t.mask + 1, sizeof(Entry))
+    return 0 if t.entries != NULL else -1
+
+
+cdef int _narrow_grow(Narrow* t) noexcept nogil:
+    cdef Py_ssize_t size = (t.mask + 1) * 2, i, k
+    cdef int shift = t.shift - 1
+    cdef Entry* entries = <Entry*>calloc(size, sizeof(Entry))
+    if entries == NULL:
+        return -1
+    for k in range(t.mask + 1):
+        if t.entries[k].count:
+            i = <Py_ssize_t>((t.entries[k].key * 0x9E3779B97F4A7C15ULL) >> shift)
+            while entries[i].count:
+                i = (i + 1) & (size - 1)
+            entries[i] = t.entries[k]
+    free(t.entries)
+    t.entries = entries
+    t.mask = size - 1
+    t.shift = shift
+    t.last = -1
+    return 0
+
+
+cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nogil:
+    cdef Py_ssize_t i
+    if t.last >= 0 and t.last_key == key:
+        t.entries[t.last].count += count
+        return 0
+    i = <Py_ssize_t>((key * 0x9E3779B97F4A7C15ULL) >> t.shift)
+    while t.entries[i].count:
+        if t.entries[i].key == key:
+            t.entries[i].count += count
+            t.last, t.last_key = i, key
+            return 0
+        i = (i + 1) & t.mask
+    t.entries[i].key = key
+    t.entries[i].count = count
+    t.n += 1
+    t.last, t.last_key = i, key
+    if 2 * t.n > t.mask + 1:  # keep the load factor at most one half
+        return _narrow_grow(t)
+    return 0
+
+
 cdef struct Table:
     Py_ssize_t nwords       # uint64 words per state
     Py_ssize_t n            # unique states stored
@@ -72,11 +138,19 @@ cdef struct Table:
     uint64_t* hashes        # [capacity], kept so growing never rehashes keys
     int64_t* slots          # [mask + 1], row + 1, 0 = empty
     Py_ssize_t last         # row of the previous state: runs of one state skip the probe
+    Narrow narrow           # used instead of the above when nwords == 1
 
 
 cdef int _table_init(Table* t, Py_ssize_t nwords) noexcept nogil:
     t.nwords = nwords
     t.n = 0
+    t.keys = NULL
+    t.counts = NULL
+    t.hashes = NULL
+    t.slots = NULL
+    t.narrow.entries = NULL
+    if nwords == 1:
+        return _narrow_init(&t.narrow)
     t.capacity = 64
     t.mask = 127
     t.last = -1
@@ -95,6 +169,8 @@ cdef void _table_free(Table* t) noexcept nogil:
     free(t.counts)
     free(t.hashes)
     free(t.slots)
+    free(t.narrow.entries)
+    t.narrow.entries = NULL
     t.keys = NULL
     t.counts = NULL
     t.hashes = NULL
@@ -144,6 +220,8 @@ cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcep
     cdef uint64_t h
     cdef Py_ssize_t i, row
     cdef int64_t s
+    if t.nwords == 1:
+        return _narrow_add(&t.narrow, key[0], count)
     if t.last >= 0 and _same(t.keys + t.last * t.nwords, key, t.nwords):
         t.counts[t.last] += count
         return 0
@@ -273,7 +351,7 @@ cdef class StateTable:
 
     @property
     def n_unique(self) -> int:
-        return self.t.n
+        return self.t.narrow.n if self.t.nwords == 1 else self.t.n
 
     def add(self, x, record=None):
         """Count every state of x, shaped (outer, neurons, inner), of a supported dtype.
@@ -359,13 +437,20 @@ cdef class StateTable:
         self.nan_count += nan_count
 
     def export(self):
-        """Return (keys uint64 [n, nwords], counts int64 [n]) in insertion order (copies)."""
-        cdef Py_ssize_t n = self.t.n, nw = self.t.nwords
+        """Return (keys uint64 [n, nwords], counts int64 [n]) in no particular order (copies)."""
+        cdef Py_ssize_t n = self.n_unique, nw = self.t.nwords, i, row = 0
         keys = np.empty((n, nw), dtype=np.uint64)
         counts = np.empty(n, dtype=np.int64)
         cdef uint64_t[:, ::1] kv = keys
         cdef int64_t[::1] cv = counts
-        if n:
+        cdef Entry* entries = self.t.narrow.entries
+        if nw == 1:
+            for i in range(self.t.narrow.mask + 1):
+                if entries[i].count:
+                    kv[row, 0] = entries[i].key
+                    cv[row] = entries[i].count
+                    row += 1
+        elif n:
             memcpy(&kv[0, 0], self.t.keys, n * nw * sizeof(uint64_t))
             memcpy(&cv[0], self.t.counts, n * sizeof(int64_t))
         return keys, counts
