@@ -12,6 +12,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 from onnx_state.analysis import analyze, instrument
+from onnx_state.compat import build_efficiency_model, network_efficiency, reset_efficiency_model
 from onnx_state.counter import StateCounter
 from onnx_state.errors import OnnxStateError
 from onnx_state.metrics import (
@@ -21,7 +22,6 @@ from onnx_state.metrics import (
     efficiency,
     entropy,
     miller_madow_entropy,
-    network_efficiency,
 )
 from onnx_state.results import Analysis, LayerResult
 
@@ -34,10 +34,12 @@ __all__ = [
     "aIQ",
     "analyze",
     "bootstrap_entropy",
+    "build_efficiency_model",
     "chao_shen_entropy",
     "efficiency",
     "entropy",
     "instrument",
     "miller_madow_entropy",
     "network_efficiency",
+    "reset_efficiency_model",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,40 @@ class Instrumented:
         k = len(self.output_names)
         captured = dict(zip(self.output_names + self.tensors, values))
         return values[:k], {t: captured[t] for t in self.tensors}
+
+    def new_counters(self) -> dict[tuple[str, int], StateCounter]:
+        """One empty counter per distinct (tensor, neuron axis) captured."""
+        return {(c.tensor, c.axis): StateCounter() for c in self.captures}
+
+    def stream(
+        self,
+        data: Any,
+        batch_size: int,
+        counters: Mapping[tuple[str, int], StateCounter],
+        progress: bool | None = None,
+    ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+        """Run every batch, count its captured tensors, yield (batch, final outputs).
+
+        Counting runs on a worker thread (it and onnxruntime both release the GIL), so batch
+        k is counted while batch k+1 runs; at most two batches of activations are alive.
+        """
+
+        def count(captured: dict[str, np.ndarray]) -> None:
+            for (tensor, axis), counter in counters.items():
+                counter.update(captured[tensor], axis=axis)
+
+        total = runtime.batch_count(data, self.specs, batch_size)
+        pending: Future | None = None
+        with ThreadPoolExecutor(1) as pool, _progress(total, progress) as bar:
+            for batch in runtime.iter_batches(data, self.specs, batch_size):
+                finals, captured = self.run(batch)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(count, captured)
+                yield batch, finals
+                bar.update(1)
+            if pending is not None:
+                pending.result()
 
     def parity(self, batch: Mapping[str, np.ndarray]) -> float:
         """Max |difference| between the final outputs of the original and instrumented model.
@@ -127,40 +161,23 @@ def analyze(
     inst = Instrumented(
         model, attach_to, exclude, method, neuron_axes, providers, threads, optimization
     )
-    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    counters = inst.new_counters()
     y = None if labels is None else _labels_array(labels)
     digest = runtime.Fingerprint()
     n_samples = 0
     correct = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
-    pending: Future | None = None
-
-    def count(captured: dict[str, np.ndarray]) -> None:
-        for (tensor, axis), counter in counters.items():
-            counter.update(captured[tensor], axis=axis)
-
-    total = runtime.batch_count(data, inst.specs, batch_size)
-    # Counting runs on a worker thread (both it and onnxruntime release the GIL), so batch
-    # k is counted while batch k+1 runs; at most two batches of activations are alive.
-    with ThreadPoolExecutor(1) as pool, _progress(total, progress) as bar:
-        for batch in runtime.iter_batches(data, inst.specs, batch_size):
-            if parity and parity_diff is None:
-                parity_diff = inst.parity(batch)
-            finals, captured = inst.run(batch)
-            n = len(next(iter(batch.values())))
-            digest.update(batch)
-            if y is not None:
-                correct += _correct(finals[0], y, n_samples, n)
-            if keep_outputs:
-                outputs.append(finals)
-            if pending is not None:
-                pending.result()
-            pending = pool.submit(count, captured)
-            n_samples += n
-            bar.update(1)
-        if pending is not None:
-            pending.result()
+    for batch, finals in inst.stream(data, batch_size, counters, progress):
+        if parity and parity_diff is None:
+            parity_diff = inst.parity(batch)
+        n = len(next(iter(batch.values())))
+        digest.update(batch)
+        if y is not None:
+            correct += _correct(finals[0], y, n_samples, n)
+        if keep_outputs:
+            outputs.append(finals)
+        n_samples += n
     if y is not None and len(y) != n_samples:
         raise InputError(f"got {len(y)} labels for {n_samples} samples; they must match")
     layers = [_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]

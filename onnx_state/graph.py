@@ -17,6 +17,7 @@ Neuron axis of a captured tensor, first rule that applies:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ from onnx import ModelProto, NodeProto, helper
 from onnx_state.errors import InputError, LayerNotFoundError, ModelError, did_you_mean
 
 __all__ = [
+    "META_INPUT_AXES",
     "META_LAYER_NAME",
     "META_LAYER_TYPE",
     "META_NEURON_AXIS",
@@ -45,6 +47,7 @@ __all__ = [
 META_LAYER_NAME = "onnx_state.layer_name"
 META_LAYER_TYPE = "onnx_state.layer_type"
 META_NEURON_AXIS = "onnx_state.neuron_axis"
+META_INPUT_AXES = "onnx_state.input_axes"  # model-level JSON {input name: neuron axis}
 
 METHODS = ("after", "before", "both")
 DEFAULT_ATTACH_TO = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -168,33 +171,51 @@ def _node_label(node: NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
 
-def list_layers(model: ModelProto) -> list[Layer]:
-    """Layers of the main graph in topological order."""
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16, onnx.TensorProto.BOOL,
+}  # fmt: skip
+
+
+def list_layers(model: ModelProto, info: Mapping | None = None) -> list[Layer]:
+    """Layers of the main graph in order of their first node.
+
+    Nodes sharing an ``onnx_state.layer_name`` form one layer even when other nodes sit
+    between them (tf2onnx interleaves shape arithmetic). A layer's output is the last of its
+    tensors used outside it; its input is the first tensor from outside, preferring float
+    data over shape arithmetic. *info* is ``_shape_info(model)`` when the caller has it.
+    """
     graph = model.graph
+    info = _shape_info(model) if info is None else info
     constants = _constants(graph)
-    groups: list[tuple[str | None, list[tuple[int, NodeProto]]]] = []
+    consumers: dict[str, set[int]] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, set()).add(i)
+    graph_outputs = {o.name for o in graph.output}
+    groups: dict[str, list[tuple[int, NodeProto]]] = {}
     for i, node in enumerate(graph.node):
         if node.op_type == "Constant":
             continue
-        name = _meta(node).get(META_LAYER_NAME)
-        if name is not None and groups and groups[-1][0] == name:
-            groups[-1][1].append((i, node))
-        else:
-            groups.append((name, [(i, node)]))
-    seen: dict[str, int] = {}
+        key = _meta(node).get(META_LAYER_NAME) or f"\0{i}"  # \0: a node of its own
+        groups.setdefault(key, []).append((i, node))
     layers = []
-    for meta_name, members in groups:
+    taken: set[str] = set()
+    for key, members in groups.items():
         nodes = [n for _, n in members]
+        indices = {i for i, _ in members}
         produced = {o for n in nodes for o in n.output}
-        inputs = [
-            i for n in nodes for i in n.input if i and i not in produced and i not in constants
-        ]
-        name = meta_name or _node_label(nodes[0], members[0][0])
-        if name in seen:  # a layer called twice (shared weights) or a name reused
-            seen[name] += 1
-            name = f"{name}_{seen[name]}"
-        else:
-            seen[name] = 0
+        outside = [
+            o for n in nodes for o in n.output
+            if o and (o in graph_outputs or consumers.get(o, set()) - indices)
+        ]  # fmt: skip
+        inputs = [i for n in nodes for i in n.input if i and i not in produced | constants]
+        floats = [i for i in inputs if info.get(i, (None,))[0] in _FLOAT_TYPES]
+        has_meta = not key.startswith("\0")
+        name = key if has_meta else _node_label(nodes[0], members[0][0])
+        while name in taken:  # a node name reused, or one clashing with a layer name
+            name += "_"
+        taken.add(name)
         meta = _meta(nodes[-1])
         layers.append(
             Layer(
@@ -202,16 +223,16 @@ def list_layers(model: ModelProto) -> list[Layer]:
                 layer_type=meta.get(META_LAYER_TYPE, nodes[-1].op_type),
                 op_types=tuple(n.op_type for n in nodes),
                 nodes=tuple(_node_label(n, i) for i, n in members),
-                input=inputs[0] if inputs else None,
-                output=nodes[-1].output[0],
-                has_metadata=meta_name is not None,
+                input=(floats or inputs or [None])[0],
+                output=outside[-1] if outside else nodes[-1].output[0],
+                has_metadata=has_meta,
             )
         )
     return layers
 
 
 # -- selection --------------------------------------------------------------------------------
-def _sanitize(name: str) -> str:
+def sanitize_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]+", "_", name).strip("_") or "layer"
 
 
@@ -297,9 +318,9 @@ def select_captures(
     exclude = [exclude] if isinstance(exclude, str) else list(exclude)
     if not attach_to:
         raise InputError("attach_to is empty; name at least one op type, layer type or layer")
-    layers = list_layers(model)
-    _check_request(model, layers, [] if lenient else attach_to, exclude)
     inferred = _shape_info(model)
+    layers = list_layers(model, inferred)
+    _check_request(model, layers, [] if lenient else attach_to, exclude)
     overrides = dict(neuron_axes or {})
     kinds = {"after": ("post",), "before": ("pre",), "both": ("pre", "post")}[method]
     captures: list[Capture] = []
@@ -312,7 +333,7 @@ def select_captures(
             tensor = layer.output if kind == "post" else layer.input
             if tensor is None:
                 continue
-            name = f"{_sanitize(layer.name)}_{kind}_states"
+            name = f"{sanitize_name(layer.name)}_{kind}_states"
             elem_type, shape = inferred.get(tensor, (None, None))
             if elem_type is None:
                 raise ModelError(
@@ -393,10 +414,13 @@ def neuron_axis(model: ModelProto, tensor: str, info: Mapping | None = None) -> 
         shape = info.get(name, (None, None))[1]
         return None if shape is None else len(shape)
 
+    model_meta = {p.key: p.value for p in model.metadata_props}
+    input_axes = json.loads(model_meta.get(META_INPUT_AXES, "{}"))
+
     def axis_of(name: str, depth: int = 0) -> int:
         node = producers.get(name)
         if node is None or depth > 200:
-            return 1
+            return int(input_axes.get(name, 1))
         meta = _meta(node).get(META_NEURON_AXIS)
         if meta is not None:
             return int(meta)

@@ -10,13 +10,46 @@ import numpy as np
 from onnx_state import metrics
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
 
-__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult"]
+__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "StateMetrics"]
 
 SCHEMA_VERSION = 1
 
 
+class StateMetrics:
+    """Metric methods for anything with ``counts()`` and ``neurons`` (results, live layers)."""
+
+    neurons: int
+
+    def counts(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def entropy(self, alpha: float = 1) -> float:
+        """Rényi entropy of the state distribution, in bits."""
+        return metrics.entropy(self.counts(), alpha)
+
+    def max_entropy(self) -> float:
+        """One bit per neuron."""
+        return float(self.neurons)
+
+    def efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
+        """entropy(alpha1) / (neurons, or entropy(alpha2))."""
+        return metrics.efficiency(self.counts(), self.neurons, alpha1, alpha2)
+
+    def miller_madow(self) -> float:
+        """Miller–Madow bias-corrected Shannon entropy, in bits."""
+        return metrics.miller_madow_entropy(self.counts())
+
+    def chao_shen(self) -> float:
+        """Chao–Shen coverage-adjusted Shannon entropy, in bits."""
+        return metrics.chao_shen_entropy(self.counts())
+
+    def entropy_interval(self, **kwargs: Any) -> metrics.EntropyInterval:
+        """Bootstrap interval of Shannon entropy (see metrics.bootstrap_entropy)."""
+        return metrics.bootstrap_entropy(self.counts(), **kwargs)
+
+
 @dataclass
-class LayerResult:
+class LayerResult(StateMetrics):
     """States of one captured layer output and the metrics computed from them."""
 
     name: str
@@ -43,26 +76,6 @@ class LayerResult:
     def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
         """Observed packed states (uint8 rows, or bytes), ascending by their integer value."""
         return [r.tobytes() for r in self.ids] if as_bytes else self.ids
-
-    def entropy(self, alpha: float = 1) -> float:
-        """Rényi entropy of the state distribution, in bits."""
-        return metrics.entropy(self.state_counts, alpha)
-
-    def max_entropy(self) -> float:
-        """One bit per neuron."""
-        return float(self.neurons)
-
-    def efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
-        return metrics.efficiency(self.state_counts, self.neurons, alpha1, alpha2)
-
-    def miller_madow(self) -> float:
-        return metrics.miller_madow_entropy(self.state_counts)
-
-    def chao_shen(self) -> float:
-        return metrics.chao_shen_entropy(self.state_counts)
-
-    def entropy_interval(self, **kwargs: Any) -> metrics.EntropyInterval:
-        return metrics.bootstrap_entropy(self.state_counts, **kwargs)
 
     def summary(self) -> dict[str, Any]:
         """Attributes and headline metrics, JSON-ready (no state arrays)."""

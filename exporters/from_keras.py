@@ -1,0 +1,102 @@
+"""Keras 3 model -> ONNX via tf2onnx, with the Keras layer names and classes as metadata.
+
+tf2onnx names nodes after TensorFlow name scopes (``lenet_1/conv_1_1/BiasAdd``): Keras 3 adds
+``_<n>`` to each scope, and one layer becomes several nodes (BatchNorm → Mul + Add, Conv2D with
+an activation → Conv + Elu). Each node is mapped back to the deepest Keras layer whose name
+matches a scope component, so ``after`` captures what the Keras layer outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import onnx
+
+from onnx_state.errors import MissingExtraError
+from onnx_state.graph import META_INPUT_AXES, META_LAYER_NAME, META_LAYER_TYPE
+
+__all__ = ["annotate", "export", "keras_layers"]
+
+_SUFFIX = re.compile(r"_\d+$")
+
+
+def _import_tf():
+    try:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as exc:
+        raise MissingExtraError(
+            "TensorFlow/tf2onnx are not installed; install them with: "
+            "pip install 'onnx-state[tensorflow]'"
+        ) from exc
+    return tf, tf2onnx
+
+
+def keras_layers(model: Any) -> dict[str, str]:
+    """Every layer name in *model*, nested models included -> its class name."""
+    found: dict[str, str] = {}
+    stack = list(getattr(model, "layers", []))
+    while stack:
+        layer = stack.pop()
+        found.setdefault(layer.name, type(layer).__name__)
+        stack.extend(getattr(layer, "layers", []))
+    return found
+
+
+def _layer_of(node_name: str, layers: dict[str, str]) -> str | None:
+    """Deepest scope component of *node_name* that names a Keras layer."""
+    parts = node_name.split("/")[:-1]  # the last part is the op itself
+    for part in reversed(parts):
+        for candidate in (part, _SUFFIX.sub("", part)):
+            if candidate in layers:
+                return candidate
+    return None
+
+
+def _set(node_or_model: Any, key: str, value: str) -> None:
+    entry = next((p for p in node_or_model.metadata_props if p.key == key), None)
+    if entry is None:
+        entry = node_or_model.metadata_props.add()
+        entry.key = key
+    entry.value = value
+
+
+def annotate(proto: onnx.ModelProto, model: Any) -> onnx.ModelProto:
+    """Write onnx_state layer metadata for a tf2onnx export of Keras *model* (in place)."""
+    layers = keras_layers(model)
+    layers.pop(model.name, None)
+    for node in proto.graph.node:
+        name = _layer_of(node.name, layers)
+        if name is not None:
+            _set(node, META_LAYER_NAME, name)
+            _set(node, META_LAYER_TYPE, layers[name])
+    # Keras inputs are channels-last: their neurons are on the last axis.
+    inits = {t.name for t in proto.graph.initializer}
+    axes = {i.name: -1 for i in proto.graph.input if i.name not in inits}
+    _set(proto, META_INPUT_AXES, json.dumps(axes, sort_keys=True))
+    return proto
+
+
+def export(model: Any, path: str | os.PathLike | None = None, opset: int = 18) -> onnx.ModelProto:
+    """Export Keras 3 *model* to ONNX (dynamic batch) with layer metadata; save to *path*."""
+    tf, tf2onnx = _import_tf()
+    if opset > 18:
+        raise ValueError(f"tf2onnx supports opsets up to 18, got {opset}")
+    specs = tuple(
+        tf.TensorSpec((None, *tuple(t.shape[1:])), t.dtype, name=t.name.split(":")[0])
+        for t in model.inputs
+    )
+
+    @tf.function(input_signature=specs)
+    def forward(*xs):
+        return model(xs[0] if len(xs) == 1 else list(xs), training=False)
+
+    proto, _ = tf2onnx.convert.from_function(forward, input_signature=specs, opset=opset)
+    annotate(proto, model)
+    if path is not None:
+        onnx.save(proto, os.fspath(path))
+    return proto
