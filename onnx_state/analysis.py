@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from onnx import ModelProto
 
 from onnx_state import graph, runtime
 from onnx_state.counter import StateCounter
-from onnx_state.errors import InputError
+from onnx_state.errors import InputError, ModelError
 from onnx_state.results import Analysis, LayerResult
 
 __all__ = ["Instrumented", "analyze", "instrument"]
@@ -53,7 +53,10 @@ class Instrumented:
         self, batch: Mapping[str, np.ndarray]
     ) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
         """(final outputs, captured tensors by name) for one batch."""
-        values = self.session.run(self.output_names + self.tensors, dict(batch))
+        try:
+            values = self.session.run(self.output_names + self.tensors, dict(batch))
+        except Exception as exc:  # onnxruntime raises its own classes, one per status code
+            raise ModelError(f"onnxruntime failed on a batch: {_first_line(exc)}") from exc
         k = len(self.output_names)
         captured = dict(zip(self.output_names + self.tensors, values))
         return values[:k], {t: captured[t] for t in self.tensors}
@@ -66,19 +69,14 @@ class Instrumented:
         self,
         data: Any,
         batch_size: int,
-        counters: Mapping[tuple[str, int], StateCounter],
+        consume: Callable[[dict[str, np.ndarray]], None],
         progress: bool | None = None,
     ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-        """Run every batch, count its captured tensors, yield (batch, final outputs).
+        """Run every batch, hand its captured tensors to *consume*, yield (batch, outputs).
 
-        Counting runs on a worker thread (it and onnxruntime both release the GIL), so batch
-        k is counted while batch k+1 runs; at most two batches of activations are alive.
+        *consume* runs on a worker thread (it and onnxruntime both release the GIL), so batch
+        k is consumed while batch k+1 runs; at most two batches of activations are alive.
         """
-
-        def count(captured: dict[str, np.ndarray]) -> None:
-            for (tensor, axis), counter in counters.items():
-                counter.update(captured[tensor], axis=axis)
-
         total = runtime.batch_count(data, self.specs, batch_size)
         pending: Future | None = None
         with ThreadPoolExecutor(1) as pool, _progress(total, progress) as bar:
@@ -86,7 +84,7 @@ class Instrumented:
                 finals, captured = self.run(batch)
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(count, captured)
+                pending = pool.submit(consume, captured)
                 yield batch, finals
                 bar.update(1)
             if pending is not None:
@@ -107,6 +105,21 @@ class Instrumented:
         return max(diffs, default=0.0)
 
 
+def count_into(counters: Mapping[tuple[str, int], Any]) -> Callable[[dict[str, np.ndarray]], None]:
+    """A consumer for Instrumented.stream that feeds each (tensor, axis) counter."""
+
+    def consume(captured: dict[str, np.ndarray]) -> None:
+        for (tensor, axis), counter in counters.items():
+            counter.update(captured[tensor], axis=axis)
+
+    return consume
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _file_size(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -122,7 +135,7 @@ def _progress(total: int | None, enabled: bool | None):
     return tqdm(total=total, disable=not enabled, unit="batch", leave=False)
 
 
-def _labels_array(labels: Any) -> np.ndarray:
+def labels_array(labels: Any) -> np.ndarray:
     if isinstance(labels, (str, os.PathLike)):
         labels = runtime.load_array(labels)
     y = np.asarray(labels)
@@ -162,13 +175,13 @@ def analyze(
         model, attach_to, exclude, method, neuron_axes, providers, threads, optimization
     )
     counters = inst.new_counters()
-    y = None if labels is None else _labels_array(labels)
+    y = None if labels is None else labels_array(labels)
     digest = runtime.Fingerprint()
     n_samples = 0
     correct = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
-    for batch, finals in inst.stream(data, batch_size, counters, progress):
+    for batch, finals in inst.stream(data, batch_size, count_into(counters), progress):
         if parity and parity_diff is None:
             parity_diff = inst.parity(batch)
         n = len(next(iter(batch.values())))
@@ -180,7 +193,7 @@ def analyze(
         n_samples += n
     if y is not None and len(y) != n_samples:
         raise InputError(f"got {len(y)} labels for {n_samples} samples; they must match")
-    layers = [_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -204,7 +217,7 @@ def _correct(logits: np.ndarray, y: np.ndarray, start: int, n: int) -> int:
     return int(np.sum(np.argmax(logits.reshape(n, -1), axis=1) == y[start : start + n]))
 
 
-def _result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
+def layer_result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
     ids, counts = counter.state_table()
     return LayerResult(
         name=capture.name,

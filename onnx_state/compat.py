@@ -244,7 +244,7 @@ class _TorchRunner:
 
 
 def _onnx_model(model, attach, exclude, method, storage, axes, session) -> EfficiencyModel:
-    from onnx_state.analysis import Instrumented
+    from onnx_state.analysis import Instrumented, count_into
 
     inst = Instrumented(model, attach, exclude, method, axes, **session)
     layers = [
@@ -257,7 +257,8 @@ def _onnx_model(model, attach, exclude, method, storage, axes, session) -> Effic
         counters = {key: _LayerGroup() for key in by_tensor.values()}
         for layer in layers:
             counters[by_tensor[layer.name]].members.append(layer)
-        outs = [finals[0] for _, finals in inst.stream(x, batch_size, counters, progress=False)]
+        consume = count_into(counters)
+        outs = [finals[0] for _, finals in inst.stream(x, batch_size, consume, progress=False)]
         return np.concatenate(outs)
 
     return EfficiencyModel(layers, run, [])

@@ -21,8 +21,11 @@ __all__ = [
     "chao_shen_entropy",
     "efficiency",
     "entropy",
+    "firing_counts",
+    "js_divergence",
     "miller_madow_entropy",
     "network_efficiency",
+    "seen_in",
 ]
 
 _LN2 = math.log(2.0)
@@ -180,3 +183,54 @@ def bootstrap_entropy(
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return EntropyInterval(est(c), float(low), float(high), level, estimator)
+
+
+# -- comparing two state distributions ----------------------------------------------------------
+def _rows(ids: np.ndarray) -> np.ndarray:
+    """Packed state rows as one opaque (void) value each, for set operations."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    return ids.view(np.dtype((np.void, ids.shape[1]))).ravel() if ids.size else ids.reshape(-1)
+
+
+def js_divergence(
+    ids_a: np.ndarray, counts_a: np.ndarray, ids_b: np.ndarray, counts_b: np.ndarray
+) -> float:
+    """Jensen–Shannon divergence (bits, in [0, 1]) of two state distributions.
+
+    States are uint8 rows of one width; counts are their occurrences.
+    """
+    if ids_a.shape[1:] != ids_b.shape[1:]:
+        raise InputError(f"state widths differ: {ids_a.shape[1:]} vs {ids_b.shape[1:]}")
+    both = np.concatenate([_rows(ids_a), _rows(ids_b)])
+    _, inverse = np.unique(both, return_inverse=True)
+    k = inverse.max() + 1 if inverse.size else 0
+    p = np.bincount(inverse[: len(ids_a)], weights=np.asarray(counts_a, float), minlength=k)
+    q = np.bincount(inverse[len(ids_a) :], weights=np.asarray(counts_b, float), minlength=k)
+    if p.sum() == 0 or q.sum() == 0:
+        raise InputError("no states were observed on one side")
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(x: np.ndarray) -> float:
+        nz = x > 0
+        return float(np.sum(x[nz] * np.log2(x[nz] / m[nz])))
+
+    return max(0.0, min(1.0, (kl(p) + kl(q)) / 2))
+
+
+def seen_in(ids: np.ndarray, reference_ids: np.ndarray) -> np.ndarray:
+    """Boolean mask: which rows of *ids* occur among *reference_ids*."""
+    if ids.shape[1:] != reference_ids.shape[1:]:
+        raise InputError(
+            f"state widths differ: {ids.shape[1:]} vs reference {reference_ids.shape[1:]}"
+        )
+    return np.isin(_rows(ids), _rows(reference_ids))
+
+
+def firing_counts(ids: np.ndarray, counts: np.ndarray, neurons: int) -> np.ndarray:
+    """How often each neuron fired: sum over states of count × bit (int64 [neurons])."""
+    total = np.zeros(neurons, dtype=np.int64)
+    for start in range(0, len(ids), 65536):  # bounded memory for millions of states
+        bits = np.unpackbits(ids[start : start + 65536], axis=1, count=neurons, bitorder="little")
+        total += np.asarray(counts[start : start + 65536], np.int64) @ bits.astype(np.int64)
+    return total

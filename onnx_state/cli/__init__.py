@@ -34,9 +34,13 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 
 from onnx_state.cli.analyze import analyze_command  # noqa: E402
+from onnx_state.cli.audit import audit_command  # noqa: E402
+from onnx_state.cli.compare import compare_command  # noqa: E402
 from onnx_state.cli.export import export_command  # noqa: E402
 from onnx_state.cli.inspect import inspect_command  # noqa: E402
 
 main.add_command(inspect_command)
 main.add_command(analyze_command)
 main.add_command(export_command)
+main.add_command(compare_command)
+main.add_command(audit_command)

@@ -85,3 +85,12 @@ def session(f):
 
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def report_violations(broken: list[str], quiet: bool = False) -> bool:
+    """Print violated rules to stderr (unless *quiet*); True when there are any."""
+    if broken and not quiet:
+        click.echo(f"{len(broken)} rule(s) violated:", err=True)
+        for line in broken:
+            click.echo(f"  {line}", err=True)
+    return bool(broken)

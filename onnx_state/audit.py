@@ -1,0 +1,269 @@
+"""audit(): dead and always-on neurons, neuron coverage, and drift from a stored reference.
+
+Neuron coverage is DeepXplore's criterion at threshold 0 (the fraction of neurons that fire
+on some input); top-k neuron coverage is DeepGauge's (the fraction of neurons that are among
+the k most active of their layer for some input; a conv neuron's activity on an input is the
+mean of its feature map). Against a reference results store: novelty (the fraction of states
+never seen in the reference, per layer and per sample), the Jensen–Shannon divergence of the
+state distributions, and the change of efficiency.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnx_state import metrics
+from onnx_state.analysis import Instrumented, labels_array, layer_result
+from onnx_state.counter import StateCounter
+from onnx_state.errors import InputError, StoreError
+from onnx_state.results import Analysis, LayerResult
+
+__all__ = ["Audit", "LayerAudit", "audit"]
+
+
+@dataclass
+class LayerAudit:
+    """Audit figures of one captured layer."""
+
+    name: str
+    neurons: int
+    state_count: int
+    efficiency: float
+    dead: list[int]
+    always_on: list[int]
+    coverage: float
+    topk_coverage: float
+    novelty: float | None = None
+    js_divergence: float | None = None
+    efficiency_drift: float | None = None
+    most_novel_samples: list[int] = field(default_factory=list)
+
+    @property
+    def dead_fraction(self) -> float:
+        return len(self.dead) / self.neurons
+
+
+@dataclass
+class Audit:
+    """Per-layer audit of a model on a data set, optionally against a reference."""
+
+    layers: list[LayerAudit]
+    n_samples: int
+    k: int
+    accuracy: float | None = None
+    reference: str | None = None
+    sample_novelty: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        layers = []
+        for la in self.layers:
+            d = dict(vars(la))
+            d["dead_fraction"] = la.dead_fraction
+            layers.append(d)
+        return {
+            "layers": layers,
+            "n_samples": self.n_samples,
+            "top_k": self.k,
+            "accuracy": self.accuracy,
+            "reference": self.reference,
+        }
+
+    def violations(
+        self,
+        max_dead_fraction: float | None = None,
+        min_coverage: float | None = None,
+        max_novelty: float | None = None,
+        max_js: float | None = None,
+        max_efficiency_drift: float | None = None,
+    ) -> list[str]:
+        """Rules broken, one line each, for CI gating."""
+        out = []
+        for la in self.layers:
+            if max_dead_fraction is not None and la.dead_fraction > max_dead_fraction:
+                out.append(f"{la.name}: dead fraction {la.dead_fraction:.4f} > {max_dead_fraction}")
+            if min_coverage is not None and la.coverage < min_coverage:
+                out.append(f"{la.name}: neuron coverage {la.coverage:.4f} < {min_coverage}")
+            if max_novelty is not None and la.novelty is not None and la.novelty > max_novelty:
+                out.append(f"{la.name}: novelty {la.novelty:.4f} > {max_novelty}")
+            if max_js is not None and la.js_divergence is not None and la.js_divergence > max_js:
+                out.append(f"{la.name}: JS divergence {la.js_divergence:.4f} > {max_js}")
+            drift = la.efficiency_drift
+            if (
+                max_efficiency_drift is not None
+                and drift is not None
+                and abs(drift) > max_efficiency_drift
+            ):
+                out.append(
+                    f"{la.name}: efficiency drift {drift:+.4f} beyond ±{max_efficiency_drift}"
+                )
+        return out
+
+    def table(self) -> str:
+        ref = self.reference is not None
+        head = f"{'layer':28s} {'neurons':>7s} {'dead':>5s} {'on':>5s} {'cover':>7s} {'top-k':>7s}"
+        if ref:
+            head += f" {'novelty':>8s} {'JS':>7s} {'Δeff':>8s}"
+        lines = [head, "-" * len(head)]
+        for la in self.layers:
+            row = (
+                f"{la.name[:28]:28s} {la.neurons:7d} {len(la.dead):5d} {len(la.always_on):5d} "
+                f"{100 * la.coverage:6.2f}% {100 * la.topk_coverage:6.2f}%"
+            )
+            if ref:
+                row += (
+                    f" {100 * la.novelty:7.3f}% {la.js_divergence:7.4f} {la.efficiency_drift:+8.4f}"
+                )
+            lines.append(row)
+        lines.append("")
+        lines.append(f"samples: {self.n_samples}, top-k coverage with k={self.k}")
+        for la in self.layers:
+            if la.dead:
+                lines.append(f"{la.name}: dead neurons {_short(la.dead)}")
+            if la.always_on:
+                lines.append(f"{la.name}: always-on neurons {_short(la.always_on)}")
+            if ref and la.most_novel_samples:
+                lines.append(f"{la.name}: most novel samples {_short(la.most_novel_samples)}")
+        if self.accuracy is not None:
+            lines.append(f"accuracy: {100 * self.accuracy:.2f}%")
+        return "\n".join(lines)
+
+
+def _short(items: Sequence[int], n: int = 20) -> str:
+    text = ", ".join(str(i) for i in items[:n])
+    return text + (f", … ({len(items)} in all)" if len(items) > n else "")
+
+
+class _LayerWatch:
+    """Per-layer streaming state: counter, top-k coverage, per-sample novelty."""
+
+    def __init__(self, capture, k: int, reference: LayerResult | None) -> None:
+        self.capture = capture
+        self.k = k
+        self.counter = StateCounter()
+        self.topk: np.ndarray | None = None
+        self.reference_ids = None if reference is None else reference.state_ids()
+        self.novel_per_sample: list[np.ndarray] = []
+
+    def update(self, x: np.ndarray) -> None:
+        axis = self.capture.axis
+        self.counter.update(x, axis=axis)
+        moved = np.moveaxis(x, axis, -1)
+        n, neurons = moved.shape[0], moved.shape[-1]
+        rows = moved.reshape(n, -1, neurons)  # (samples, positions, neurons)
+        activity = rows.mean(axis=1, dtype=np.float64)
+        k = min(self.k, neurons)
+        top = np.argpartition(-activity, k - 1, axis=1)[:, :k]
+        if self.topk is None:
+            self.topk = np.zeros(neurons, dtype=bool)
+        self.topk[np.unique(top)] = True
+        if self.reference_ids is not None:
+            packed = np.packbits(rows > 0, axis=-1, bitorder="little").reshape(
+                -1, (neurons + 7) // 8
+            )
+            novel = ~metrics.seen_in(packed, self.reference_ids)
+            self.novel_per_sample.append(novel.reshape(n, -1).mean(axis=1))
+
+
+def _check_reference(reference: Analysis, captures) -> dict[str, LayerResult]:
+    by_name = {r.name: r for r in reference.layers}
+    missing = [c.name for c in captures if c.name not in by_name]
+    if missing:
+        raise StoreError(
+            f"the reference store has no layer(s) {', '.join(missing)} (it holds "
+            f"{', '.join(by_name) or 'none'}); analyse the reference with the same attach_to"
+        )
+    return by_name
+
+
+def audit(
+    model: str | os.PathLike | ModelProto,
+    data: Any,
+    reference: str | os.PathLike | Analysis | None = None,
+    labels: Any = None,
+    attach_to: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str = (),
+    method: str = "after",
+    batch_size: int = 200,
+    top_k: int = 2,
+    neuron_axes: Mapping[str, int] | None = None,
+    **session: Any,
+) -> Audit:
+    """Audit the chosen layers of *model* on *data*, optionally against a reference store."""
+    if top_k < 1:
+        raise InputError(f"top_k must be at least 1, got {top_k}")
+    ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
+    inst = Instrumented(model, attach_to, exclude, method, neuron_axes, **session)
+    ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
+    watches = [_LayerWatch(c, top_k, ref_layers.get(c.name)) for c in inst.captures]
+    for w in watches:
+        ref_layer = ref_layers.get(w.capture.name)
+        if ref_layer is not None and ref_layer.axis != w.capture.axis:
+            raise StoreError(f"{w.capture.name} has neuron axis {w.capture.axis} here but "
+                             f"{ref_layer.axis} in the reference")  # fmt: skip
+
+    def consume(captured: dict[str, np.ndarray]) -> None:
+        for w in watches:
+            w.update(captured[w.capture.tensor])
+
+    y = None if labels is None else labels_array(labels)
+    n = correct = 0
+    for batch, finals in inst.stream(data, batch_size, consume, progress=False):
+        m = len(next(iter(batch.values())))
+        if y is not None:
+            if n + m > len(y):
+                raise InputError(f"got {len(y)} labels but the data holds more samples")
+            correct += int(np.sum(finals[0].reshape(m, -1).argmax(axis=1) == y[n : n + m]))
+        n += m
+    if y is not None and len(y) != n:
+        raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+    layers = []
+    novelty_by_layer = {}
+    for w in watches:
+        res = layer_result(w.capture, w.counter)
+        fired = metrics.firing_counts(res.ids, res.counts(), res.neurons)
+        entry = LayerAudit(
+            name=res.name,
+            neurons=res.neurons,
+            state_count=res.state_count,
+            efficiency=res.efficiency(),
+            dead=np.flatnonzero(fired == 0).tolist(),
+            always_on=np.flatnonzero(fired == res.state_count).tolist(),
+            coverage=float(np.mean(fired > 0)),
+            topk_coverage=float(np.mean(w.topk)),
+        )
+        ref_layer = ref_layers.get(res.name)
+        if ref_layer is not None:
+            if ref_layer.neurons != res.neurons:
+                raise StoreError(
+                    f"{res.name} has {res.neurons} neurons here but {ref_layer.neurons} in the "
+                    "reference; is it the same model?"
+                )
+            seen = metrics.seen_in(res.ids, ref_layer.state_ids())
+            per_sample = np.concatenate(w.novel_per_sample)
+            novelty_by_layer[res.name] = per_sample
+            entry.novelty = float(res.counts()[~seen].sum() / res.state_count)
+            entry.js_divergence = metrics.js_divergence(
+                res.ids, res.counts(), ref_layer.state_ids(), ref_layer.counts()
+            )
+            entry.efficiency_drift = entry.efficiency - ref_layer.efficiency()
+            top = np.argsort(-per_sample, kind="stable")[:10]
+            entry.most_novel_samples = top[per_sample[top] > 0].tolist()
+        layers.append(entry)
+    return Audit(
+        layers=layers,
+        n_samples=n,
+        k=top_k,
+        accuracy=None if y is None else correct / n,
+        reference=None if reference is None else _describe(reference),
+        sample_novelty=novelty_by_layer,
+    )
+
+
+def _describe(reference: Any) -> str:
+    return "<Analysis object>" if isinstance(reference, Analysis) else os.fspath(reference)

@@ -1,0 +1,417 @@
+"""compare(): run two models in lock-step and measure, layer by layer, how their states agree.
+
+Typical pairs: a PyTorch and a Keras export of one network; fp32 and an int8 (QDQ) or fp16
+version; a model before and after an optimizer. Layers are matched by a user mapping first,
+then by recorded layer name, then by op family and order; layouts may differ (neurons are
+aligned by their axis), and pairs whose neuron or state counts differ are refused, with the
+reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnx_state import metrics, runtime
+from onnx_state.analysis import Instrumented, labels_array
+from onnx_state.counter import StateCounter
+from onnx_state.errors import InputError, LayerNotFoundError
+from onnx_state.graph import Capture
+
+__all__ = ["Comparison", "PairResult", "compare", "load_mapping"]
+
+# Op types that compute the same kind of layer in float, quantized or fused form.
+_FAMILIES = {
+    "conv": {"conv", "convinteger", "qlinearconv", "fusedconv"},
+    "matmul": {"gemm", "matmul", "matmulinteger", "qlinearmatmul", "fusedmatmul", "fusedgemm"},
+    "convtranspose": {"convtranspose"},
+}
+
+
+def _family(capture: Capture) -> str:
+    op = capture.op_type.lower()
+    name = next((f for f, ops in _FAMILIES.items() if op in ops), op)
+    return f"{name}/{capture.kind}"
+
+
+def load_mapping(path: str | os.PathLike) -> dict[str, str]:
+    """A JSON object {layer or capture name in A: layer, node or tensor name in B}."""
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the mapping file {path}: {exc}") from None
+    if not isinstance(mapping, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()
+    ):
+        raise InputError(f"{path} must hold a JSON object of layer-name strings")
+    return mapping
+
+
+def match_captures(
+    a: Sequence[Capture], b: Sequence[Capture], mapping: Mapping[str, str]
+) -> tuple[list[tuple[Capture, Capture, str]], list[Capture], list[Capture]]:
+    """Pairs (a, b, rule), then the unmatched captures of A and of B."""
+    left, right = list(a), list(b)
+    pairs: list[tuple[Capture, Capture, str]] = []
+
+    def take(pred: Callable[[Capture, Capture], bool], rule: str) -> None:
+        for ca in list(left):
+            cb = next((c for c in right if pred(ca, c)), None)
+            if cb is not None:
+                pairs.append((ca, cb, rule))
+                left.remove(ca)
+                right.remove(cb)
+
+    def mapped(ca: Capture, cb: Capture) -> bool:
+        target = mapping.get(ca.name, mapping.get(ca.layer))
+        return (
+            target is not None and ca.kind == cb.kind and target in (cb.name, cb.layer, cb.tensor)
+        )
+
+    take(mapped, "mapping")
+    take(lambda ca, cb: ca.layer == cb.layer and ca.kind == cb.kind, "name")
+    for family in dict.fromkeys(_family(c) for c in left):
+        la = [c for c in left if _family(c) == family]
+        lb = [c for c in right if _family(c) == family]
+        for ca, cb in zip(la, lb):
+            pairs.append((ca, cb, "order"))
+            left.remove(ca)
+            right.remove(cb)
+    order = {c.name: i for i, c in enumerate(a)}
+    pairs.sort(key=lambda p: order[p[0].name])
+    return pairs, left, right
+
+
+class _PairStats:
+    """Streaming agreement statistics of one matched pair of layers."""
+
+    def __init__(self, a: Capture, b: Capture) -> None:
+        self.a, self.b = a, b
+        self.refused: str | None = None
+        self.states = self.identical = 0
+        self.hamming = 0
+        self.neuron_agree: np.ndarray | None = None
+        self.max_abs = 0.0
+        self.sum_abs = 0.0
+        self.values = 0
+        self.dot = self.norm_a = self.norm_b = 0.0
+        self.counter_a = StateCounter()
+        self.counter_b = StateCounter()
+
+    def update(self, ta: np.ndarray, tb: np.ndarray) -> None:
+        if self.refused:
+            return
+        xa = np.moveaxis(ta, self.a.axis, -1)
+        xb = np.moveaxis(tb, self.b.axis, -1)
+        if xa.shape[-1] != xb.shape[-1]:
+            self.refused = f"neuron counts differ ({xa.shape[-1]} vs {xb.shape[-1]})"
+            return
+        xa, xb = xa.reshape(-1, xa.shape[-1]), xb.reshape(-1, xb.shape[-1])
+        if len(xa) != len(xb):
+            self.refused = f"state counts per batch differ ({len(xa)} vs {len(xb)})"
+            return
+        fa, fb = xa > 0, xb > 0
+        same = fa == fb
+        self.states += len(fa)
+        self.identical += int(np.count_nonzero(same.all(axis=1)))
+        self.hamming += int(same.size - np.count_nonzero(same))
+        agree = same.sum(axis=0, dtype=np.int64)
+        self.neuron_agree = agree if self.neuron_agree is None else self.neuron_agree + agree
+        da, db = xa.astype(np.float64), xb.astype(np.float64)
+        diff = np.abs(da - db)
+        finite = np.isfinite(diff)
+        if finite.any():
+            self.max_abs = max(self.max_abs, float(diff[finite].max()))
+        self.sum_abs += float(diff[finite].sum())
+        self.values += int(finite.sum())
+        self.dot += float(np.sum(da * db))
+        self.norm_a += float(np.sum(da * da))
+        self.norm_b += float(np.sum(db * db))
+        self.counter_a.update(xa, axis=1)
+        self.counter_b.update(xb, axis=1)
+
+    def result(self, rule: str) -> PairResult:
+        base = {"a": self.a.name, "b": self.b.name, "rule": rule, "neurons": self.counter_a.neurons}
+        if self.refused or not self.states:
+            return PairResult(**base, refused=self.refused or "no states")
+        ids_a, counts_a = self.counter_a.state_table()
+        ids_b, counts_b = self.counter_b.state_table()
+        neurons = self.counter_a.neurons
+        per_neuron = self.neuron_agree / self.states
+        denom = np.sqrt(self.norm_a * self.norm_b)
+        return PairResult(
+            **base,
+            states=self.states,
+            state_agreement=self.identical / self.states,
+            neuron_agreement_mean=float(per_neuron.mean()),
+            neuron_agreement_min=float(per_neuron.min()),
+            mean_hamming=self.hamming / self.states,
+            max_abs_diff=self.max_abs,
+            mean_abs_diff=self.sum_abs / max(self.values, 1),
+            cosine=float(self.dot / denom) if denom > 0 else (1.0 if self.dot == 0 else 0.0),
+            efficiency_a=metrics.efficiency(counts_a, neurons),
+            efficiency_b=metrics.efficiency(counts_b, neurons),
+            js_divergence=metrics.js_divergence(ids_a, counts_a, ids_b, counts_b),
+        )
+
+
+@dataclass
+class PairResult:
+    """Agreement of one matched pair of layers (A's capture, B's capture)."""
+
+    a: str
+    b: str
+    rule: str  # mapping | name | order
+    neurons: int
+    refused: str | None = None
+    states: int = 0
+    state_agreement: float | None = None
+    neuron_agreement_mean: float | None = None
+    neuron_agreement_min: float | None = None
+    mean_hamming: float | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    cosine: float | None = None
+    efficiency_a: float | None = None
+    efficiency_b: float | None = None
+    js_divergence: float | None = None
+
+
+@dataclass
+class Comparison:
+    """Layer-by-layer agreement of two models on the same data."""
+
+    pairs: list[PairResult]
+    unmatched_a: list[str]
+    unmatched_b: list[str]
+    n_samples: int
+    output_max_abs_diff: float
+    top1_agreement: float
+    accuracy_a: float | None = None
+    accuracy_b: float | None = None
+    threshold: float = 0.99
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def first_divergent(self) -> str | None:
+        """The first layer of A whose state agreement drops below the threshold."""
+        for p in self.pairs:
+            if p.state_agreement is not None and p.state_agreement < self.threshold:
+                return p.a
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pairs": [vars(p).copy() for p in self.pairs],
+            "unmatched_a": self.unmatched_a,
+            "unmatched_b": self.unmatched_b,
+            "n_samples": self.n_samples,
+            "output_max_abs_diff": self.output_max_abs_diff,
+            "top1_agreement": self.top1_agreement,
+            "accuracy_a": self.accuracy_a,
+            "accuracy_b": self.accuracy_b,
+            "threshold": self.threshold,
+            "first_divergent": self.first_divergent,
+        }
+
+    def violations(
+        self,
+        min_state_agreement: float | None = None,
+        min_top1_agreement: float | None = None,
+        max_js: float | None = None,
+        max_output_diff: float | None = None,
+    ) -> list[str]:
+        """Rules broken, one line each, for CI gating."""
+        out = []
+        for p in self.pairs:
+            if p.refused:
+                continue
+            if min_state_agreement is not None and p.state_agreement < min_state_agreement:
+                out.append(
+                    f"{p.a}: state agreement {p.state_agreement:.4%} < {min_state_agreement:.4%}"
+                )
+            if max_js is not None and p.js_divergence > max_js:
+                out.append(f"{p.a}: JS divergence {p.js_divergence:.4g} > {max_js:.4g}")
+        if min_top1_agreement is not None and self.top1_agreement < min_top1_agreement:
+            out.append(
+                f"outputs: top-1 agreement {self.top1_agreement:.4%} < {min_top1_agreement:.4%}"
+            )
+        if max_output_diff is not None and self.output_max_abs_diff > max_output_diff:
+            out.append(
+                f"outputs: max |diff| {self.output_max_abs_diff:.4g} > {max_output_diff:.4g}"
+            )
+        return out
+
+    def table(self) -> str:
+        head = (
+            f"{'layer A':24s} {'layer B':24s} {'rule':7s} {'states':>9s} {'same':>8s} "
+            f"{'hamming':>8s} {'cosine':>8s} {'max|d|':>9s} {'eff A':>7s} {'eff B':>7s} {'JS':>7s}"
+        )
+        lines = [head, "-" * len(head)]
+        first = self.first_divergent
+        for p in self.pairs:
+            mark = " <- first below threshold" if p.a == first else ""
+            if p.refused:
+                lines.append(f"{p.a[:24]:24s} {p.b[:24]:24s} {p.rule:7s} refused: {p.refused}")
+                continue
+            lines.append(
+                f"{p.a[:24]:24s} {p.b[:24]:24s} {p.rule:7s} {p.states:9d} "
+                f"{100 * p.state_agreement:7.3f}% {p.mean_hamming:8.4f} {p.cosine:8.5f} "
+                f"{p.max_abs_diff:9.3g} {100 * p.efficiency_a:6.2f}% {100 * p.efficiency_b:6.2f}% "
+                f"{p.js_divergence:7.4f}{mark}"
+            )
+        lines.append("")
+        lines.append(f"samples: {self.n_samples}")
+        lines.append(
+            f"outputs: max |diff| {self.output_max_abs_diff:.3g}, top-1 agreement "
+            f"{100 * self.top1_agreement:.2f}%"
+        )
+        if self.accuracy_a is not None:
+            lines.append(f"accuracy A {100 * self.accuracy_a:.2f}%, B {100 * self.accuracy_b:.2f}%")
+        if self.unmatched_a or self.unmatched_b:
+            lines.append(f"unmatched in A: {', '.join(self.unmatched_a) or '-'}")
+            lines.append(f"unmatched in B: {', '.join(self.unmatched_b) or '-'}")
+        if first:
+            lines.append(f"first layer below {100 * self.threshold:g}% state agreement: {first}")
+        return "\n".join(lines)
+
+
+def input_adapter(
+    specs_a: Sequence[runtime.InputSpec], specs_b: Sequence[runtime.InputSpec]
+) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Map A's batches to B's inputs: same names, or one input renamed and, when B's sample
+    axes are a permutation of A's (NCHW vs NHWC), transposed."""
+    names_a, names_b = [s.name for s in specs_a], [s.name for s in specs_b]
+    if sorted(names_a) == sorted(names_b):
+        return lambda batch: batch
+    if len(specs_a) != 1 or len(specs_b) != 1:
+        raise InputError(
+            f"model inputs differ ({', '.join(names_a)} vs {', '.join(names_b)}); give B its "
+            "own data with data_b / --data-b"
+        )
+    sa, sb = specs_a[0], specs_b[0]
+    dims_a, dims_b = sa.shape[1:], sb.shape[1:]
+    if len(dims_a) != len(dims_b) or sa.dtype != sb.dtype:
+        raise InputError(
+            f"input {sa.name} {sa.dtype}{_dims(sa.shape)} of A does not fit input {sb.name} "
+            f"{sb.dtype}{_dims(sb.shape)} of B; give B its own data with --data-b"
+        )
+    perms = [
+        p for p in itertools.permutations(range(len(dims_a)))
+        if all(_fits(dims_a[i], dims_b[j]) for j, i in enumerate(p))
+    ]  # fmt: skip
+
+    # Equal sizes (H and W) make several permutations fit: take the one that moves the
+    # fewest axes past each other (NCHW -> NHWC moves only C), if there is a single one.
+    def inversions(p: tuple[int, ...]) -> int:
+        return sum(p[i] > p[j] for i in range(len(p)) for j in range(i + 1, len(p)))
+
+    ranked = sorted(perms, key=inversions)
+    if len(ranked) == 1 or (ranked and inversions(ranked[0]) < inversions(ranked[1])):
+        perm = ranked[0]
+    else:
+        raise InputError(
+            f"cannot tell how {sa.name}{_dims(sa.shape)} maps to {sb.name}{_dims(sb.shape)}; "
+            "give B its own data with --data-b"
+        )
+    axes = (0, *(i + 1 for i in perm))
+    return lambda batch: {sb.name: np.ascontiguousarray(batch[sa.name].transpose(axes))}
+
+
+def _fits(a: Any, b: Any) -> bool:
+    return not (isinstance(a, int) and isinstance(b, int) and a > 0 and b > 0 and a != b)
+
+
+def _dims(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) + ")"
+
+
+def compare(
+    model_a: str | os.PathLike | ModelProto,
+    model_b: str | os.PathLike | ModelProto,
+    data: Any,
+    labels: Any = None,
+    attach_to: Sequence[str] | str | None = None,
+    attach_to_b: Sequence[str] | str | None = None,
+    method: str = "after",
+    mapping: Mapping[str, str] | None = None,
+    batch_size: int = 200,
+    data_b: Any = None,
+    threshold: float = 0.99,
+    **session: Any,
+) -> Comparison:
+    """Run *model_a* and *model_b* on the same batches and compare them layer by layer."""
+    mapping = dict(mapping or {})
+    inst_a = Instrumented(model_a, attach_to, method=method, **session)
+    b_select = attach_to_b if attach_to_b is not None else attach_to
+    if mapping:
+        b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
+    inst_b = Instrumented(model_b, b_select, method=method, **session)
+    pairs, left, right = match_captures(inst_a.captures, inst_b.captures, mapping)
+    if not pairs:
+        raise LayerNotFoundError(
+            f"no layers of A ({', '.join(c.name for c in inst_a.captures)}) match layers of B "
+            f"({', '.join(c.name for c in inst_b.captures)}); give a mapping file"
+        )
+    stats = [_PairStats(a, b) for a, b, _ in pairs]
+    batches_b = None
+    if data_b is not None:
+        batches_b = runtime.iter_batches(data_b, inst_b.specs, batch_size)
+        adapt = None
+    else:
+        adapt = input_adapter(inst_a.specs, inst_b.specs)
+    y = None if labels is None else labels_array(labels)
+    n = correct_a = correct_b = agree = 0
+    max_diff = 0.0
+    for batch in runtime.iter_batches(data, inst_a.specs, batch_size):
+        batch_b = adapt(batch) if adapt else next(batches_b, None)
+        if batch_b is None:
+            raise InputError("data_b holds fewer samples than data")
+        try:
+            runtime.check_batch(batch_b, inst_b.specs)
+        except InputError as exc:
+            raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
+        out_a, cap_a = inst_a.run(batch)
+        out_b, cap_b = inst_b.run(batch_b)
+        for s in stats:
+            s.update(cap_a[s.a.tensor], cap_b[s.b.tensor])
+        la = out_a[0].reshape(len(out_a[0]), -1)
+        lb = out_b[0].reshape(len(out_b[0]), -1)
+        if la.shape != lb.shape:
+            raise InputError(f"final outputs differ in shape: {la.shape} vs {lb.shape}")
+        max_diff = max(max_diff, float(np.max(np.abs(la.astype(float) - lb.astype(float)))))
+        pa, pb = la.argmax(axis=1), lb.argmax(axis=1)
+        agree += int(np.sum(pa == pb))
+        if y is not None:
+            correct_a += int(np.sum(pa == y[n : n + len(pa)]))
+            correct_b += int(np.sum(pb == y[n : n + len(pb)]))
+        n += len(la)
+    if y is not None and len(y) != n:
+        raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+    return Comparison(
+        pairs=[s.result(rule) for s, (_, _, rule) in zip(stats, pairs)],
+        unmatched_a=[c.name for c in left],
+        unmatched_b=[c.name for c in right],
+        n_samples=n,
+        output_max_abs_diff=max_diff,
+        top1_agreement=agree / n,
+        accuracy_a=None if y is None else correct_a / n,
+        accuracy_b=None if y is None else correct_b / n,
+        threshold=threshold,
+    )
+
+
+def _default_types(model: str | os.PathLike | ModelProto) -> list[str]:
+    """The default op types that *model* contains (the defaults need not all exist)."""
+    from onnx_state.graph import DEFAULT_ATTACH_TO, load_model
+
+    ops = {n.op_type.lower() for n in load_model(model, load_external=False).graph.node}
+    return [t for t in DEFAULT_ATTACH_TO if t.lower() in ops]
