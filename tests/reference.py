@@ -38,3 +38,35 @@ def reference_renyi(counts: np.ndarray, alpha: float) -> float:
     if np.isinf(alpha):
         return float(-np.log(max(p)) / np.log(2))
     return float(np.log(sum(q**alpha for q in p)) / np.log(2) / (1 - alpha))
+
+
+def kruskal_cross_edges(x: np.ndarray, side: np.ndarray) -> tuple[int, float]:
+    """(S, total squared weight) of the MST under the order (d², min end, max end).
+
+    Plain Kruskal with union-find over all pairs, distances from the difference vectors.
+    """
+    n = len(x)
+    edges = sorted(
+        (float(np.sum((x[i].astype(float) - x[j]) ** 2)), i, j)
+        for i in range(n)
+        for j in range(i + 1, n)
+    )
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    s, total, used = 0, 0.0, 0
+    for w, i, j in edges:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[ri] = rj
+            s += bool(side[i] != side[j])
+            total += w
+            used += 1
+            if used == n - 1:
+                break
+    return s, total

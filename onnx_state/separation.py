@@ -1,0 +1,343 @@
+"""Per-layer class separation: the Henze–Penrose statistic on Euclidean MSTs, and tests.
+
+For each captured layer and each pair of classes (i, j), n samples of each class are
+flattened to vectors, the exact Euclidean minimum spanning tree of the 2n points is built,
+and S counts its edges that join the two classes. Two forms are reported:
+
+* ``source`` (the prior library's): 1 − 2·min(N/2, S)/N with N = n_i + n_j. Its maximum is
+  1 − 2/N, since a connected tree has S ≥ 1.
+* ``friedman_rafsky`` (corrected, the default): max(0, 1 − (n_i + n_j)/(2 n_i n_j)·(S − 1)),
+  1 for perfectly separated classes (S = 1) and about 0 when both come from one distribution
+  (E[S] = 2 n_i n_j / N).
+
+Separations of different class pairs share classes, so they are not independent samples; the
+permutation tests below treat them as exchangeable, which overstates their evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnx import ModelProto
+
+from onnx_state import runtime
+from onnx_state.analysis import Instrumented, labels_array
+from onnx_state.errors import InputError, StoreError
+from onnx_state.mst import cross_edges, mst_edges, squared_distances
+
+__all__ = [
+    "FORMULAS",
+    "SeparationResult",
+    "henze_penrose",
+    "permutation_test",
+    "separation",
+    "separation_tests",
+]
+
+FORMULAS = ("friedman_rafsky", "source")
+SCHEMA = "onnx_state.separation"
+SCHEMA_VERSION = 1
+
+
+def henze_penrose(s: np.ndarray | int, n_i: Any, n_j: Any, formula: str = "friedman_rafsky"):
+    """Separation from the cross-edge count S of an MST over n_i + n_j points."""
+    s, n_i, n_j = (np.asarray(v, dtype=np.float64) for v in (s, n_i, n_j))
+    if formula == "source":
+        n = n_i + n_j
+        return 1 - 2 * np.minimum(n / 2, s) / n
+    if formula == "friedman_rafsky":
+        return np.maximum(0.0, 1 - (n_i + n_j) / (2 * n_i * n_j) * (s - 1))
+    raise InputError(f"unknown formula {formula!r}; use one of {', '.join(FORMULAS)}")
+
+
+def permutation_test(
+    a: Sequence[float], b: Sequence[float], n: int = 10_000, seed: int | None = 0
+) -> tuple[float, float]:
+    """Fisher's permutation test for a difference of means (two-sided).
+
+    Returns (mean(a) - mean(b), p) with p = (1 + #{|t'| >= |t|}) / (n + 1) over *n* random
+    relabellings from a seeded generator.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 1 or len(b) < 1:
+        raise InputError("both groups need at least one value")
+    if n < 1:
+        raise InputError(f"n must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    pooled = np.concatenate([a, b])
+    observed = a.mean() - b.mean()
+    hits = 0
+    for start in range(0, n, 1000):  # permutations in slabs: bounded memory
+        k = min(1000, n - start)
+        perms = rng.permuted(np.broadcast_to(pooled, (k, len(pooled))), axis=1)
+        t = perms[:, : len(a)].mean(axis=1) - perms[:, len(a) :].mean(axis=1)
+        hits += int(np.sum(np.abs(t) >= abs(observed) - 1e-12))
+    return float(observed), (1 + hits) / (n + 1)
+
+
+@dataclass
+class SeparationResult:
+    """Cross-edge counts S per split, layer and class pair, and the sample sizes used."""
+
+    classes: list[int]
+    layers: list[str]
+    cross: dict[str, dict[str, np.ndarray]]  # split -> layer -> K x K int, diagonal -1
+    sizes: dict[str, list[int]]  # split -> samples per class
+    pca: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def matrix(self, layer: str, split: str = "train", formula: str = "friedman_rafsky"):
+        """K x K separations (NaN on the diagonal)."""
+        s = self._get(layer, split)
+        n = np.asarray(self.sizes[split], dtype=np.float64)
+        out = henze_penrose(s, n[:, None], n[None, :], formula)
+        np.fill_diagonal(out, np.nan)
+        return out
+
+    def values(self, layer: str, split: str = "train", formula: str = "friedman_rafsky"):
+        """Separations of the K(K-1)/2 class pairs (upper triangle, row by row)."""
+        m = self.matrix(layer, split, formula)
+        return m[np.triu_indices(len(m), k=1)]
+
+    def mean(self, layer: str, split: str = "train", formula: str = "friedman_rafsky") -> float:
+        return float(np.mean(self.values(layer, split, formula)))
+
+    def _get(self, layer: str, split: str) -> np.ndarray:
+        if split not in self.cross:
+            raise InputError(f"no {split!r} split here; this result has {', '.join(self.cross)}")
+        if layer not in self.cross[split]:
+            from onnx_state.errors import did_you_mean
+
+            raise InputError(f"no layer {layer!r}." + did_you_mean(layer, self.layers))
+        return self.cross[split][layer]
+
+    def table(self, formula: str = "friedman_rafsky") -> str:
+        splits = list(self.cross)
+        head = f"{'layer':30s}" + "".join(f" {'mean ' + s:>12s}" for s in splits)
+        lines = [head, "-" * len(head)]
+        for layer in self.layers:
+            lines.append(
+                f"{layer[:30]:30s}"
+                + "".join(f" {self.mean(layer, s, formula):12.4f}" for s in splits)
+            )
+        sizes = ", ".join(f"{s}: {min(n)}-{max(n)} per class" for s, n in self.sizes.items())
+        lines.append("")
+        lines.append(f"classes: {self.classes}; samples {sizes}; formula: {formula}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "classes": self.classes,
+            "layers": self.layers,
+            "sizes": self.sizes,
+            "cross_edges": {
+                s: {la: m.tolist() for la, m in layers.items()} for s, layers in self.cross.items()
+            },
+            "mean": {
+                f: {s: {la: self.mean(la, s, f) for la in self.layers} for s in self.cross}
+                for f in FORMULAS
+            },
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SeparationResult:
+        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"not an onnx_state separation result of schema version {SCHEMA_VERSION}"
+            )
+        cross = {
+            s: {la: np.asarray(m, dtype=np.int64) for la, m in layers.items()}
+            for s, layers in d["cross_edges"].items()
+        }
+        return cls(list(d["classes"]), list(d["layers"]), cross, dict(d["sizes"]))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """JSON with sorted keys, written to a temporary file and renamed into place."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.partial")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+        os.replace(tmp, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SeparationResult:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"cannot read separation result {path}: {exc}") from None
+
+
+def _choose(y: np.ndarray, classes: list, n: int | None, draw: str, seed: int) -> list[np.ndarray]:
+    """Sample indices per class: the first n, or a seeded random draw of n."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in classes:
+        idx = np.flatnonzero(y == c)
+        if n is not None and len(idx) < n:
+            raise InputError(
+                f"class {c} has {len(idx)} samples, fewer than samples_per_class={n}; "
+                "lower samples_per_class"
+            )
+        if n is not None:
+            idx = idx[:n] if draw == "first" else np.sort(rng.choice(idx, n, replace=False))
+        chosen.append(idx)
+    return chosen
+
+
+def _features(inst: Instrumented, data: Any, index: np.ndarray, batch_size: int, with_input: bool):
+    """Flattened captured tensors (and the input) of the chosen samples, per capture name."""
+    mapping = data if isinstance(data, dict) else {inst.specs[0].name: data}
+    feats: dict[str, list[np.ndarray]] = {}
+    for start in range(0, len(index), batch_size):
+        sel = index[start : start + batch_size]
+        batch = {k: np.ascontiguousarray(_take(v, sel)) for k, v in mapping.items()}
+        runtime.check_batch(batch, inst.specs)
+        _, captured = inst.run(batch)
+        if with_input:
+            for k, v in batch.items():
+                feats.setdefault(f"input:{k}", []).append(v.reshape(len(sel), -1))
+        for c in inst.captures:
+            t = captured[c.tensor]
+            feats.setdefault(c.name, []).append(t.reshape(len(sel), -1).astype(np.float32))
+    return {k: np.concatenate(v) for k, v in feats.items()}
+
+
+def _take(array: Any, index: np.ndarray) -> np.ndarray:
+    """Rows *index* of a numpy, memory-mapped or zarr array."""
+    if hasattr(array, "oindex"):  # zarr: orthogonal selection
+        return np.asarray(array.oindex[index])
+    return np.asarray(array[index])
+
+
+def _pair_counts(f: np.ndarray, groups: list[np.ndarray], max_bytes: int) -> np.ndarray:
+    """K x K cross-edge counts, reusing one distance matrix per layer when it fits."""
+    k = len(groups)
+    s = np.full((k, k), -1, dtype=np.int64)
+    offsets = np.cumsum([0] + [len(g) for g in groups])
+    full = squared_distances(f) if len(f) ** 2 * 8 <= max_bytes else None
+    for i in range(k):
+        for j in range(i + 1, k):
+            a = np.arange(offsets[i], offsets[i + 1])
+            b = np.arange(offsets[j], offsets[j + 1])
+            if full is not None:
+                both = np.concatenate([a, b])
+                edges = mst_edges(f[both], d2=full[np.ix_(both, both)])
+                side = np.r_[np.zeros(len(a), bool), np.ones(len(b), bool)]
+                s[i, j] = s[j, i] = int(np.sum(side[edges[:, 0]] != side[edges[:, 1]]))
+            else:
+                s[i, j] = s[j, i] = cross_edges(f[a], f[b], max_bytes)
+    return s
+
+
+def _pca2(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    x = np.concatenate([a, b]).astype(np.float64)
+    x -= x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    coords = x @ vt[:2].T
+    return {"coords": coords.tolist(), "side": [0] * len(a) + [1] * len(b)}
+
+
+def separation(
+    model: str | os.PathLike | ModelProto,
+    data: Any,
+    labels: Any,
+    attach_to: Sequence[str] | str | None = None,
+    samples_per_class: int | None = 100,
+    test_data: Any = None,
+    test_labels: Any = None,
+    exclude: Sequence[str] | str = (),
+    method: str = "after",
+    draw: str = "first",
+    seed: int = 0,
+    include_input: bool = True,
+    batch_size: int = 200,
+    max_matrix_bytes: int = 1 << 30,
+    pca_pair: tuple[int, int] | None = None,
+    **session: Any,
+) -> SeparationResult:
+    """Henze–Penrose separation of every class pair at every captured layer.
+
+    *data* / *test_data* are arrays (or paths, or dicts of arrays) with random access;
+    *samples_per_class* None uses every sample. *pca_pair* (two class labels) keeps a 2-D
+    PCA projection of that pair at each layer for plotting.
+    """
+    if draw not in ("first", "random"):
+        raise InputError(f"draw must be 'first' or 'random', got {draw!r}")
+    if samples_per_class is not None and samples_per_class < 2:
+        raise InputError(f"samples_per_class must be at least 2, got {samples_per_class}")
+    inst = Instrumented(model, attach_to, exclude, method, **session)
+    splits = {"train": (data, labels)}
+    if test_data is not None:
+        if test_labels is None:
+            raise InputError("test_data needs test_labels")
+        splits["test"] = (test_data, test_labels)
+    classes: list | None = None
+    cross: dict[str, dict[str, np.ndarray]] = {}
+    sizes: dict[str, list[int]] = {}
+    pca: dict[str, Any] = {}
+    names: list[str] = []
+    for split, (x, y) in splits.items():
+        x = runtime.load_array(x) if isinstance(x, (str, os.PathLike)) else x
+        y = labels_array(y)
+        n_data = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        if len(y) != n_data:
+            raise InputError(f"{split}: {len(y)} labels for {n_data} samples; they must match")
+        found = sorted(np.unique(y).tolist())
+        classes = found if classes is None else classes
+        if len(classes) < 2:
+            raise InputError(f"{split}: separation needs at least two classes, found {found}")
+        if found != classes:
+            raise InputError(f"{split} has classes {found} but train has {classes}")
+        groups = _choose(y, classes, samples_per_class, draw, seed)
+        feats = _features(inst, x, np.concatenate(groups), batch_size, include_input)
+        names = list(feats)
+        offsets = np.cumsum([0] + [len(g) for g in groups])
+        local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(groups))]
+        cross[split] = {name: _pair_counts(f, local, max_matrix_bytes) for name, f in feats.items()}
+        sizes[split] = [len(g) for g in groups]
+        if pca_pair is not None and split == "train":
+            i, j = (classes.index(c) for c in pca_pair)
+            pca = {n: _pca2(f[local[i]], f[local[j]]) for n, f in feats.items()}
+            pca["pair"] = list(pca_pair)
+    return SeparationResult(classes, names, cross, sizes, pca)
+
+
+def separation_tests(
+    a: SeparationResult,
+    b: SeparationResult | None = None,
+    layers: bool = False,
+    split: str = "train",
+    formula: str = "friedman_rafsky",
+    n: int = 10_000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Permutation tests: each layer of *a* vs the same layer of *b* (stage A vs stage B),
+    or, with *layers*, layer k vs layer k+1 of *a*."""
+    rows = []
+    if layers:
+        for la, lb in zip(a.layers, a.layers[1:]):
+            va, vb = a.values(la, split, formula), a.values(lb, split, formula)
+            diff, p = permutation_test(va, vb, n, seed)
+            rows.append(_test_row(la, lb, va, vb, diff, p))
+        return rows
+    if b is None:
+        raise InputError("give a second result, or compare consecutive layers with layers=True")
+    common = [la for la in a.layers if la in b.layers]
+    if not common:
+        raise InputError("the two results share no layer")
+    for la in common:
+        va, vb = a.values(la, split, formula), b.values(la, split, formula)
+        diff, p = permutation_test(va, vb, n, seed)
+        rows.append(_test_row(la, la, va, vb, diff, p))
+    return rows
+
+
+def _test_row(a: str, b: str, va: np.ndarray, vb: np.ndarray, diff: float, p: float) -> dict:
+    return {"a": a, "b": b, "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
+            "diff": diff, "p": p, "pairs": len(va)}  # fmt: skip

@@ -1,0 +1,180 @@
+"""Henze–Penrose separation: exact MSTs, formulas, permutation tests, API, CLI, plots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnx_state.cli import main
+from onnx_state.data import example_paths
+from onnx_state.errors import InputError
+from onnx_state.mst import cross_edges, mst_edges
+from onnx_state.runtime import load_array
+from onnx_state.separation import (
+    SeparationResult,
+    henze_penrose,
+    permutation_test,
+    separation,
+    separation_tests,
+)
+from tests.reference import kruskal_cross_edges
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 25), st.integers(1, 25), st.integers(1, 5), st.integers(0, 2**31))
+def test_cross_edges_equal_kruskal_with_duplicates_and_ties(na, nb, dim, seed):
+    # Small integers: many exact ties and duplicate points, all distances exact in float64.
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 3, (na, dim)).astype(np.float32)
+    b = rng.integers(0, 3, (nb, dim)).astype(np.float32)
+    side = np.r_[np.zeros(na, bool), np.ones(nb, bool)]
+    s_ref, _ = kruskal_cross_edges(np.concatenate([a, b]), side)
+    assert cross_edges(a, b) == s_ref
+    assert cross_edges(a, b, max_matrix_bytes=0) == s_ref  # the row-by-row path
+
+
+def test_mst_is_a_spanning_tree_of_minimum_weight_like_networkx():
+    import networkx as nx
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((60, 7))
+    x[5] = x[9]  # a duplicate: distance 0 must stay an edge
+    edges = mst_edges(x)
+    g = nx.Graph()
+    for i in range(60):
+        for j in range(i + 1, 60):
+            g.add_edge(i, j, weight=float(np.linalg.norm(x[i] - x[j])))
+    t = nx.minimum_spanning_tree(g)
+    ours = sum(np.linalg.norm(x[i] - x[j]) for i, j in edges)
+    assert len(edges) == 59 and nx.is_tree(nx.Graph([tuple(e) for e in edges]))
+    assert ours == pytest.approx(t.size(weight="weight"), rel=1e-12)
+    # with continuous data the MST is unique: same edges as networkx
+    assert {frozenset(e) for e in edges.tolist()} == {frozenset(e) for e in t.edges()}
+
+
+def test_scipy_agrees_on_s_without_duplicates():
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist
+
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((80, 30)), rng.standard_normal((70, 30)) + 0.3
+    x = np.concatenate([a, b])
+    t = minimum_spanning_tree(cdist(x, x)).tocoo()
+    side = np.r_[np.zeros(80, bool), np.ones(70, bool)]
+    assert cross_edges(a, b) == int(np.sum(side[t.row] != side[t.col]))
+
+
+def test_formulas_by_hand():
+    # N = 10, n_i = n_j = 5
+    assert henze_penrose(1, 5, 5, "source") == pytest.approx(1 - 2 / 10)
+    assert henze_penrose(7, 5, 5, "source") == pytest.approx(0.0)
+    assert henze_penrose(1, 5, 5) == pytest.approx(1.0)
+    assert henze_penrose(5, 5, 5) == pytest.approx(1 - 10 / 50 * 4)
+    assert henze_penrose(9, 5, 5) == 0.0
+    with pytest.raises(InputError, match="formula"):
+        henze_penrose(1, 5, 5, "other")
+
+
+def test_blobs_separate_and_one_distribution_does_not():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((100, 10))
+    far = rng.standard_normal((100, 10)) + 20
+    same = rng.standard_normal((100, 10))
+    assert henze_penrose(cross_edges(a, far), 100, 100) == pytest.approx(1.0)
+    assert henze_penrose(cross_edges(a, same), 100, 100) < 0.2
+
+
+def test_permutation_p_values_are_uniform_under_the_null_and_small_otherwise():
+    from scipy.stats import kstest
+
+    rng = np.random.default_rng(4)
+    ps = [permutation_test(rng.normal(size=15), rng.normal(size=15), n=199, seed=i)[1]
+          for i in range(300)]  # fmt: skip
+    assert 0.03 < np.mean(np.array(ps) < 0.1) < 0.18
+    assert kstest(ps, "uniform").pvalue > 0.001
+    diff, p = permutation_test(rng.normal(size=20) + 2, rng.normal(size=20), n=999, seed=0)
+    assert diff > 1 and p == pytest.approx(1 / 1000)
+    assert permutation_test([1, 2], [3, 4], n=50, seed=7) == permutation_test(
+        [1, 2], [3, 4], n=50, seed=7
+    )
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model, data, labels = example_paths()
+    return model, np.asarray(load_array(data)), np.asarray(load_array(labels))
+
+
+def test_separation_on_the_bundled_model_equals_an_independent_mst(digits):
+    import networkx as nx
+
+    from onnx_state.analysis import Instrumented
+
+    model, x, y = digits
+    r = separation(model, x, y, attach_to=["Conv2d"], samples_per_class=12, draw="random", seed=3,
+                   test_data=x[1000:], test_labels=y[1000:])  # fmt: skip
+    assert r.layers == ["input:x", "conv_1_post_states", "conv_2_post_states", "conv_3_post_states"]
+    # class 3 vs class 8 at conv_2, recomputed from scratch
+    rng = np.random.default_rng(3)
+    pick = [np.sort(rng.choice(np.flatnonzero(y == c), 12, replace=False)) for c in range(10)]
+    inst = Instrumented(model, ["Conv2d"])
+    cap = next(c for c in inst.captures if c.name == "conv_2_post_states")
+    feats = [inst.run({"x": x[pick[c]]})[1][cap.tensor].reshape(12, -1) for c in (3, 8)]
+    pts = np.concatenate(feats).astype(np.float64)
+    g = nx.Graph()
+    for i in range(24):
+        for j in range(i + 1, 24):
+            g.add_edge(i, j, weight=float(np.linalg.norm(pts[i] - pts[j])))
+    s = sum((i < 12) != (j < 12) for i, j in nx.minimum_spanning_tree(g).edges())
+    assert r.cross["train"]["conv_2_post_states"][3, 8] == s
+    assert r.matrix("conv_2_post_states")[3, 8] == pytest.approx(henze_penrose(s, 12, 12))
+    assert set(r.cross) == {"train", "test"}
+    small = separation(model, x, y, attach_to=["Conv2d"], samples_per_class=12, draw="random",
+                       seed=3, max_matrix_bytes=0, include_input=False)  # fmt: skip
+    for layer in small.layers:
+        np.testing.assert_array_equal(small.cross["train"][layer], r.cross["train"][layer])
+
+
+def test_save_load_tests_cli_and_plots(digits, tmp_path):
+    model, x, y = digits
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["separation", model, "--data", str(tmp_path / "x.npy"), "--labels",
+            str(tmp_path / "y.npy"), "--attach-to", "Conv2d", "--samples-per-class", "8"]  # fmt: skip
+    r = CliRunner().invoke(
+        main, [*args, "-o", str(tmp_path / "a.json"), "--plots", str(tmp_path / "p")]
+    )
+    assert r.exit_code == 0, r.output
+    assert "conv_3_post_states" in r.output
+    files = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert "mean_per_layer.png" in files and "heatmap_conv_1_post_states.png" in files
+    assert "pca_conv_1_post_states.png" in files and "hist_conv_2_post_states.png" in files
+    a = SeparationResult.load(tmp_path / "a.json")
+    r2 = CliRunner().invoke(main, [*args, "--draw", "random", "-o", str(tmp_path / "b.json")])
+    assert r2.exit_code == 0
+    t = CliRunner().invoke(main, ["separation-test", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                                  "-n", "200", "--json"])  # fmt: skip
+    rows = json.loads(t.output)
+    assert [row["a"] for row in rows] == a.layers
+    t = CliRunner().invoke(main, ["separation-test", str(tmp_path / "a.json"), "--layers"])
+    assert t.exit_code == 0 and "not independent" in t.output
+    assert len(separation_tests(a, layers=True, n=50)) == len(a.layers) - 1
+    bad = CliRunner().invoke(main, ["separation-test", str(tmp_path / "x.npy")])
+    assert bad.exit_code == 2 and "cannot read separation result" in bad.output
+
+
+def test_separation_error_paths(digits):
+    model, x, y = digits
+    with pytest.raises(InputError, match="fewer than samples_per_class"):
+        separation(model, x, y, samples_per_class=1000)
+    with pytest.raises(InputError, match="at least two classes"):
+        separation(model, x[y == 1], y[y == 1], samples_per_class=5)
+    with pytest.raises(InputError, match="labels for"):
+        separation(model, x, y[:-1], samples_per_class=5)
+    with pytest.raises(InputError, match="needs test_labels"):
+        separation(model, x, y, samples_per_class=5, test_data=x)
