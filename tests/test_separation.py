@@ -144,8 +144,10 @@ def test_save_load_tests_cli_and_plots(digits, tmp_path):
     model, x, y = digits
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
-    args = ["separation", model, "--data", str(tmp_path / "x.npy"), "--labels",
-            str(tmp_path / "y.npy"), "--attach-to", "Conv2d", "--samples-per-class", "8"]  # fmt: skip
+    args = [
+        "separation", model, "--data", str(tmp_path / "x.npy"), "--labels",
+        str(tmp_path / "y.npy"), "--attach-to", "Conv2d", "--samples-per-class", "8",
+    ]  # fmt: skip
     r = CliRunner().invoke(
         main, [*args, "-o", str(tmp_path / "a.json"), "--plots", str(tmp_path / "p")]
     )
@@ -157,8 +159,10 @@ def test_save_load_tests_cli_and_plots(digits, tmp_path):
     a = SeparationResult.load(tmp_path / "a.json")
     r2 = CliRunner().invoke(main, [*args, "--draw", "random", "-o", str(tmp_path / "b.json")])
     assert r2.exit_code == 0
-    t = CliRunner().invoke(main, ["separation-test", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
-                                  "-n", "200", "--json"])  # fmt: skip
+    t = CliRunner().invoke(
+        main, ["separation-test", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-n", "200",
+               "--json"],
+    )  # fmt: skip
     rows = json.loads(t.output)
     assert [row["a"] for row in rows] == a.layers
     t = CliRunner().invoke(main, ["separation-test", str(tmp_path / "a.json"), "--layers"])
