@@ -16,6 +16,27 @@ from libc.string cimport memcmp, memcpy, memset
 
 cnp.import_array()
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define _prefetch(p) __builtin_prefetch(p)
+    #else
+    #define _prefetch(p) ((void)0)
+    #endif
+    """
+    void _prefetch(const void* p) noexcept nogil
+
+
+cdef extern from "_pack.h" nogil:
+    void os_pack_f32(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
+                     uint32_t* lanes, uint32_t* nans)
+    void os_pack_f64(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
+                     uint32_t* lanes, uint32_t* nans)
+    void os_pack_u8(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
+                    uint32_t* lanes, uint32_t* nans)
+    void os_pack_f16(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
+                     uint32_t* lanes, uint32_t* nans)
+
 ctypedef fused value_t:
     float
     double
@@ -290,11 +311,15 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                     gn = min(<Py_ssize_t>32, n_neurons - g)
                     memset(lanes, 0, pn * sizeof(uint32_t))
                     memset(nan_lanes, 0, pn * sizeof(uint32_t))
-                    for c in range(gn):
-                        row = &x[o, g + c, p0]
-                        for j in range(pn):
-                            nan_lanes[j] += _isnan(row[j])
-                            lanes[j] |= (<uint32_t>_fires(row[j])) << c
+                    row = &x[o, g, p0]
+                    if value_t is float:
+                        os_pack_f32(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
+                    elif value_t is double:
+                        os_pack_f64(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
+                    elif value_t is uint8_t:
+                        os_pack_u8(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
+                    else:
+                        os_pack_f16(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
                     for j in range(pn):
                         nans += nan_lanes[j]
                     half = <uint32_t*>block
@@ -309,9 +334,18 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                         v = x[o, c, p0 + j]
                         nans += _isnan(v)
                         block[j * nwords + w] |= (<uint64_t>_fires(v)) << bit
-            for j in range(pn):
-                if _table_add(t, block + j * nwords, 1) != 0:
-                    return -1
+            if nwords == 1:
+                # Large tables miss the cache: ask for every entry of the block first, so
+                # the lookups below overlap their memory latency.
+                for j in range(pn):
+                    _prefetch(&t.narrow.entries[(block[j] * 0x9E3779B97F4A7C15ULL) >> t.narrow.shift])
+                for j in range(pn):
+                    if _narrow_add(&t.narrow, block[j], 1) != 0:
+                        return -1
+            else:
+                for j in range(pn):
+                    if _table_add(t, block + j * nwords, 1) != 0:
+                        return -1
             if record != NULL:
                 memcpy(record, block, pn * nwords * sizeof(uint64_t))
                 record += pn * nwords

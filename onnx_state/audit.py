@@ -207,7 +207,7 @@ def audit(
             raise StoreError(f"{w.capture.name} has neuron axis {w.capture.axis} here but "
                              f"{ref_layer.axis} in the reference")  # fmt: skip
 
-    def consume(captured: dict[str, np.ndarray]) -> None:
+    def consume(batch: dict[str, np.ndarray], captured: dict[str, np.ndarray]) -> None:
         for w in watches:
             w.update(captured[w.capture.tensor])
 

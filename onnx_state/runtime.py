@@ -278,7 +278,11 @@ def _fmt(shape: Sequence[Any]) -> str:
 
 
 class Fingerprint:
-    """sha256 of a data set as streamed, independent of how it was split into batches."""
+    """BLAKE2b-256 of a data set as streamed, independent of how it was split into batches.
+
+    One hash per input over its bytes, then one over names, dtypes, sample shapes and those
+    hashes. BLAKE2b is used for speed (it hashes faster than SHA-256 without SHA hardware).
+    """
 
     def __init__(self) -> None:
         self._inputs: dict[str, Any] = {}
@@ -286,13 +290,13 @@ class Fingerprint:
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
         for name, a in batch.items():
-            self._inputs.setdefault(name, hashlib.sha256()).update(
+            self._inputs.setdefault(name, hashlib.blake2b(digest_size=32)).update(
                 memoryview(np.ascontiguousarray(a)).cast("B")
             )
             self._meta[name] = f"{a.dtype.str}{a.shape[1:]}"
 
     def hexdigest(self) -> str:
-        total = hashlib.sha256()
+        total = hashlib.blake2b(digest_size=32)
         for name in sorted(self._inputs):
             total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())
         return total.hexdigest()
