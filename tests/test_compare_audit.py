@@ -14,22 +14,14 @@ import onnx_state
 from onnx_state.audit import audit
 from onnx_state.cli import main
 from onnx_state.compare import compare
-from onnx_state.data import example_paths
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
-from onnx_state.runtime import load_array
 from tests.models import conv_net, int_data, make_model, numpy_conv
 from tests.reference import reference_states
 
 
-@pytest.fixture(scope="module")
-def example():
-    model, data, labels = example_paths()
-    return model, np.asarray(load_array(data)), np.asarray(load_array(labels))
-
-
 # -- compare ----------------------------------------------------------------------------------
-def test_model_against_itself_agrees_completely(example):
-    model, x, y = example
+def test_model_against_itself_agrees_completely(bundled):
+    model, x, y = bundled
     c = compare(model, model, x[:300], labels=y[:300])
     for p in c.pairs:
         assert p.rule == "name" and p.state_agreement == 1.0 and p.mean_hamming == 0
@@ -105,10 +97,10 @@ def test_order_rule_and_mapping_rule():
     assert [(p.rule, p.b) for p in c.pairs] == [("mapping", "renamed_conv_post_states")]
 
 
-def test_fp32_vs_int8_qdq_is_measured_per_layer(example, tmp_path):
+def test_fp32_vs_int8_qdq_is_measured_per_layer(bundled, tmp_path):
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
-    model, x, y = example
+    model, x, y = bundled
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -124,8 +116,8 @@ def test_fp32_vs_int8_qdq_is_measured_per_layer(example, tmp_path):
     assert c.top1_agreement > 0.95
 
 
-def test_compare_error_paths(example):
-    model, x, _ = example
+def test_compare_error_paths(bundled):
+    model, x, _ = bundled
     a, _ = conv_net()
     with pytest.raises(InputError, match="give B its own data"):
         compare(a, model, int_data(4))
@@ -164,8 +156,8 @@ def test_audit_finds_exactly_the_dead_and_always_on_neurons():
     assert layer.topk_coverage == pytest.approx(len(np.unique(top)) / 5, abs=1e-15)
 
 
-def test_novelty_rises_for_shifted_data_and_equals_a_set_reference(example, tmp_path):
-    model, x, _ = example
+def test_novelty_rises_for_shifted_data_and_equals_a_set_reference(bundled, tmp_path):
+    model, x, _ = bundled
     ref = onnx_state.analyze(model, x[:1000], attach_to=["Conv2d", "Linear"])
     ref.save(tmp_path / "ref.zarr")
     held = audit(
@@ -195,8 +187,8 @@ def test_novelty_rises_for_shifted_data_and_equals_a_set_reference(example, tmp_
     assert h.novelty == pytest.approx(novel.mean(), abs=1e-15)
 
 
-def test_audit_error_paths(example, tmp_path):
-    model, x, _ = example
+def test_audit_error_paths(bundled, tmp_path):
+    model, x, _ = bundled
     onnx_state.analyze(model, x[:100], attach_to="Linear").save(tmp_path / "ref.zarr")
     with pytest.raises(StoreError, match="no layer"):
         audit(model, x[:50], reference=tmp_path / "ref.zarr", attach_to="Conv2d")
@@ -205,8 +197,8 @@ def test_audit_error_paths(example, tmp_path):
         audit(model, x[:50], reference=tmp_path / "junk")
 
 
-def test_cli_gates_exit_1_and_bad_input_exits_2(example, tmp_path):
-    model, x, _ = example
+def test_cli_gates_exit_1_and_bad_input_exits_2(bundled, tmp_path):
+    model, x, _ = bundled
     np.save(tmp_path / "x.npy", x[:200])
     r = CliRunner().invoke(main, ["audit", model, "--data", str(tmp_path / "x.npy"),
                                   "--min-coverage", "1.01"])  # fmt: skip

@@ -11,10 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnx_state.cli import main
-from onnx_state.data import example_paths
 from onnx_state.errors import InputError
 from onnx_state.mst import cross_edges, mst_edges
-from onnx_state.runtime import load_array
 from onnx_state.separation import (
     SeparationResult,
     henze_penrose,
@@ -104,18 +102,12 @@ def test_permutation_p_values_are_uniform_under_the_null_and_small_otherwise():
     )
 
 
-@pytest.fixture(scope="module")
-def digits():
-    model, data, labels = example_paths()
-    return model, np.asarray(load_array(data)), np.asarray(load_array(labels))
-
-
-def test_separation_on_the_bundled_model_equals_an_independent_mst(digits):
+def test_separation_on_the_bundled_model_equals_an_independent_mst(bundled):
     import networkx as nx
 
     from onnx_state.analysis import Instrumented
 
-    model, x, y = digits
+    model, x, y = bundled
     r = separation(model, x, y, attach_to=["Conv2d"], samples_per_class=12, draw="random", seed=3,
                    test_data=x[1000:], test_labels=y[1000:])  # fmt: skip
     assert r.layers == ["input:x", "conv_1_post_states", "conv_2_post_states", "conv_3_post_states"]
@@ -140,8 +132,8 @@ def test_separation_on_the_bundled_model_equals_an_independent_mst(digits):
         np.testing.assert_array_equal(small.cross["train"][layer], r.cross["train"][layer])
 
 
-def test_save_load_tests_cli_and_plots(digits, tmp_path):
-    model, x, y = digits
+def test_save_load_tests_cli_and_plots(bundled, tmp_path):
+    model, x, y = bundled
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     args = [
@@ -172,8 +164,8 @@ def test_save_load_tests_cli_and_plots(digits, tmp_path):
     assert bad.exit_code == 2 and "cannot read separation result" in bad.output
 
 
-def test_separation_error_paths(digits):
-    model, x, y = digits
+def test_separation_error_paths(bundled):
+    model, x, y = bundled
     with pytest.raises(InputError, match="fewer than samples_per_class"):
         separation(model, x, y, samples_per_class=1000)
     with pytest.raises(InputError, match="at least two classes"):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from onnx_state.audit import audit
-from onnx_state.cli.options import echo_json, parse_axes, report_violations, selection, session
+from onnx_state.cli.options import parse_axes, print_gated, selection, session
 from onnx_state.errors import InputError
 
 _RULES = ("max_dead_fraction", "min_coverage", "max_novelty", "max_js", "max_efficiency_drift")
@@ -82,9 +81,4 @@ def audit_command(
         threads=threads, optimization=optimization,
     )  # fmt: skip
     broken = result.violations(**thresholds)
-    if as_json:
-        echo_json({**result.to_dict(), "violations": broken})
-    else:
-        click.echo(result.table())
-    if report_violations(broken, quiet=as_json):
-        sys.exit(1)
+    print_gated(result, broken, as_json)

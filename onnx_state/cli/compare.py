@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from onnx_state.cli.options import echo_json, report_violations, session
+from onnx_state.cli.options import print_gated, session
 from onnx_state.compare import compare, load_mapping
 
 
@@ -62,9 +60,4 @@ def compare_command(
         threads=threads, optimization=optimization,
     )  # fmt: skip
     broken = result.violations(min_state_agreement, min_top1_agreement, max_js, max_output_diff)
-    if as_json:
-        echo_json({**result.to_dict(), "violations": broken})
-    else:
-        click.echo(result.table())
-    if report_violations(broken, quiet=as_json):
-        sys.exit(1)
+    print_gated(result, broken, as_json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -87,10 +88,18 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def report_violations(broken: list[str], quiet: bool = False) -> bool:
-    """Print violated rules to stderr (unless *quiet*); True when there are any."""
-    if broken and not quiet:
-        click.echo(f"{len(broken)} rule(s) violated:", err=True)
-        for line in broken:
-            click.echo(f"  {line}", err=True)
-    return bool(broken)
+def print_gated(result: Any, broken: list[str], as_json: bool) -> None:
+    """Print a gated result (table or JSON with its violations); exit 1 if a rule broke.
+
+    Violations go to stderr, one line each, so a CI log shows them under the table.
+    """
+    if as_json:
+        echo_json({**result.to_dict(), "violations": broken})
+    else:
+        click.echo(result.table())
+        if broken:
+            click.echo(f"{len(broken)} rule(s) violated:", err=True)
+            for line in broken:
+                click.echo(f"  {line}", err=True)
+    if broken:
+        sys.exit(1)
