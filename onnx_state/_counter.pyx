@@ -152,21 +152,24 @@ cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nog
 cdef struct Table:
     Py_ssize_t nwords       # uint64 words per state
     Py_ssize_t n            # unique states stored
-    Py_ssize_t capacity     # rows allocated in keys/counts/hashes
+    Py_ssize_t capacity     # rows allocated
     Py_ssize_t mask         # slot count - 1 (a power of two)
-    uint64_t* keys          # [capacity * nwords]
-    int64_t* counts         # [capacity]
-    uint64_t* hashes        # [capacity], kept so growing never rehashes keys
-    int64_t* slots          # [mask + 1], row + 1, 0 = empty
+    uint64_t* rows          # [capacity * (nwords + 1)]: count, then the key, per row
+    uint64_t* hashes        # [capacity], so growing never rehashes keys
+    uint64_t* slots         # [mask + 1]: row + 1 in the low 32 bits (0 = empty), hash tag high
     Py_ssize_t last         # row of the previous state: runs of one state skip the probe
     Narrow narrow           # used instead of the above when nwords == 1
+
+
+cdef inline uint64_t* _row(Table* t, Py_ssize_t row) noexcept nogil:
+    # The count sits next to its key, so a hit touches one cache line for both.
+    return t.rows + row * (t.nwords + 1)
 
 
 cdef int _table_init(Table* t, Py_ssize_t nwords) noexcept nogil:
     t.nwords = nwords
     t.n = 0
-    t.keys = NULL
-    t.counts = NULL
+    t.rows = NULL
     t.hashes = NULL
     t.slots = NULL
     t.narrow.entries = NULL
@@ -175,41 +178,40 @@ cdef int _table_init(Table* t, Py_ssize_t nwords) noexcept nogil:
     t.capacity = 64
     t.mask = 127
     t.last = -1
-    t.keys = <uint64_t*>malloc(t.capacity * nwords * sizeof(uint64_t))
-    t.counts = <int64_t*>malloc(t.capacity * sizeof(int64_t))
+    t.rows = <uint64_t*>malloc(t.capacity * (nwords + 1) * sizeof(uint64_t))
     t.hashes = <uint64_t*>malloc(t.capacity * sizeof(uint64_t))
-    t.slots = <int64_t*>malloc((t.mask + 1) * sizeof(int64_t))
-    if t.keys == NULL or t.counts == NULL or t.hashes == NULL or t.slots == NULL:
+    t.slots = <uint64_t*>calloc(t.mask + 1, sizeof(uint64_t))
+    if t.rows == NULL or t.hashes == NULL or t.slots == NULL:
         return -1
-    memset(t.slots, 0, (t.mask + 1) * sizeof(int64_t))
     return 0
 
 
 cdef void _table_free(Table* t) noexcept nogil:
-    free(t.keys)
-    free(t.counts)
+    free(t.rows)
     free(t.hashes)
     free(t.slots)
     free(t.narrow.entries)
     t.narrow.entries = NULL
-    t.keys = NULL
-    t.counts = NULL
+    t.rows = NULL
     t.hashes = NULL
     t.slots = NULL
 
 
+cdef inline uint64_t _slot(Py_ssize_t row, uint64_t h) noexcept nogil:
+    return <uint64_t>(row + 1) | (h & 0xFFFFFFFF00000000ULL)
+
+
 cdef int _table_grow_slots(Table* t) noexcept nogil:
     cdef Py_ssize_t size = (t.mask + 1) * 2
-    cdef int64_t* slots = <int64_t*>malloc(size * sizeof(int64_t))
+    cdef uint64_t* slots = <uint64_t*>calloc(size, sizeof(uint64_t))
     cdef Py_ssize_t row, i
     if slots == NULL:
         return -1
-    memset(slots, 0, size * sizeof(int64_t))
     for row in range(t.n):
         i = <Py_ssize_t>(t.hashes[row] & <uint64_t>(size - 1))
         while slots[i] != 0:
             i = (i + 1) & (size - 1)
-        slots[i] = row + 1
+        slots[i] = _slot(row, t.hashes[row])
     free(t.slots)
     t.slots = slots
     t.mask = size - 1
@@ -219,14 +221,10 @@ cdef int _table_grow_slots(Table* t) noexcept nogil:
 cdef int _table_grow_rows(Table* t) noexcept nogil:
     cdef Py_ssize_t cap = t.capacity * 2
     cdef void* p
-    p = realloc(t.keys, cap * t.nwords * sizeof(uint64_t))
+    p = realloc(t.rows, cap * (t.nwords + 1) * sizeof(uint64_t))
     if p == NULL:
         return -1
-    t.keys = <uint64_t*>p
-    p = realloc(t.counts, cap * sizeof(int64_t))
-    if p == NULL:
-        return -1
-    t.counts = <int64_t*>p
+    t.rows = <uint64_t*>p
     p = realloc(t.hashes, cap * sizeof(uint64_t))
     if p == NULL:
         return -1
@@ -235,41 +233,50 @@ cdef int _table_grow_rows(Table* t) noexcept nogil:
     return 0
 
 
-cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
-    """Add *count* observations of *key*; -1 when out of memory."""
-    cdef size_t nbytes = t.nwords * sizeof(uint64_t)
-    cdef uint64_t h
+cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
+                                  uint64_t h) noexcept nogil:
+    """Add *count* observations of a multi-word *key* whose hash is *h*; -1 if out of memory."""
     cdef Py_ssize_t i, row
-    cdef int64_t s
-    if t.nwords == 1:
-        return _narrow_add(&t.narrow, key[0], count)
-    if t.last >= 0 and _same(t.keys + t.last * t.nwords, key, t.nwords):
-        t.counts[t.last] += count
-        return 0
-    h = _hash(key, t.nwords)
+    cdef uint64_t s, tag = h & 0xFFFFFFFF00000000ULL
+    cdef uint64_t* r
     i = <Py_ssize_t>(h & <uint64_t>t.mask)
     while True:
         s = t.slots[i]
         if s == 0:
             break
-        row = s - 1
-        if t.hashes[row] == h and _same(t.keys + row * t.nwords, key, t.nwords):
-            t.counts[row] += count
-            t.last = row
-            return 0
+        if (s & 0xFFFFFFFF00000000ULL) == tag:
+            row = <Py_ssize_t>(s & 0xFFFFFFFFULL) - 1
+            r = _row(t, row)
+            if _same(r + 1, key, t.nwords):
+                r[0] += <uint64_t>count
+                t.last = row
+                return 0
         i = (i + 1) & t.mask
+    if t.n >= <Py_ssize_t>0xFFFFFFFE:  # rows must fit the 32-bit half of a slot
+        return -1
     if t.n == t.capacity and _table_grow_rows(t) != 0:
         return -1
     row = t.n
-    memcpy(t.keys + row * t.nwords, key, nbytes)
-    t.counts[row] = count
+    r = _row(t, row)
+    r[0] = <uint64_t>count
+    memcpy(r + 1, key, t.nwords * sizeof(uint64_t))
     t.hashes[row] = h
-    t.slots[i] = row + 1
+    t.slots[i] = _slot(row, h)
     t.n += 1
     t.last = row
     if 2 * t.n > t.mask + 1:  # keep the load factor at most one half
         return _table_grow_slots(t)
     return 0
+
+
+cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
+    """Add *count* observations of *key*; -1 when out of memory."""
+    if t.nwords == 1:
+        return _narrow_add(&t.narrow, key[0], count)
+    if t.last >= 0 and _same(_row(t, t.last) + 1, key, t.nwords):
+        _row(t, t.last)[0] += <uint64_t>count
+        return 0
+    return _table_add_hashed(t, key, count, _hash(key, t.nwords))
 
 
 cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
@@ -288,6 +295,7 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
     cdef const value_t* row
     cdef uint32_t lanes[BLOCK]
     cdef uint32_t nan_lanes[BLOCK]  # 32-bit like lanes, so both vectorise together
+    cdef uint64_t hashes[BLOCK]
     cdef uint32_t* half
     cdef Py_ssize_t o, p0, pn, j, c, w, g, gn
     cdef uint64_t bit
@@ -344,7 +352,12 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                         return -1
             else:
                 for j in range(pn):
-                    if _table_add(t, block + j * nwords, 1) != 0:
+                    hashes[j] = _hash(block + j * nwords, nwords)
+                    _prefetch(&t.slots[hashes[j] & <uint64_t>t.mask])
+                for j in range(pn):
+                    if t.last >= 0 and _same(_row(t, t.last) + 1, block + j * nwords, nwords):
+                        _row(t, t.last)[0] += 1
+                    elif _table_add_hashed(t, block + j * nwords, 1, hashes[j]) != 0:
                         return -1
             if record != NULL:
                 memcpy(record, block, pn * nwords * sizeof(uint64_t))
@@ -484,7 +497,8 @@ cdef class StateTable:
                     kv[row, 0] = entries[i].key
                     cv[row] = entries[i].count
                     row += 1
-        elif n:
-            memcpy(&kv[0, 0], self.t.keys, n * nw * sizeof(uint64_t))
-            memcpy(&cv[0], self.t.counts, n * sizeof(int64_t))
+        else:
+            for i in range(n):
+                cv[i] = <int64_t>_row(&self.t, i)[0]
+                memcpy(&kv[i, 0], _row(&self.t, i) + 1, nw * sizeof(uint64_t))
         return keys, counts
