@@ -14,13 +14,11 @@ from typing import Any
 
 import onnx
 
+from onnx_state.compat import torch_module_axis as module_axis
 from onnx_state.errors import MissingExtraError
 from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
 
 __all__ = ["annotate", "export"]
-
-# Module classes whose output neurons lie on the last axis; others use the channel axis 1.
-_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding"}
 
 
 def _import_torch():
@@ -51,12 +49,11 @@ def annotate(model: onnx.ModelProto) -> onnx.ModelProto:
         if len(scopes) < 3 or len(classes) != len(scopes):
             continue  # an op called in the root module's forward: no layer of its own
         path, cls = scopes[-2], classes[-2].rsplit(".", 1)[-1]
-        axis = "-1" if cls in _LAST_AXIS_CLASSES else "1"
-        for key, value in (
-            (META_LAYER_NAME, path),
-            (META_LAYER_TYPE, cls),
-            (META_NEURON_AXIS, axis),
-        ):
+        axis = module_axis(cls)
+        items = [(META_LAYER_NAME, path), (META_LAYER_TYPE, cls)]
+        if axis is not None:
+            items.append((META_NEURON_AXIS, str(axis)))
+        for key, value in items:
             entry = next((p for p in node.metadata_props if p.key == key), None)
             if entry is None:
                 entry = node.metadata_props.add()

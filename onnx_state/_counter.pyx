@@ -133,6 +133,8 @@ cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nog
     if t.last >= 0 and t.last_key == key:
         t.entries[t.last].count += count
         return 0
+    if t.n >= t.mask:  # growth failed earlier: a full table would probe forever
+        return -1
     i = <Py_ssize_t>((key * 0x9E3779B97F4A7C15ULL) >> t.shift)
     while t.entries[i].count:
         if t.entries[i].key == key:
@@ -239,6 +241,8 @@ cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
     cdef Py_ssize_t i, row
     cdef uint64_t s, tag = h & 0xFFFFFFFF00000000ULL
     cdef uint64_t* r
+    if t.n >= t.mask:  # growth failed earlier: a full table would probe forever
+        return -1
     i = <Py_ssize_t>(h & <uint64_t>t.mask)
     while True:
         s = t.slots[i]
@@ -432,7 +436,7 @@ cdef class StateTable:
         else:
             raise TypeError(f"unsupported kernel dtype {dt}")
         if rc != 0:
-            raise MemoryError("out of memory while growing the state table")
+            raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
         self.state_count += x.shape[0] * x.shape[2]
         self.nan_count += nans
 
@@ -479,7 +483,7 @@ cdef class StateTable:
                     if rc != 0:
                         break
         if rc != 0:
-            raise MemoryError("out of memory while growing the state table")
+            raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
         self.state_count += total
         self.nan_count += nan_count
 

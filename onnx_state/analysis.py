@@ -17,7 +17,7 @@ from onnx import ModelProto
 
 from onnx_state import graph, runtime
 from onnx_state.counter import StateCounter
-from onnx_state.errors import InputError, ModelError
+from onnx_state.errors import InputError, ModelError, first_line
 from onnx_state.results import Analysis, LayerResult
 
 __all__ = ["Instrumented", "analyze", "instrument"]
@@ -38,8 +38,7 @@ class Instrumented:
         optimization: str = "all",
     ) -> None:
         path = None if isinstance(model, ModelProto) else Path(model)
-        large = path is not None and _file_size(path) > runtime.LARGE_MODEL_BYTES
-        self.original = graph.load_model(model, load_external=not large)
+        self.original = graph.load_model(model, max_bytes=runtime.LARGE_MODEL_BYTES)
         self.model_dir = path.parent if path is not None else None
         self.captures = graph.select_captures(
             self.original, attach_to, exclude, method, neuron_axes
@@ -58,7 +57,7 @@ class Instrumented:
         try:
             values = self.session.run(self.output_names + self.tensors, dict(batch))
         except Exception as exc:  # onnxruntime raises its own classes, one per status code
-            raise ModelError(f"onnxruntime failed on a batch: {_first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on a batch: {first_line(exc)}") from exc
         k = len(self.output_names)
         captured = dict(zip(self.output_names + self.tensors, values))
         return values[:k], {t: captured[t] for t in self.tensors}
@@ -79,6 +78,7 @@ class Instrumented:
         *consume* runs on a worker thread (it and onnxruntime both release the GIL), so batch
         k is consumed while batch k+1 runs; at most two batches of activations are alive.
         """
+        data = runtime.open_data(data)  # once, for both the count and the batches
         total = runtime.batch_count(data, self.specs, batch_size)
         pending: Future | None = None
         with (
@@ -135,18 +135,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
 def _progress(total: int | None, enabled: bool | None):
     from tqdm import tqdm
 
@@ -156,14 +144,37 @@ def _progress(total: int | None, enabled: bool | None):
 
 
 def labels_array(labels: Any) -> np.ndarray:
+    """Class indices from indices (N,) or (N, 1), or one-hot / score rows (N, K)."""
     if isinstance(labels, (str, os.PathLike)):
         labels = runtime.load_array(labels)
     y = np.asarray(labels)
-    if y.ndim == 2:  # one-hot
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of indices, e.g. Keras CIFAR labels
+        y = y[:, 0]
+    elif y.ndim == 2:  # one-hot
         y = y.argmax(axis=1)
     if y.ndim != 1:
         raise InputError(f"labels must be class indices or one-hot rows, got shape {y.shape}")
     return y
+
+
+def predicted_classes(outputs: np.ndarray) -> np.ndarray:
+    """argmax over the class axis of (N, K) scores (trailing axes of size 1 are ignored)."""
+    n = len(outputs)
+    axes = [d for d in outputs.shape[1:] if d != 1]
+    if len(axes) != 1 or axes[0] < 2:
+        raise InputError(
+            f"accuracy needs class scores of shape (N, K) with K >= 2 as the first model "
+            f"output, got {outputs.shape}; drop the labels for this model"
+        )
+    return np.argmax(outputs.reshape(n, -1), axis=1)
+
+
+def count_correct(outputs: np.ndarray, y: np.ndarray, start: int) -> int:
+    """Correct top-1 predictions of one batch whose first sample is sample *start*."""
+    n = len(outputs)
+    if start + n > len(y):
+        raise InputError(f"got {len(y)} labels but the data holds more samples")
+    return int(np.sum(predicted_classes(outputs) == y[start : start + n]))
 
 
 def analyze(
@@ -206,7 +217,7 @@ def analyze(
             parity_diff = inst.parity(batch)
         n = len(next(iter(batch.values())))
         if y is not None:
-            correct += _correct(finals[0], y, n_samples, n)
+            correct += count_correct(finals[0], y, n_samples)
         if keep_outputs:
             outputs.append(finals)
         n_samples += n
@@ -228,12 +239,6 @@ def analyze(
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
     )
-
-
-def _correct(logits: np.ndarray, y: np.ndarray, start: int, n: int) -> int:
-    if start + n > len(y):
-        raise InputError(f"got {len(y)} labels but the data holds more samples")
-    return int(np.sum(np.argmax(logits.reshape(n, -1), axis=1) == y[start : start + n]))
 
 
 def layer_result(capture: graph.Capture, counter: StateCounter) -> LayerResult:

@@ -19,7 +19,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.analysis import Instrumented, labels_array, layer_result
+from onnx_state.analysis import Instrumented, count_correct, labels_array, layer_result
 from onnx_state.counter import StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.results import Analysis, LayerResult
@@ -216,9 +216,7 @@ def audit(
     for batch, finals in inst.stream(data, batch_size, consume, progress=False):
         m = len(next(iter(batch.values())))
         if y is not None:
-            if n + m > len(y):
-                raise InputError(f"got {len(y)} labels but the data holds more samples")
-            correct += int(np.sum(finals[0].reshape(m, -1).argmax(axis=1) == y[n : n + m]))
+            correct += count_correct(finals[0], y, n)
         n += m
     if y is not None and len(y) != n:
         raise InputError(f"got {len(y)} labels for {n} samples; they must match")

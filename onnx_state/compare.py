@@ -21,7 +21,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics, runtime
-from onnx_state.analysis import Instrumented, labels_array
+from onnx_state.analysis import Instrumented, count_correct, labels_array
 from onnx_state.counter import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError
 from onnx_state.graph import Capture
@@ -350,10 +350,13 @@ def compare(
 ) -> Comparison:
     """Run *model_a* and *model_b* on the same batches and compare them layer by layer."""
     mapping = dict(mapping or {})
-    inst_a = Instrumented(model_a, attach_to, method=method, **session)
-    b_select = attach_to_b if attach_to_b is not None else attach_to
-    if mapping:
+    attach_to = [attach_to] if isinstance(attach_to, str) else attach_to
+    attach_to_b = [attach_to_b] if isinstance(attach_to_b, str) else attach_to_b
+    a_select, b_select = attach_to, attach_to_b if attach_to_b is not None else attach_to
+    if mapping:  # mapped layers are captured on both sides, whatever the types say
+        a_select = [*(a_select or _default_types(model_a)), *map(_layer_name, mapping)]
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
+    inst_a = Instrumented(model_a, a_select, method=method, **session)
     inst_b = Instrumented(model_b, b_select, method=method, **session)
     pairs, left, right = match_captures(inst_a.captures, inst_b.captures, mapping)
     if not pairs:
@@ -372,6 +375,8 @@ def compare(
     n = correct_a = correct_b = agree = 0
     max_diff = 0.0
     for batch in runtime.iter_batches(data, inst_a.specs, batch_size):
+        if y is not None and n + len(next(iter(batch.values()))) > len(y):
+            raise InputError(f"got {len(y)} labels but the data holds more samples")
         batch_b = adapt(batch) if adapt else next(batches_b, None)
         if batch_b is None:
             raise InputError("data_b holds fewer samples than data")
@@ -391,11 +396,13 @@ def compare(
         pa, pb = la.argmax(axis=1), lb.argmax(axis=1)
         agree += int(np.sum(pa == pb))
         if y is not None:
-            correct_a += int(np.sum(pa == y[n : n + len(pa)]))
-            correct_b += int(np.sum(pb == y[n : n + len(pb)]))
+            correct_a += count_correct(out_a[0], y, n)
+            correct_b += count_correct(out_b[0], y, n)
         n += len(la)
     if y is not None and len(y) != n:
         raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+    if batches_b is not None and next(batches_b, None) is not None:
+        raise InputError("data_b holds more samples than data; they must match")
     return Comparison(
         pairs=[s.result(rule) for s, (_, _, rule) in zip(stats, pairs)],
         unmatched_a=[c.name for c in left],
@@ -407,6 +414,14 @@ def compare(
         accuracy_b=None if y is None else correct_b / n,
         threshold=threshold,
     )
+
+
+def _layer_name(name: str) -> str:
+    """A mapping key may name a capture (conv_1_post_states) or its layer (conv_1)."""
+    for suffix in ("_post_states", "_pre_states"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _default_types(model: str | os.PathLike | ModelProto) -> list[str]:

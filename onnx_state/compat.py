@@ -31,8 +31,22 @@ __all__ = [
     "reset_efficiency_model",
 ]
 
-# torch module classes whose neurons lie on the last axis; all others use the channel axis 1.
-_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding"}
+# Module classes whose neuron axis is known from the class alone. Element-wise modules
+# (ReLU, Dropout, ...) get none: the rewriter follows the data to their producer instead,
+# so a ReLU after a Linear on (N, T, E) keeps E as its neurons.
+_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding", "LayerNorm", "RMSNorm"}
+_CHANNEL_PREFIXES = ("Conv", "LazyConv", "BatchNorm", "LazyBatchNorm", "InstanceNorm",
+                     "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool",
+                     "GroupNorm", "LocalResponseNorm")  # fmt: skip
+
+
+def torch_module_axis(cls: str) -> int | None:
+    """Neuron axis of a torch module class's output, or None when the class does not say."""
+    if cls in _LAST_AXIS_CLASSES:
+        return -1
+    if cls.startswith(_CHANNEL_PREFIXES):
+        return 1
+    return None
 
 
 class EfficiencyLayer(StateMetrics):
@@ -190,8 +204,9 @@ def _torch_model(module, attach, exclude, method, storage, axes) -> EfficiencyMo
     layers: list[EfficiencyLayer] = []
     handles = []
     for path, m in chosen:
-        # Inputs and outputs of one module keep their neurons on the same axis.
-        axis = axes.get(path, -1 if type(m).__name__ in _LAST_AXIS_CLASSES else 1)
+        # Inputs and outputs of one module keep their neurons on the same axis; hooks see
+        # no graph, so modules whose class does not say use the channel axis 1.
+        axis = axes.get(path, torch_module_axis(type(m).__name__) or 1)
         if method in ("before", "both"):
             pre = _layer(path, "pre", axis, storage)
             handles.append(m.register_forward_pre_hook(_pre_hook(pre)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,9 @@ class StateCounter:
         self._chunk_states = int(chunk_states)
         self._table: StateTable | None = None
         self._raw = None
+        # The kernel releases the GIL and shares one table and scratch buffer per counter:
+        # one update at a time (torch hooks may fire from several threads).
+        self._lock = threading.RLock()
         if neurons is not None:
             self._start(int(neurons))
 
@@ -126,6 +130,11 @@ class StateCounter:
     def update(self, x: Any, axis: int = 1) -> StateCounter:
         """Count the states of one captured batch *x* whose neurons lie along *axis*."""
         x3 = kernel_view(x, axis)
+        with self._lock:
+            self._update(x3, axis)
+        return self
+
+    def _update(self, x3: np.ndarray, axis: int) -> None:
         if self._table is None:
             self._start(x3.shape[1])
         elif x3.shape[1] != self.neurons:
@@ -144,7 +153,6 @@ class StateCounter:
             _add_parallel(table, parts, buf)
         if buf is not None and len(buf):
             self._raw.append(buf.view(np.uint8)[:, : self.n_bytes], axis=0)
-        return self
 
     def merge(self, other: StateCounter) -> StateCounter:
         """Add *other*'s counts (and recorded states, appended after ours) to this counter."""
@@ -152,27 +160,37 @@ class StateCounter:
             raise TypeError(f"can only merge a StateCounter, not {type(other).__name__}")
         if other._table is None:
             return self
-        if self._table is None:
-            self._start(other.neurons)
-        elif other.neurons != self.neurons:
+        if self._table is not None and other.neurons != self.neurons:
             raise InputError(
                 f"cannot merge a {other.neurons}-neuron counter into a {self.neurons}-neuron one"
             )
-        keys, counts = other._table.export()
-        self._table.add_counts(keys, counts, other.nan_count)
-        if self._raw is not None and other._raw is not None and other._raw.shape[0]:
-            self._raw.append(other._raw[:], axis=0)
+        if self._record and other._raw is None:
+            raise InputError(
+                "this counter records states but the other does not; recorded states would no "
+                "longer match state_count (merge into a counter without record=...)"
+            )
+        with other._lock:
+            keys, counts = other._table.export()
+            raw = other._raw[:] if self._record and other._raw.shape[0] else None
+            nans = other.nan_count
+        with self._lock:
+            if self._table is None:
+                self._start(other.neurons)
+            self._table.add_counts(keys, counts, nans)
+            if raw is not None:
+                self._raw.append(raw, axis=0)
         return self
 
     def reset(self) -> None:
         """Forget every state seen so far (recorded states too)."""
-        neurons = self.neurons if self._table is not None else None
-        self._table = None
-        self._raw = None
-        if neurons is not None:
-            if isinstance(self._record, (str, Path)):
-                _remove_raw_store(Path(self._record))
-            self._start(neurons)
+        with self._lock:
+            neurons = self.neurons if self._table is not None else None
+            self._table = None
+            self._raw = None
+            if neurons is not None:
+                if isinstance(self._record, (str, Path)):
+                    _remove_raw_store(Path(self._record))
+                self._start(neurons)
 
     # -- results ----------------------------------------------------------------------------
     @property
@@ -201,9 +219,11 @@ class StateCounter:
         return 0 if self._table is None else int(self._table.n_unique)
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._table is None:
-            return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
-        return sort_states(*self._table.export())
+        with self._lock:
+            if self._table is None:
+                return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
+            exported = self._table.export()
+        return sort_states(*exported)
 
     def counts(self) -> np.ndarray:
         """Occurrences of each observed state (int64), in ``state_ids`` order."""
@@ -239,13 +259,14 @@ class StateCounter:
 
     # -- pickling (for workers) -------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
-        keys, counts = (None, None) if self._table is None else self._table.export()
-        raw = None
-        if self._raw is not None and not isinstance(self._record, (str, Path)):
-            raw = np.asarray(self._raw[:])
+        # Recorded states travel inside the pickle, and the copy records in memory: two
+        # counters appending to one on-disk array would corrupt it.
+        with self._lock:
+            keys, counts = (None, None) if self._table is None else self._table.export()
+            raw = None if self._raw is None else np.asarray(self._raw[:])
         return {
             "threads": self.threads,
-            "record": self._record,
+            "record": bool(self._record),
             "compressor": self._compressor,
             "chunk_states": self._chunk_states,
             "neurons": self.neurons or None,
@@ -263,15 +284,12 @@ class StateCounter:
         self._chunk_states = state["chunk_states"]
         self._table = None
         self._raw = None
+        self._lock = threading.RLock()
         if state["neurons"] is None:
             return
         self._table = StateTable(state["neurons"])
         self._table.add_counts(state["keys"], state["counts"], state["nan_count"])
-        if isinstance(self._record, (str, Path)):
-            import zarr
-
-            self._raw = zarr.open_array(str(self._record), mode="r+")
-        elif self._record:
+        if self._record:
             self._raw = _open_raw_store(True, self.n_bytes, self._compressor, self._chunk_states)
             if state["raw"] is not None and len(state["raw"]):
                 self._raw.append(state["raw"], axis=0)
@@ -332,7 +350,8 @@ def _open_raw_store(record: bool | str | Path, n_bytes: int, compressor: str, ch
     return zarr.create_array(
         store=store,
         shape=(0, n_bytes),
-        chunks=(chunk, n_bytes),
+        # At most ~8 MiB per chunk: wide layers would otherwise get chunks of gigabytes.
+        chunks=(max(1, min(chunk, (8 << 20) // n_bytes)), n_bytes),
         dtype="uint8",
         compressors=_codecs(compressor),
         fill_value=0,

@@ -49,3 +49,9 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     hits = difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.6)
     found = [original for h in hits for original in by_lower[h]]
     return f" Did you mean: {', '.join(found)}?" if found else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its class name when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

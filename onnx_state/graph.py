@@ -126,8 +126,26 @@ def _all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
                     yield from _all_graphs(g)
 
 
-def load_model(model: str | os.PathLike | ModelProto, load_external: bool = True) -> ModelProto:
-    """Load a model file (checking its external data stays in its folder) or pass a proto."""
+def external_bytes(model: ModelProto, base_dir: Path) -> int:
+    """Bytes of external data a model refers to (each file counted once)."""
+    files = set()
+    for tensor in _all_initializers(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            files.update(e.value for e in tensor.external_data if e.key == "location")
+    return sum((base_dir / f).stat().st_size for f in files if (base_dir / f).is_file())
+
+
+def load_model(
+    model: str | os.PathLike | ModelProto,
+    load_external: bool = True,
+    max_bytes: int | None = None,
+) -> ModelProto:
+    """Load a model file (checking its external data stays in its folder) or pass a proto.
+
+    External data is loaded only when *load_external* is true and the model with its data
+    stays within *max_bytes* (protobuf cannot serialize more than 2 GB); otherwise the
+    tensors keep their references and the file is handed to onnxruntime by path.
+    """
     if isinstance(model, ModelProto):
         return model
     path = Path(model)
@@ -138,8 +156,12 @@ def load_model(model: str | os.PathLike | ModelProto, load_external: bool = True
     except Exception as exc:  # protobuf raises DecodeError and others
         raise ModelError(f"{path} is not a readable ONNX model ({exc.__class__.__name__})") from exc
     check_external_data(proto, path.parent)
-    if load_external:
-        onnx.load_external_data_for_model(proto, str(path.parent))
+    total = path.stat().st_size + external_bytes(proto, path.parent)
+    if load_external and (max_bytes is None or total <= max_bytes):
+        try:
+            onnx.load_external_data_for_model(proto, str(path.parent))
+        except OSError as exc:
+            raise ModelError(f"cannot read the external data of {path}: {exc}") from None
     return proto
 
 
@@ -177,11 +199,37 @@ _FLOAT_TYPES = {
 }  # fmt: skip
 
 
+def _connected(members: list[tuple[int, NodeProto]]) -> list[list[tuple[int, NodeProto]]]:
+    """Split nodes sharing a layer name into data-flow-connected parts, in graph order.
+
+    A module called twice (one ReLU object used after two convolutions) gives two parts,
+    so each call is a layer of its own.
+    """
+    parent = list(range(len(members)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    producer = {o: k for k, (_, n) in enumerate(members) for o in n.output if o}
+    for k, (_, node) in enumerate(members):
+        for name in node.input:
+            if name in producer:
+                parent[find(k)] = find(producer[name])
+    parts: dict[int, list[tuple[int, NodeProto]]] = {}
+    for k, member in enumerate(members):
+        parts.setdefault(find(k), []).append(member)
+    return sorted(parts.values(), key=lambda part: part[0][0])
+
+
 def list_layers(model: ModelProto, info: Mapping | None = None) -> list[Layer]:
     """Layers of the main graph in order of their first node.
 
-    Nodes sharing an ``onnx_state.layer_name`` form one layer even when other nodes sit
-    between them (tf2onnx interleaves shape arithmetic). A layer's output is the last of its
+    Nodes sharing an ``onnx_state.layer_name`` and connected by data flow form one layer,
+    even when other nodes sit between them (tf2onnx interleaves shape arithmetic); a
+    module called twice gives two layers (``act``, ``act_1``). A layer's output is the last of its
     tensors used outside it; its input is the first tensor from outside, preferring float
     data over shape arithmetic. *info* is ``_shape_info(model)`` when the caller has it.
     """
@@ -193,15 +241,16 @@ def list_layers(model: ModelProto, info: Mapping | None = None) -> list[Layer]:
         for name in node.input:
             consumers.setdefault(name, set()).add(i)
     graph_outputs = {o.name for o in graph.output}
-    groups: dict[str, list[tuple[int, NodeProto]]] = {}
+    named: dict[str, list[tuple[int, NodeProto]]] = {}
     for i, node in enumerate(graph.node):
         if node.op_type == "Constant":
             continue
         key = _meta(node).get(META_LAYER_NAME) or f"\0{i}"  # \0: a node of its own
-        groups.setdefault(key, []).append((i, node))
+        named.setdefault(key, []).append((i, node))
+    groups = [(key, part) for key, members in named.items() for part in _connected(members)]
     layers = []
     taken: set[str] = set()
-    for key, members in groups.items():
+    for key, members in groups:
         nodes = [n for _, n in members]
         indices = {i for i, _ in members}
         produced = {o for n in nodes for o in n.output}
@@ -213,8 +262,10 @@ def list_layers(model: ModelProto, info: Mapping | None = None) -> list[Layer]:
         floats = [i for i in inputs if info.get(i, (None,))[0] in _FLOAT_TYPES]
         has_meta = not key.startswith("\0")
         name = key if has_meta else _node_label(nodes[0], members[0][0])
-        while name in taken:  # a node name reused, or one clashing with a layer name
-            name += "_"
+        base, k = name, 0
+        while name in taken:  # a module called twice (act, act_1), or a name reused
+            k += 1
+            name = f"{base}_{k}"
         taken.add(name)
         meta = _meta(nodes[-1])
         layers.append(

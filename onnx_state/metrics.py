@@ -52,13 +52,18 @@ def entropy(counts: Iterable[float] | np.ndarray, alpha: float = 1) -> float:
         raise InputError(f"alpha must be a number >= 0 (or inf), got {alpha!r}")
     p = _observed(counts)
     p = p / p.sum()
-    if alpha == 1:
+    if abs(alpha - 1) < 1e-9:  # the limit; the general formula divides by ~0 here
         return float(-np.sum(p * np.log2(p)))
     if alpha == 0:
         return math.log2(p.size)
     if math.isinf(alpha):
         return float(-np.log2(p.max()))
-    return float(np.log2(np.sum(p**alpha)) / (1 - alpha))
+    # log(sum p^alpha) by log-sum-exp around the largest term: no overflow or underflow
+    # for large alpha (which tends to the min-entropy).
+    logp = np.log(p)
+    top = logp.max()
+    log_sum = alpha * top + np.log(np.sum(np.exp(alpha * (logp - top))))
+    return float(log_sum / ((1 - alpha) * _LN2))
 
 
 def efficiency(
@@ -189,7 +194,10 @@ def bootstrap_entropy(
 def _rows(ids: np.ndarray) -> np.ndarray:
     """Packed state rows as one opaque (void) value each, for set operations."""
     ids = np.ascontiguousarray(ids, dtype=np.uint8)
-    return ids.view(np.dtype((np.void, ids.shape[1]))).ravel() if ids.size else ids.reshape(-1)
+    width = max(1, ids.shape[1] if ids.ndim == 2 else 1)
+    if ids.size == 0:
+        return np.empty(len(ids), dtype=np.dtype((np.void, width)))
+    return ids.view(np.dtype((np.void, width))).ravel()
 
 
 def js_divergence(
@@ -228,9 +236,18 @@ def seen_in(ids: np.ndarray, reference_ids: np.ndarray) -> np.ndarray:
 
 
 def firing_counts(ids: np.ndarray, counts: np.ndarray, neurons: int) -> np.ndarray:
-    """How often each neuron fired: sum over states of count × bit (int64 [neurons])."""
-    total = np.zeros(neurons, dtype=np.int64)
-    for start in range(0, len(ids), 65536):  # bounded memory for millions of states
-        bits = np.unpackbits(ids[start : start + 65536], axis=1, count=neurons, bitorder="little")
-        total += np.asarray(counts[start : start + 65536], np.int64) @ bits.astype(np.int64)
-    return total
+    """How often each neuron fired: sum over states of count × bit (int64 [neurons]).
+
+    Works on the packed bytes, bit plane by bit plane, in slabs of about 8 MB, so memory
+    stays bounded for wide layers and millions of states.
+    """
+    ids = np.asarray(ids, dtype=np.uint8)
+    counts = np.asarray(counts, dtype=np.int64)
+    n_bytes = ids.shape[1] if ids.ndim == 2 else 0
+    per_byte = np.zeros((8, n_bytes), dtype=np.int64)  # [bit i, byte j] -> neuron 8j + i
+    rows = max(1, (8 << 20) // max(1, 8 * n_bytes))
+    for start in range(0, len(ids), rows):
+        slab, weight = ids[start : start + rows], counts[start : start + rows]
+        for bit in range(8):
+            per_byte[bit] += weight @ ((slab >> bit) & 1).astype(np.int64)
+    return per_byte.T.reshape(-1)[:neurons]

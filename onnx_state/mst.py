@@ -27,8 +27,12 @@ def _duplicate_groups(x: np.ndarray) -> np.ndarray:
 
 def squared_distances(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
     """Squared Euclidean distances between the rows of x and y (x with itself by default)."""
-    x = np.asarray(x, dtype=np.float64)
-    y = x if y is None else np.asarray(y, dtype=np.float64)
+    # Move the origin to the first point: the expansion loses precision for points far
+    # from the origin relative to their spread, distances do not change, and (unlike the
+    # mean) a data point keeps integer-valued data integer, so exact ties stay exact.
+    origin = np.asarray(x[0], dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64) - origin
+    y = x if y is None else np.asarray(y, dtype=np.float64) - origin
     nx, ny = np.einsum("ij,ij->i", x, x), np.einsum("ij,ij->i", y, y)
     out = np.empty((len(x), len(y)))
     for start in range(0, len(x), _BLOCK_ROWS):
@@ -87,6 +91,8 @@ def mst_edges(x: np.ndarray, max_matrix_bytes: int = 1 << 30, d2: np.ndarray | N
     x = np.asarray(x)
     if x.ndim != 2 or len(x) < 2:
         raise InputError(f"need at least 2 points as rows of a 2-D array, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise InputError("points hold NaN or infinite values; distances are undefined")
     n = len(x)
     groups = _duplicate_groups(x)
     if d2 is None and n * n * 8 <= max_matrix_bytes:
@@ -95,6 +101,7 @@ def mst_edges(x: np.ndarray, max_matrix_bytes: int = 1 << 30, d2: np.ndarray | N
         parent = _prim(n, lambda v: d2[v], groups)
     else:
         xf = np.asarray(x, dtype=np.float64)
+        xf = xf - xf[0]  # origin at the first point, as in squared_distances
         norms = np.einsum("ij,ij->i", xf, xf)
 
         def row_of(v: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnx_state.errors import InputError, ModelError
+from onnx_state.errors import InputError, ModelError, first_line
 
 __all__ = [
     "InputSpec",
@@ -71,6 +71,7 @@ def make_session(
     """
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # errors reach the user as one line, not a log dump
     if optimization not in OPTIMIZATION_LEVELS:
         raise InputError(
             f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
@@ -111,8 +112,7 @@ def make_session(
     except Exception as exc:
         if isinstance(exc, InputError):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load the model: {first}") from exc
+        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
 
 
 def _has_external(model: ModelProto) -> bool:
@@ -131,6 +131,8 @@ def load_array(source: str | os.PathLike, key: str | None = None) -> Any:
     path = Path(text)
     if not path.exists():
         raise InputError(f"data file {text!r} does not exist")
+    if key is not None and path.suffix == ".npy":
+        raise InputError(f"{path} holds one array; drop ':{key}'")
     try:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -176,9 +178,19 @@ def _as_mapping(data: Any, names: Sequence[str]) -> Mapping[str, Any] | None:
     return None
 
 
+def open_data(data: Any) -> Any:
+    """A path becomes its array (see load_array); anything else is returned as it is."""
+    return load_array(data) if isinstance(data, (str, os.PathLike)) else data
+
+
 def batch_count(data: Any, specs: Sequence[InputSpec], batch_size: int) -> int | None:
     """Number of batches iter_batches will yield, when known up front."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    data = open_data(data)
     mapping = _as_mapping(data, [s.name for s in specs])
+    if mapping is not None and not mapping:
+        raise InputError("the data dict is empty; give one array per model input")
     if mapping is None:
         return len(data) if hasattr(data, "__len__") else None
     first = next(iter(mapping.values()))
@@ -193,11 +205,11 @@ def iter_batches(
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     names = [s.name for s in specs]
-    if isinstance(data, (str, os.PathLike)):
-        data = load_array(data)
+    data = open_data(data)
     mapping = _as_mapping(data, names)
     if mapping is not None:
-        mapping = {k: v for k, v in mapping.items()}
+        if not mapping:
+            raise InputError("the data dict is empty; give one array per model input")
         check_batch({k: _head(v) for k, v in mapping.items()}, specs)
         lengths = {k: v.shape[0] if hasattr(v, "shape") else len(v) for k, v in mapping.items()}
         if len(set(lengths.values())) > 1:
@@ -222,12 +234,15 @@ def iter_batches(
             raise InputError(
                 f"a batch must be an array or a dict of arrays, got {type(item).__name__}"
             )
-        batch = {k: np.ascontiguousarray(v) for k, v in batch.items()}
+        # A copy: iterators may refill one buffer while this batch is still being counted.
+        batch = {k: np.array(v, order="C", copy=True) for k, v in batch.items()}
         check_batch(batch, specs)
+        if len(next(iter(batch.values()), ())) == 0:
+            continue  # an empty batch holds no states
         empty = False
         yield batch
     if empty:
-        raise InputError("the data holds no batches")
+        raise InputError("the data holds no batches (or only empty ones)")
 
 
 def _head(array: Any) -> np.ndarray:

@@ -302,6 +302,9 @@ def separation(
         cross[split] = {name: _pair_counts(f, local, max_matrix_bytes) for name, f in feats.items()}
         sizes[split] = [len(g) for g in groups]
         if pca_pair is not None and split == "train":
+            missing = [c for c in pca_pair if c not in classes]
+            if missing:
+                raise InputError(f"pca_pair names class(es) {missing} not among {classes}")
             i, j = (classes.index(c) for c in pca_pair)
             pca = {n: _pca2(f[local[i]], f[local[j]]) for n, f in feats.items()}
             pca["pair"] = list(pca_pair)

@@ -39,9 +39,13 @@ def save_analysis(analysis: Analysis, path: str | os.PathLike, overwrite: bool =
     """Write *analysis* to a zarr group at *path*, atomically."""
     import zarr
 
-    target = Path(path)
+    target = Path(path).absolute()
     if target.exists() and not overwrite:
         raise InputError(f"{target} already exists; choose another path or pass overwrite=True")
+    if target.exists() and not _is_store(target):
+        raise InputError(
+            f"{target} exists and is not an onnx_state results store; not replacing it"
+        )
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         root = zarr.open_group(str(tmp), mode="w")
@@ -110,6 +114,17 @@ def load_analysis(path: str | os.PathLike) -> Analysis:
         onnx_state_version=attrs.get("onnx_state_version", ""),
         schema_version=attrs["schema_version"],
     )
+
+
+def _is_store(path: Path) -> bool:
+    """A folder whose zarr root says it is an onnx_state results store (complete or not)."""
+    import json
+
+    meta = path / "zarr.json"
+    try:
+        return path.is_dir() and json.loads(meta.read_text())["attributes"]["schema"] == SCHEMA
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _plain(value):

@@ -129,6 +129,8 @@ def test_every_data_source_gives_the_same_result(net, tmp_path):
         (np.zeros((2, 3, 8, 8), np.float64), "float64 but the model expects float32"),
         (np.zeros((0, 3, 8, 8), np.float32), "no samples"),
         ([], "no batches"),
+        ({}, "data dict is empty"),
+        ([np.zeros((0, 3, 8, 8), np.float32)], "only empty ones"),
         (42, "cannot read data of type int"),
     ],
 )

@@ -269,3 +269,18 @@ def test_export_cli_for_keras_and_torch(tmp_path, keras_pair, torch_net, monkeyp
     )
     assert bad.exit_code == 2 and "cannot load" in bad.output
     assert not (tmp_path / "t.onnx.partial").exists()
+
+
+def test_elementwise_modules_take_the_neuron_axis_of_their_producer():
+    from torch import nn
+
+    from exporters.from_torch import export
+
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU()).eval()
+    x = np.random.default_rng(5).standard_normal((6, 5, 8)).astype(np.float32)
+    a = ts.analyze(export(net, torch.from_numpy(x[:2])), x, ["ReLU"])
+    (layer,) = a.layers
+    assert layer.neurons == 16 and layer.state_count == 6 * 5
+    with torch.no_grad():
+        _ids, counts = reference_counts(net(torch.from_numpy(x)).numpy(), -1)
+    np.testing.assert_array_equal(layer.counts(), counts)

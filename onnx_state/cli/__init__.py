@@ -7,7 +7,7 @@ import sys
 import click
 
 from onnx_state import __version__
-from onnx_state.errors import OnnxStateError
+from onnx_state.errors import OnnxStateError, first_line
 
 
 class _Group(click.Group):
@@ -19,8 +19,7 @@ class _Group(click.Group):
         except (OnnxStateError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            click.echo(f"Error: {message}", err=True)
+            click.echo(f"Error: {first_line(exc)}", err=True)
             sys.exit(2)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from onnx_state.errors import InputError, MissingExtraError
+from onnx_state.errors import InputError, MissingExtraError, first_line
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -34,19 +34,21 @@ def load_torch_module(spec: str, weights: str | None):
         factory = getattr(importlib.import_module(modname), attr)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"cannot import {spec!r}: {exc}") from None
-    module = factory()
+    try:
+        module = factory()
+    except Exception as exc:  # whatever the user's constructor raises
+        raise InputError(f"{spec}() failed: {type(exc).__name__}: {first_line(exc)}") from None
     if weights is not None:
         if not Path(weights).is_file():
             raise InputError(f"state-dict file {weights!r} does not exist")
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as exc:  # an unpickling refusal or a corrupt file
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"cannot load {weights} as plain weights: {first}") from None
+            raise InputError(f"cannot load {weights} as plain weights: {first_line(exc)}") from None
         try:
             module.load_state_dict(state)
-        except RuntimeError as exc:
-            raise InputError(f"{weights} does not fit {spec}: {str(exc).splitlines()[0]}") from None
+        except (RuntimeError, TypeError, AttributeError, KeyError, ValueError) as exc:
+            raise InputError(f"{weights} does not fit {spec}: {first_line(exc)}") from None
     return module
 
 
@@ -72,7 +74,13 @@ def export_model(
                 ) from exc
             if not Path(source).is_file():
                 raise InputError(f"Keras file {source!r} does not exist")
-            export(keras.saving.load_model(source, safe_mode=True), tmp, opset=min(opset, 18))
+            try:
+                model = keras.saving.load_model(source, safe_mode=True)
+            except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...
+                raise InputError(
+                    f"cannot load {source} as a Keras model: {first_line(exc)}"
+                ) from None
+            export(model, tmp, opset=min(opset, 18))
         else:
             if input_shape is None:
                 raise InputError("a PyTorch module needs --input-shape (without the batch axis)")

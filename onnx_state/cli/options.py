@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from onnx_state.errors import InputError
 from onnx_state.runtime import OPTIMIZATION_LEVELS
 
 
@@ -17,13 +18,11 @@ def parse_axes(values: tuple[str, ...]) -> dict[str, int]:
     for item in values:
         name, sep, axis = item.rpartition("=")
         if not sep or not name:
-            raise click.BadParameter(f"{item!r} is not LAYER=AXIS", param_hint="--neuron-axis")
+            raise InputError(f"--neuron-axis {item!r} is not LAYER=AXIS, e.g. conv_1=3")
         try:
             axes[name] = int(axis)
         except ValueError:
-            raise click.BadParameter(
-                f"axis {axis!r} is not an integer", param_hint="--neuron-axis"
-            ) from None
+            raise InputError(f"--neuron-axis {item!r}: axis {axis!r} is not an integer") from None
     return axes
 
 
