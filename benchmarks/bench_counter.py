@@ -30,12 +30,13 @@ def best(fn, repeat: int) -> float:
     return min(times)
 
 
-def lenet_like(rng: np.random.Generator) -> np.ndarray:
-    """conv_1-shaped activations with realistic state reuse: 20 channels mixing 8 latent
-    binary features, so there are at most 256 distinct states (like a trained layer)."""
-    latent = np.sign(rng.standard_normal((10_000, 8, 24, 24), dtype=np.float32))
-    mix = rng.standard_normal((20, 8)).astype(np.float32)
-    return np.einsum("nkhw,ck->nchw", latent, mix, optimize=True).astype(np.float32)
+def structured(rng: np.random.Generator, shape: tuple[int, ...], latent: int) -> np.ndarray:
+    """Activations with realistic state reuse: the channels mix a few latent binary
+    features, so there are at most 2**latent distinct states (like a trained layer)."""
+    n, c, h, w = shape
+    z = np.sign(rng.standard_normal((n, latent, h, w), dtype=np.float32))
+    mix = rng.standard_normal((c, latent)).astype(np.float32)
+    return np.einsum("nkhw,ck->nchw", z, mix, optimize=True).astype(np.float32)
 
 
 def main() -> None:
@@ -44,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     cases = {
-        "conv_1 10000x20x24x24 (structured)": lenet_like(rng),
+        "conv_1 10000x20x24x24 (structured)": structured(rng, (10_000, 20, 24, 24), 8),
         "conv_1 10000x20x24x24 (iid noise)": rng.standard_normal(
             (10_000, 20, 24, 24), dtype=np.float32
         ),
+        "big 32x256x56x56 (structured)": structured(rng, (32, 256, 56, 56), 12),
         "big 32x256x56x56 (iid noise)": rng.standard_normal((32, 256, 56, 56), dtype=np.float32),
     }
     print(

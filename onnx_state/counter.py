@@ -67,7 +67,10 @@ def sort_states(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     """Sort (uint64 words, counts) ascending by the integer sum(bit_c * 2**c)."""
     if len(keys) == 0:
         return keys, counts
-    order = np.lexsort(keys.T)  # np.lexsort sorts by the last key first: the top word
+    if keys.shape[1] == 1:  # keys are unique, so an unstable (SIMD) argsort is exact
+        order = np.argsort(keys[:, 0])
+    else:
+        order = np.lexsort(keys.T)  # np.lexsort sorts by the last key first: the top word
     return keys[order], counts[order]
 
 

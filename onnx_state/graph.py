@@ -11,7 +11,7 @@ Neuron axis of a captured tensor, first rule that applies:
    Gemm/MatMul → last axis; Transpose → where the input's axis went; Flatten → 1;
    Reshape → 1 when the result has rank 2, else the input's axis when it survives;
    element-wise ops and everything else → the axis of their first data input;
-   a graph input → 1.
+   a graph input → its entry in the model's ``onnx_state.input_axes``, else 1.
 """
 
 from __future__ import annotations
