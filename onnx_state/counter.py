@@ -67,10 +67,9 @@ def sort_states(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     """Sort (uint64 words, counts) ascending by the integer sum(bit_c * 2**c)."""
     if len(keys) == 0:
         return keys, counts
-    if keys.shape[1] == 1:  # keys are unique, so an unstable (SIMD) argsort is exact
-        order = np.argsort(keys[:, 0])
-    else:
-        order = np.lexsort(keys.T)  # np.lexsort sorts by the last key first: the top word
+    # Keys are unique, so one unstable (SIMD) argsort is exact for one word; np.lexsort
+    # sorts by the last key first, which is the top word.
+    order = np.argsort(keys[:, 0]) if keys.shape[1] == 1 else np.lexsort(keys.T)
     return keys[order], counts[order]
 
 
