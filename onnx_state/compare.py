@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,6 @@ class Comparison:
     accuracy_a: float | None = None
     accuracy_b: float | None = None
     threshold: float = 0.99
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def first_divergent(self) -> str | None:

@@ -255,3 +255,10 @@ def test_bundled_torch_export_matches_plain_onnxruntime_outputs():
     ]  # fmt: skip
     for result, tensor in zip(a.layers, wanted):
         check_layer(result, values[tensor], 1)
+
+
+def test_keep_outputs_returns_the_final_outputs_in_order(net):
+    model, _, x, ref = net
+    a = onnx_state.analyze(model, x, "Conv", batch_size=10, keep_outputs=True)
+    np.testing.assert_allclose(a.outputs[0], ref["y"], rtol=0, atol=1e-4)
+    assert onnx_state.analyze(model, x, "Conv").outputs is None
