@@ -259,35 +259,24 @@ class _TorchRunner:
 
 
 def _onnx_model(model, attach, exclude, method, storage, axes, session) -> EfficiencyModel:
-    from onnx_state.analysis import Instrumented, count_into
+    from onnx_state.analysis import Instrumented
 
     inst = Instrumented(model, attach, exclude, method, axes, **session)
     layers = [
         EfficiencyLayer(c.name, c.axis, None if storage is None else storage / f"{c.name}.zarr")
         for c in inst.captures
     ]
-    by_tensor = {c.name: (c.tensor, c.axis) for c in inst.captures}
+    pairs = [(layer, c.tensor) for layer, c in zip(layers, inst.captures)]
+
+    def consume(batch: dict[str, np.ndarray], captured: dict[str, np.ndarray]) -> None:
+        for layer, tensor in pairs:
+            layer.update(captured[tensor])
 
     def run(x: Any, batch_size: int) -> np.ndarray:
-        counters = {key: _LayerGroup() for key in by_tensor.values()}
-        for layer in layers:
-            counters[by_tensor[layer.name]].members.append(layer)
-        consume = count_into(counters)
         outs = [finals[0] for _, finals in inst.stream(x, batch_size, consume, progress=False)]
         return np.concatenate(outs)
 
     return EfficiencyModel(layers, run, [])
-
-
-class _LayerGroup:
-    """Stands in for a StateCounter: sends one captured tensor to every layer reading it."""
-
-    def __init__(self) -> None:
-        self.members: list[EfficiencyLayer] = []
-
-    def update(self, x: np.ndarray, axis: int) -> None:
-        for layer in self.members:
-            layer.update(x)
 
 
 def _report_unknown(attach, exclude, modules, classes) -> None:
