@@ -27,6 +27,11 @@ cdef extern from *:
     void _prefetch(const void* p) noexcept nogil
 
 
+cdef extern from "_mem.h" nogil:
+    void* os_zalloc(size_t nbytes)
+    void os_zfree(void* p, size_t nbytes)
+
+
 cdef extern from "_pack.h" nogil:
     void os_pack_f32(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
                      uint32_t* lanes, uint32_t* nans)
@@ -104,14 +109,14 @@ cdef int _narrow_init(Narrow* t) noexcept nogil:
     t.mask = 127
     t.shift = 64 - 7
     t.last = -1
-    t.entries = <Entry*>calloc(t.mask + 1, sizeof(Entry))
+    t.entries = <Entry*>os_zalloc((t.mask + 1) * sizeof(Entry))
     return 0 if t.entries != NULL else -1
 
 
 cdef int _narrow_grow(Narrow* t) noexcept nogil:
     cdef Py_ssize_t size = (t.mask + 1) * 2, i, k
     cdef int shift = t.shift - 1
-    cdef Entry* entries = <Entry*>calloc(size, sizeof(Entry))
+    cdef Entry* entries = <Entry*>os_zalloc(size * sizeof(Entry))
     if entries == NULL:
         return -1
     for k in range(t.mask + 1):
@@ -120,7 +125,7 @@ cdef int _narrow_grow(Narrow* t) noexcept nogil:
             while entries[i].count:
                 i = (i + 1) & (size - 1)
             entries[i] = t.entries[k]
-    free(t.entries)
+    os_zfree(t.entries, (t.mask + 1) * sizeof(Entry))
     t.entries = entries
     t.mask = size - 1
     t.shift = shift
@@ -151,7 +156,51 @@ cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nog
     return 0
 
 
+# Layers of at most DENSE_BITS neurons count every possible state in a plain array
+# (8 MiB at 20 neurons, zero pages until touched): a lookup is one increment, no probing.
+cdef enum:
+    DENSE_BITS = 20
+
+DENSE_NEURONS = DENSE_BITS  # for Python: layers this narrow use the dense table
+
+
+cdef struct Dense:
+    int64_t* counts         # [1 << neurons], indexed by the state itself
+    Py_ssize_t size
+    Py_ssize_t n            # nonzero entries
+
+
+cdef int _dense_init(Dense* d, Py_ssize_t neurons) noexcept nogil:
+    d.size = <Py_ssize_t>1 << neurons
+    d.n = 0
+    d.counts = <int64_t*>os_zalloc(d.size * sizeof(int64_t))
+    return 0 if d.counts != NULL else -1
+
+
+cdef inline void _dense_add(Dense* d, uint64_t key, int64_t count) noexcept nogil:
+    # Callers guarantee key < size (packed states have no bits above the last neuron).
+    d.n += d.counts[key] == 0
+    d.counts[key] += count
+
+
+cdef inline void _dense_add_block(Dense* d, const uint64_t* block, Py_ssize_t pn) noexcept nogil:
+    # Neighbouring positions often share a state: add runs at once, so repeated increments
+    # of one counter do not wait on each other.
+    cdef uint64_t key = block[0]
+    cdef int64_t run = 1
+    cdef Py_ssize_t j
+    for j in range(1, pn):
+        if block[j] == key:
+            run += 1
+        else:
+            _dense_add(d, key, run)
+            key = block[j]
+            run = 1
+    _dense_add(d, key, run)
+
+
 cdef struct Table:
+    Dense dense             # used when dense.counts != NULL (few neurons)
     Py_ssize_t nwords       # uint64 words per state
     Py_ssize_t n            # unique states stored
     Py_ssize_t capacity     # rows allocated
@@ -168,13 +217,17 @@ cdef inline uint64_t* _row(Table* t, Py_ssize_t row) noexcept nogil:
     return t.rows + row * (t.nwords + 1)
 
 
-cdef int _table_init(Table* t, Py_ssize_t nwords) noexcept nogil:
+cdef int _table_init(Table* t, Py_ssize_t neurons) noexcept nogil:
+    cdef Py_ssize_t nwords = (neurons + 63) // 64
     t.nwords = nwords
     t.n = 0
     t.rows = NULL
     t.hashes = NULL
     t.slots = NULL
     t.narrow.entries = NULL
+    t.dense.counts = NULL
+    if neurons <= DENSE_BITS:
+        return _dense_init(&t.dense, neurons)
     if nwords == 1:
         return _narrow_init(&t.narrow)
     t.capacity = 64
@@ -192,8 +245,12 @@ cdef void _table_free(Table* t) noexcept nogil:
     free(t.rows)
     free(t.hashes)
     free(t.slots)
-    free(t.narrow.entries)
+    if t.narrow.entries != NULL:
+        os_zfree(t.narrow.entries, (t.narrow.mask + 1) * sizeof(Entry))
+    if t.dense.counts != NULL:
+        os_zfree(t.dense.counts, t.dense.size * sizeof(int64_t))
     t.narrow.entries = NULL
+    t.dense.counts = NULL
     t.rows = NULL
     t.hashes = NULL
     t.slots = NULL
@@ -275,6 +332,9 @@ cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
 
 cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
     """Add *count* observations of *key*; -1 when out of memory."""
+    if t.dense.counts != NULL:
+        _dense_add(&t.dense, key[0], count)
+        return 0
     if t.nwords == 1:
         return _narrow_add(&t.narrow, key[0], count)
     if t.last >= 0 and _same(_row(t, t.last) + 1, key, t.nwords):
@@ -346,7 +406,9 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                         v = x[o, c, p0 + j]
                         nans += _isnan(v)
                         block[j * nwords + w] |= (<uint64_t>_fires(v)) << bit
-            if nwords == 1:
+            if t.dense.counts != NULL:
+                _dense_add_block(&t.dense, block, pn)
+            elif nwords == 1:
                 # Large tables miss the cache: ask for every entry of the block first, so
                 # the lookups below overlap their memory latency.
                 for j in range(pn):
@@ -385,7 +447,7 @@ cdef class StateTable:
             raise ValueError(f"a layer needs at least one neuron, got {neurons}")
         self.neurons = neurons
         self.block = NULL
-        if _table_init(&self.t, (neurons + 63) // 64) != 0:
+        if _table_init(&self.t, neurons) != 0:
             _table_free(&self.t)
             raise MemoryError("cannot allocate the state table")
         self.block = <uint64_t*>malloc(BLOCK * self.t.nwords * sizeof(uint64_t))
@@ -402,6 +464,8 @@ cdef class StateTable:
 
     @property
     def n_unique(self) -> int:
+        if self.t.dense.counts != NULL:
+            return self.t.dense.n
         return self.t.narrow.n if self.t.nwords == 1 else self.t.n
 
     def add(self, x, record=None):
@@ -476,6 +540,10 @@ cdef class StateTable:
             if counts[i] < 0:
                 raise ValueError("counts must be non-negative")
             total += counts[i]
+        if self.neurons < 64:  # stray bits would index past a dense table
+            for i in range(n):
+                if keys[i, 0] >> self.neurons:
+                    raise ValueError(f"state {i} has bits above neuron {self.neurons - 1}")
         with nogil:
             for i in range(n):
                 if counts[i] > 0:
@@ -488,14 +556,22 @@ cdef class StateTable:
         self.nan_count += nan_count
 
     def export(self):
-        """Return (keys uint64 [n, nwords], counts int64 [n]) in no particular order (copies)."""
+        """Return (keys uint64 [n, nwords], counts int64 [n]) as copies, in no promised
+        order (dense tables give ascending keys)."""
         cdef Py_ssize_t n = self.n_unique, nw = self.t.nwords, i, row = 0
         keys = np.empty((n, nw), dtype=np.uint64)
         counts = np.empty(n, dtype=np.int64)
         cdef uint64_t[:, ::1] kv = keys
         cdef int64_t[::1] cv = counts
         cdef Entry* entries = self.t.narrow.entries
-        if nw == 1:
+        cdef int64_t* dense = self.t.dense.counts
+        if dense != NULL:  # ascending state order for free
+            for i in range(self.t.dense.size):
+                if dense[i]:
+                    kv[row, 0] = <uint64_t>i
+                    cv[row] = dense[i]
+                    row += 1
+        elif nw == 1:
             for i in range(self.t.narrow.mask + 1):
                 if entries[i].count:
                     kv[row, 0] = entries[i].key

@@ -12,18 +12,19 @@ import itertools
 import math
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from onnx_state._counter import StateTable
+from onnx_state._counter import DENSE_NEURONS, StateTable
 from onnx_state.errors import DTypeError, InputError
 
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
     raise ImportError("onnx_state's state counter needs a little-endian machine")
 
-__all__ = ["StateCounter", "kernel_view", "sort_states"]
+__all__ = ["DENSE_NEURONS", "StateCounter", "kernel_view", "sort_states"]
 
 # dtype accepted -> dtype the kernel reads (bool as bytes, float16 as its bit pattern)
 _KERNEL_DTYPES = {
@@ -69,7 +70,12 @@ def sort_states(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
         return keys, counts
     # Keys are unique, so one unstable (SIMD) argsort is exact for one word; np.lexsort
     # sorts by the last key first, which is the top word.
-    order = np.argsort(keys[:, 0]) if keys.shape[1] == 1 else np.lexsort(keys.T)
+    if keys.shape[1] == 1:
+        if np.all(keys[1:, 0] > keys[:-1, 0]):  # dense tables export in order
+            return keys, counts
+        order = np.argsort(keys[:, 0])
+    else:
+        order = np.lexsort(keys.T)
     return keys[order], counts[order]
 
 
@@ -123,7 +129,7 @@ class StateCounter:
         if neurons < 1:
             raise InputError(f"a layer needs at least one neuron, got {neurons}")
         self._table = StateTable(neurons)
-        if self._record is not False and self._record is not None:
+        if self.records:
             self._raw = _open_raw_store(
                 self._record, self.n_bytes, self._compressor, self._chunk_states
             )
@@ -201,6 +207,11 @@ class StateCounter:
         return 0 if self._table is None else self._table.neurons
 
     @property
+    def records(self) -> bool:
+        """Whether every state is also recorded in order (then batches cannot be split)."""
+        return self._record is not False and self._record is not None
+
+    @property
     def n_bytes(self) -> int:
         """Bytes per packed state: ceil(neurons / 8)."""
         return (self.neurons + 7) // 8
@@ -236,14 +247,34 @@ class StateCounter:
 
         Ordered ascending by the little-endian integer sum(bit_c * 2**c).
         """
-        keys = self._sorted()[0]
-        ids = np.ascontiguousarray(keys.view(np.uint8)[:, : self.n_bytes])
+        ids = _ids(self._sorted()[0], self.n_bytes)
         return [row.tobytes() for row in ids] if as_bytes else ids
 
     def state_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(state_ids, counts) from one sort, for callers that need both."""
         keys, counts = self._sorted()
-        return np.ascontiguousarray(keys.view(np.uint8)[:, : self.n_bytes]), counts
+        return _ids(keys, self.n_bytes), counts
+
+    def deferred_state_table(
+        self,
+    ) -> tuple[np.ndarray, Callable[[], tuple[np.ndarray, np.ndarray]]]:
+        """(counts in no particular order, a function returning state_table()).
+
+        Takes a snapshot now and sorts only when the function is called: order-free
+        metrics need no sort, which is the slow part for millions of states.
+        """
+        with self._lock:
+            if self._table is None:
+                keys, counts = np.empty((0, 1), np.uint64), np.empty(0, np.int64)
+            else:
+                keys, counts = self._table.export()
+        n_bytes = self.n_bytes
+
+        def table() -> tuple[np.ndarray, np.ndarray]:
+            k, c = sort_states(keys, counts)
+            return _ids(k, n_bytes), c
+
+        return counts, table
 
     @property
     def raw_states(self):
@@ -301,6 +332,11 @@ class StateCounter:
             f"StateCounter(neurons={self.neurons}, state_count={self.state_count}, "
             f"n_unique={self.n_unique})"
         )
+
+
+def _ids(keys: np.ndarray, n_bytes: int) -> np.ndarray:
+    """uint64 state words -> uint8 rows of the state's n_bytes."""
+    return np.ascontiguousarray(keys.view(np.uint8)[:, :n_bytes])
 
 
 # Below this many values per thread, starting threads costs more than it saves.

@@ -192,3 +192,13 @@ def test_neuron_count_mismatch_across_batches():
 def test_states_without_recording_is_an_error():
     with pytest.raises(InputError, match="record=True"):
         StateCounter().update(np.ones((2, 3), np.float32)).states()
+
+
+def test_dense_tables_refuse_states_with_bits_above_the_last_neuron():
+    from onnx_state._counter import StateTable
+
+    table = StateTable(5)  # a dense table: 32 entries indexed by the state itself
+    keys = np.array([[3], [1 << 5]], dtype=np.uint64)
+    with pytest.raises(ValueError, match="above neuron 4"):
+        table.add_counts(keys, np.ones(2, np.int64))
+    assert table.n_unique == 0 and table.state_count == 0
