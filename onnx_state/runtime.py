@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import xxhash
 from onnx import ModelProto
 
 from onnx_state.errors import InputError, ModelError, first_line
@@ -293,11 +293,14 @@ def _fmt(shape: Sequence[Any]) -> str:
 
 
 class Fingerprint:
-    """BLAKE2b-256 of a data set as streamed, independent of how it was split into batches.
+    """XXH3-128 of a data set as streamed, independent of how it was split into batches.
 
     One hash per input over its bytes, then one over names, dtypes, sample shapes and those
-    hashes. BLAKE2b is used for speed (it hashes faster than SHA-256 without SHA hardware).
+    hashes; the digest reads ``xxh3_128:<hex>``. XXH3 runs near memory speed (BLAKE2b took a
+    third of the counting time); it identifies data sets, it is not tamper-proof.
     """
+
+    ALGORITHM = "xxh3_128"
 
     def __init__(self) -> None:
         self._inputs: dict[str, Any] = {}
@@ -305,13 +308,13 @@ class Fingerprint:
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
         for name, a in batch.items():
-            self._inputs.setdefault(name, hashlib.blake2b(digest_size=32)).update(
+            self._inputs.setdefault(name, xxhash.xxh3_128()).update(
                 memoryview(np.ascontiguousarray(a)).cast("B")
             )
             self._meta[name] = f"{a.dtype.str}{a.shape[1:]}"
 
     def hexdigest(self) -> str:
-        total = hashlib.blake2b(digest_size=32)
+        total = xxhash.xxh3_128()
         for name in sorted(self._inputs):
             total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())
-        return total.hexdigest()
+        return f"{self.ALGORITHM}:{total.hexdigest()}"
