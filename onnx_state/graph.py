@@ -16,6 +16,7 @@ Neuron axis of a captured tensor, first rule that applies:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -428,11 +429,15 @@ def select_captures(
 
 
 def _shape_info(model: ModelProto) -> dict[str, tuple[int | None, tuple | None]]:
-    """elem type and shape of every tensor in the main graph, after shape inference."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception:  # inference is a convenience; fall back to what the model declares
-        inferred = model
+    """elem type and shape of every tensor in the main graph, after shape inference.
+
+    Exporters that declare every node output (torch.onnx does) make inference unneeded.
+    """
+    inferred = model
+    # inference is a convenience; when it fails, fall back to what the model declares
+    with contextlib.suppress(Exception):
+        if not _fully_declared(model.graph):
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     info: dict[str, tuple[int | None, tuple | None]] = {}
     graph = inferred.graph
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -449,6 +454,16 @@ def _shape_info(model: ModelProto) -> dict[str, tuple[int | None, tuple | None]]
     for init in graph.initializer:
         info.setdefault(init.name, (init.data_type, tuple(init.dims)))
     return info
+
+
+def _fully_declared(graph: onnx.GraphProto) -> bool:
+    """Whether every node output has a declared elem type and shape."""
+    declared = {
+        vi.name
+        for vi in [*graph.value_info, *graph.output]
+        if vi.type.tensor_type.elem_type and vi.type.tensor_type.HasField("shape")
+    }
+    return all(out in declared for node in graph.node for out in node.output if out)
 
 
 def neuron_axis(model: ModelProto, tensor: str, info: Mapping | None = None) -> int:
