@@ -254,8 +254,7 @@ def layer_result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
         axis=capture.axis,
         state_count=counter.state_count,
         nan_count=counter.nan_count,
-        ids=ids,
-        state_counts=counts,
+        unsorted=counter.deferred_state_table(),
     )
 
 

@@ -224,7 +224,7 @@ def audit(
     novelty_by_layer = {}
     for w in watches:
         res = layer_result(w.capture, w.counter)
-        fired = metrics.firing_counts(res.ids, res.counts(), res.neurons)
+        fired = metrics.firing_counts(res.state_ids(), res.counts(), res.neurons)
         entry = LayerAudit(
             name=res.name,
             neurons=res.neurons,
@@ -242,12 +242,12 @@ def audit(
                     f"{res.name} has {res.neurons} neurons here but {ref_layer.neurons} in the "
                     "reference; is it the same model?"
                 )
-            seen = metrics.seen_in(res.ids, ref_layer.state_ids())
+            seen = metrics.seen_in(res.state_ids(), ref_layer.state_ids())
             per_sample = np.concatenate(w.novel_per_sample)
             novelty_by_layer[res.name] = per_sample
             entry.novelty = float(res.counts()[~seen].sum() / res.state_count)
             entry.js_divergence = metrics.js_divergence(
-                res.ids, res.counts(), ref_layer.state_ids(), ref_layer.counts()
+                res.state_ids(), res.counts(), ref_layer.state_ids(), ref_layer.counts()
             )
             entry.efficiency_drift = entry.efficiency - ref_layer.efficiency()
             top = np.argsort(-per_sample, kind="stable")[:10]

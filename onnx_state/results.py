@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +24,13 @@ class StateMetrics:
     def counts(self) -> np.ndarray:
         raise NotImplementedError
 
+    def _counts_any_order(self) -> np.ndarray:
+        """The counts in whatever order is cheapest (order-free metrics use this)."""
+        return self.counts()
+
     def entropy(self, alpha: float = 1) -> float:
         """Rényi entropy of the state distribution, in bits."""
-        return metrics.entropy(self.counts(), alpha)
+        return metrics.entropy(self._counts_any_order(), alpha)
 
     def max_entropy(self) -> float:
         """One bit per neuron."""
@@ -33,15 +38,15 @@ class StateMetrics:
 
     def efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
         """entropy(alpha1) / (neurons, or entropy(alpha2))."""
-        return metrics.efficiency(self.counts(), self.neurons, alpha1, alpha2)
+        return metrics.efficiency(self._counts_any_order(), self.neurons, alpha1, alpha2)
 
     def miller_madow(self) -> float:
         """Miller–Madow bias-corrected Shannon entropy, in bits."""
-        return metrics.miller_madow_entropy(self.counts())
+        return metrics.miller_madow_entropy(self._counts_any_order())
 
     def chao_shen(self) -> float:
         """Chao–Shen coverage-adjusted Shannon entropy, in bits."""
-        return metrics.chao_shen_entropy(self.counts())
+        return metrics.chao_shen_entropy(self._counts_any_order())
 
     def entropy_interval(self, **kwargs: Any) -> metrics.EntropyInterval:
         """Bootstrap interval of Shannon entropy (see metrics.bootstrap_entropy)."""
@@ -62,20 +67,37 @@ class LayerResult(StateMetrics):
     axis: int
     state_count: int
     nan_count: int
-    ids: np.ndarray = field(repr=False)  # uint8 [n_unique, ceil(neurons / 8)]
-    state_counts: np.ndarray = field(repr=False)  # int64 [n_unique]
+    ids: np.ndarray | None = field(default=None, repr=False)  # uint8 [n_unique, n_bytes]
+    state_counts: np.ndarray | None = field(default=None, repr=False)  # int64 [n_unique]
+    # (counts in any order, a function returning (ids, counts) sorted): the sort waits for
+    # the first caller that needs state order; metrics do not.
+    unsorted: tuple[np.ndarray, Callable[[], tuple]] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.ids is None or self.state_counts is None:
+            if self.unsorted is None:
+                raise ValueError("a LayerResult needs ids and state_counts, or unsorted")
+            self.ids, self.state_counts = self.unsorted[1]()
+            self.unsorted = None
+        return self.ids, self.state_counts
+
+    def _counts_any_order(self) -> np.ndarray:
+        return self.unsorted[0] if self.unsorted is not None else self.counts()
 
     @property
     def n_unique(self) -> int:
-        return len(self.state_counts)
+        return len(self._counts_any_order())
 
     def counts(self) -> np.ndarray:
         """Occurrences of each observed state, in state_ids order."""
-        return self.state_counts
+        return self._sorted()[1]
 
     def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
         """Observed packed states (uint8 rows, or bytes), ascending by their integer value."""
-        return [r.tobytes() for r in self.ids] if as_bytes else self.ids
+        ids = self._sorted()[0]
+        return [r.tobytes() for r in ids] if as_bytes else ids
 
     def summary(self) -> dict[str, Any]:
         """Attributes and headline metrics, JSON-ready (no state arrays)."""

@@ -52,9 +52,10 @@ def save_analysis(analysis: Analysis, path: str | os.PathLike, overwrite: bool =
         for i, layer in enumerate(analysis.layers):
             g = root.create_group(f"layers/{i}")
             g.attrs.update({k: _plain(getattr(layer, k)) for k in _LAYER_ATTRS})
-            ids = layer.ids.reshape(len(layer.ids), max(1, (layer.neurons + 7) // 8))
+            ids = layer.state_ids()
+            ids = ids.reshape(len(ids), max(1, (layer.neurons + 7) // 8))
             g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
-            g.create_array("counts", data=np.ascontiguousarray(layer.state_counts, dtype=np.int64))
+            g.create_array("counts", data=np.ascontiguousarray(layer.counts(), dtype=np.int64))
         attrs = {k: v for k, v in analysis.to_dict().items() if k != "layers"}
         attrs.update(schema=SCHEMA, layer_order=[r.name for r in analysis.layers], complete=True)
         root.attrs.update({k: _plain(v) for k, v in attrs.items()})

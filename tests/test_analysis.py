@@ -264,3 +264,43 @@ def test_keep_outputs_returns_the_final_outputs_in_order(net):
     a = onnx_state.analyze(model, x, "Conv", batch_size=10, keep_outputs=True)
     np.testing.assert_allclose(a.outputs[0], ref["y"], rtol=0, atol=1e-4)
     assert onnx_state.analyze(model, x, "Conv").outputs is None
+
+
+def test_states_are_sorted_only_when_asked_and_metrics_agree(net):
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=9)
+    r = a.layer("conv")
+    assert r.unsorted is not None  # nothing sorted yet
+    before = (r.entropy(), r.entropy(2), r.efficiency(), r.miller_madow(), r.n_unique)
+    assert r.unsorted is not None  # order-free metrics did not sort
+    ids, counts = r.state_ids(), r.counts()
+    assert r.unsorted is None
+    assert np.all(np.diff(ids[:, 0].astype(int)) > 0) and counts.sum() == r.state_count
+    after = (r.entropy(), r.entropy(2), r.efficiency(), r.miller_madow(), r.n_unique)
+    np.testing.assert_allclose(before, after, rtol=0, atol=1e-12)
+
+
+def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled):
+    from onnx_state import graph
+
+    model = graph.load_model(bundled[0])
+    assert graph._fully_declared(model.graph)  # torch.onnx declares every node output
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    assert not graph._fully_declared(bare.graph)
+    a = graph.select_captures(model, None, (), "both", None)
+    b = graph.select_captures(bare, None, (), "both", None)
+    assert [(c.name, c.tensor, c.axis) for c in a] == [(c.name, c.tensor, c.axis) for c in b]
+
+    def outputs(m):  # static dims only: inference names free dims unk__N, torch "batch"
+        return [
+            (
+                o.name,
+                o.type.tensor_type.elem_type,
+                [d.dim_value for d in o.type.tensor_type.shape.dim],
+            )
+            for o in m.graph.output
+        ]
+
+    assert outputs(graph.add_outputs(model, a)) == outputs(graph.add_outputs(bare, b))
