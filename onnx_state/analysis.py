@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,9 +16,10 @@ from onnx import ModelProto
 from onnx_state import graph, runtime
 from onnx_state.counter import StateCounter
 from onnx_state.errors import InputError, ModelError, first_line
+from onnx_state.fanout import LayerCounting
 from onnx_state.results import Analysis, LayerResult
 
-__all__ = ["Instrumented", "analyze", "instrument"]
+__all__ = ["Instrumented", "analyze", "counting_plan", "instrument"]
 
 
 class Instrumented:
@@ -49,6 +48,7 @@ class Instrumented:
         self._session_args = (providers, threads, optimization, self.model_dir)
         self.session = runtime.make_session(self.model, *self._session_args)
         self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+        self.overlap, self.count_workers = counting_plan(providers, threads)
 
     def run(
         self, batch: Mapping[str, np.ndarray]
@@ -75,25 +75,32 @@ class Instrumented:
     ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
         """Run every batch, call consume(batch, captured tensors), yield (batch, outputs).
 
-        *consume* runs on a worker thread (it and onnxruntime both release the GIL), so batch
-        k is consumed while batch k+1 runs; at most two batches of activations are alive.
+        With ``self.overlap``, *consume* runs on a worker thread while the next batch runs
+        (at most two batches of activations alive); otherwise it runs right after each batch,
+        when onnxruntime has handed every core back (see counting_plan).
         """
         data = runtime.open_data(data)  # once, for both the count and the batches
         total = runtime.batch_count(data, self.specs, batch_size)
-        pending: Future | None = None
-        with (
-            ThreadPoolExecutor(1, initializer=_lower_priority) as pool,
-            _progress(total, progress) as bar,
-        ):
-            for batch in runtime.iter_batches(data, self.specs, batch_size):
-                finals, captured = self.run(batch)
+        batches = runtime.iter_batches(data, self.specs, batch_size)
+        with _progress(total, progress) as bar:
+            if not self.overlap:
+                for batch in batches:
+                    finals, captured = self.run(batch)
+                    consume(batch, captured)
+                    yield batch, finals
+                    bar.update(1)
+                return
+            pending: Future | None = None
+            with ThreadPoolExecutor(1) as pool:
+                for batch in batches:
+                    finals, captured = self.run(batch)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(consume, batch, captured)
+                    yield batch, finals
+                    bar.update(1)
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(consume, batch, captured)
-                yield batch, finals
-                bar.update(1)
-            if pending is not None:
-                pending.result()
 
     def parity(self, batch: Mapping[str, np.ndarray]) -> float:
         """Max |difference| between the final outputs of the original and instrumented model.
@@ -110,29 +117,28 @@ class Instrumented:
         return max(diffs, default=0.0)
 
 
-def count_into(
-    counters: Mapping[tuple[str, int], Any], fingerprint: runtime.Fingerprint | None = None
-) -> Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None]:
-    """A consumer for Instrumented.stream: feeds each (tensor, axis) counter, and hashes the
-    batch into *fingerprint* (off the main thread too)."""
+def counting_plan(providers: Sequence[str] | None, threads: int | None) -> tuple[bool, int]:
+    """(overlap, counting threads) for a session on *providers* with *threads* intra-op threads.
 
-    def consume(batch: dict[str, np.ndarray], captured: dict[str, np.ndarray]) -> None:
-        if fingerprint is not None:
-            fingerprint.update(batch)
-        for (tensor, axis), counter in counters.items():
-            counter.update(captured[tensor], axis=axis)
-
-    return consume
-
-
-def _lower_priority() -> None:
-    """Run the counting thread at a lower priority (Linux: per-thread nice value).
-
-    onnxruntime's threads are on the critical path; counting fills the cycles they leave
-    idle instead of delaying them. Elsewhere this is a no-op.
+    When onnxruntime computes on every core, counting beside it only preempts its threads
+    (a parallel section waits for its slowest thread), so batches are counted between runs
+    on all cores. When cores are left over, or the model runs on an accelerator, counting
+    overlaps the next batch on the spare cores.
     """
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    cpus = _available_cpus()
+    on_cpu = not providers or providers[0] == "CPUExecutionProvider"
+    busy = min(threads or cpus, cpus) if on_cpu else 1
+    spare = cpus - busy
+    if spare >= 1:
+        return True, spare
+    return False, busy
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _progress(total: int | None, enabled: bool | None):
@@ -212,15 +218,17 @@ def analyze(
     correct = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
-    for batch, finals in inst.stream(data, batch_size, count_into(counters, digest), progress):
-        if parity and parity_diff is None:
-            parity_diff = inst.parity(batch)
-        n = len(next(iter(batch.values())))
-        if y is not None:
-            correct += count_correct(finals[0], y, n_samples)
-        if keep_outputs:
-            outputs.append(finals)
-        n_samples += n
+    with LayerCounting(counters, inst.count_workers, digest) as counting:
+        for batch, finals in inst.stream(data, batch_size, counting, progress):
+            if parity and parity_diff is None:
+                parity_diff = inst.parity(batch)
+            n = len(next(iter(batch.values())))
+            if y is not None:
+                correct += count_correct(finals[0], y, n_samples)
+            if keep_outputs:
+                outputs.append(finals)
+            n_samples += n
+        counting.finish()
     if y is not None and len(y) != n_samples:
         raise InputError(f"got {len(y)} labels for {n_samples} samples; they must match")
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
@@ -242,7 +250,7 @@ def analyze(
 
 
 def layer_result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
-    ids, counts = counter.state_table()
+    """The result of one capture; states are sorted only when first asked for."""
     return LayerResult(
         name=capture.name,
         tensor=capture.tensor,

@@ -88,8 +88,9 @@ def make_session(
             raise InputError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    # Idle onnxruntime threads would spin and starve the thread that counts states.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Idle threads spin between operators (fast), but stop when a run returns: states are
+    # counted between runs and must not compete with spinning threads.
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     available = ort.get_available_providers()
     providers = list(providers or ["CPUExecutionProvider"])
     missing = [p for p in providers if p not in available]

@@ -1,0 +1,130 @@
+"""Count one batch's captured tensors on several threads, with results identical to one.
+
+The counting kernel releases the GIL, so threads scale. Each layer's counter is touched by
+one thread at a time: a layer counted in a dense table (few neurons) is cut by samples into
+pieces, each counted into the taking thread's own shard (merged exactly by ``finish``);
+any other layer goes whole to one thread. Threads take the next piece from a shared
+queue, largest first, so layers of uneven cost balance themselves.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from onnx_state.counter import DENSE_NEURONS, StateCounter
+
+__all__ = ["LayerCounting"]
+
+# A piece below this many values is not worth a hand-off between threads.
+_MIN_PIECE_VALUES = 1 << 17
+# Pieces per thread for split layers: enough for the threads to even out.
+_PIECES_PER_WORKER = 4
+
+
+class LayerCounting:
+    """A consumer for ``Instrumented.stream`` that feeds one StateCounter per (tensor, axis).
+
+    Use as a context manager; ``finish()`` folds the shards into *counters* and must run
+    before they are read. *fingerprint*, when given, is updated with every batch.
+    """
+
+    def __init__(
+        self,
+        counters: Mapping[tuple[str, int], StateCounter],
+        workers: int = 1,
+        fingerprint: Any = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.counters = counters
+        self.workers = workers
+        self.fingerprint = fingerprint
+        # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
+        self._shards: list[dict[Hashable, StateCounter]] = [{} for _ in range(workers)]
+        self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
+
+    def __enter__(self) -> LayerCounting:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def __call__(self, batch: Mapping[str, np.ndarray], captured: Mapping[str, Any]) -> None:
+        if self.fingerprint is not None:
+            self.fingerprint.update(batch)
+        pieces = self._pieces(captured)
+        if self._pool is None or len(pieces) == 1:
+            for key, x, axis, _ in pieces:
+                self.counters[key].update(x, axis=axis)
+            return
+        queue = iter(pieces)
+        lock = threading.Lock()
+        failed = threading.Event()
+        futures = [self._pool.submit(self._work, k, queue, lock, failed)
+                   for k in range(1, self.workers)]  # fmt: skip
+        try:
+            self._work(0, queue, lock, failed)
+        finally:
+            errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+
+    def _pieces(self, captured: Mapping[str, Any]) -> list[tuple[Any, np.ndarray, int, bool]]:
+        """(counter key, array, axis, split?) per piece, largest first."""
+        pieces = []
+        for key, counter in self.counters.items():
+            tensor, axis = key
+            x = np.asarray(captured[tensor])
+            n = x.shape[0] if x.ndim else 0
+            splittable = (
+                self.workers > 1
+                and not counter.records
+                and x.ndim >= 2
+                and -x.ndim <= axis < x.ndim
+                and x.shape[axis] <= DENSE_NEURONS
+                and n > 1
+                and x.size >= 2 * _MIN_PIECE_VALUES
+            )
+            if not splittable:
+                pieces.append((key, x, axis, False))
+                continue
+            parts = min(n, self.workers * _PIECES_PER_WORKER, x.size // _MIN_PIECE_VALUES)
+            edges = np.linspace(0, n, parts + 1).astype(int)
+            pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
+        # Whole layers first (they cannot be shared out), then split pieces, large to small.
+        return sorted(pieces, key=lambda p: (p[3], -p[1].size))
+
+    def _work(self, worker: int, queue, lock: threading.Lock, failed: threading.Event) -> None:
+        try:
+            while not failed.is_set():
+                with lock:
+                    piece = next(queue, None)
+                if piece is None:
+                    return
+                key, x, axis, split = piece
+                counter = self.counters[key]
+                if split and worker:
+                    counter = self._shards[worker].setdefault(key, StateCounter())
+                counter.update(x, axis=axis)
+        except BaseException:
+            failed.set()
+            raise
+
+    def finish(self) -> None:
+        """Merge every worker's shards into the layers' counters (exact)."""
+        for shards in self._shards[1:]:
+            for key, shard in shards.items():
+                self.counters[key].merge(shard)
+            shards.clear()

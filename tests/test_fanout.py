@@ -1,0 +1,108 @@
+"""Counting on several threads (LayerCounting) and the inline/overlap plan give exact results."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import onnx_state
+from onnx_state import analysis, fanout
+from onnx_state.counter import DENSE_NEURONS, StateCounter
+from onnx_state.errors import InputError
+from tests.models import conv_net, conv_net_reference, int_data
+from tests.reference import reference_counts, reference_states
+
+
+def batches(seed: int, n_batches: int = 4):
+    """Captured tensors per batch: a dense-table layer, a hashed one and a wide one."""
+    rng = np.random.default_rng(seed)
+    values = np.array([-1.0, 0.0, 1.0], dtype=np.float32)
+    out = []
+    for b in range(n_batches):
+        n = 9 + b  # uneven batch sizes
+        out.append(
+            {
+                "dense": rng.choice(values, (n, 6, 3, 3)),  # neurons on axis 1
+                "hashed": rng.choice(values, (n, 4, 30)),  # neurons last
+                "wide": rng.choice(values, (n, 70, 2)),
+            }
+        )
+    return out
+
+
+KEYS = [("dense", 1), ("hashed", -1), ("wide", 1)]
+
+
+@pytest.fixture
+def tiny_pieces(monkeypatch):
+    """Split even these small tensors, so the shard path is exercised."""
+    monkeypatch.setattr(fanout, "_MIN_PIECE_VALUES", 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_layer_counting_equals_the_reference(tiny_pieces, workers):
+    data = batches(workers)
+    counters = {key: StateCounter() for key in KEYS}
+    with fanout.LayerCounting(counters, workers) as counting:
+        for captured in data:
+            counting({}, captured)
+        split_before_finish = counters[("dense", 1)].state_count
+        counting.finish()
+    for tensor, axis in KEYS:
+        ids, counts = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
+        np.testing.assert_array_equal(counters[(tensor, axis)].state_ids(), ids)
+        np.testing.assert_array_equal(counters[(tensor, axis)].counts(), counts)
+    total = sum(c["dense"].shape[0] * 9 for c in data)
+    assert counters[("dense", 1)].state_count == total
+    if workers > 1:  # the dense layer really was shared out and folded back
+        assert split_before_finish < total
+    assert 6 <= DENSE_NEURONS < 30
+
+
+def test_recording_counters_are_never_split(tiny_pieces):
+    data = batches(7)
+    counters = {("dense", 1): StateCounter(record=True)}
+    with fanout.LayerCounting(counters, 3) as counting:
+        for captured in data:
+            counting({}, captured)
+        counting.finish()
+    raw = np.asarray(counters[("dense", 1)].raw_states[:])
+    expected = np.concatenate([reference_states(c["dense"], 1) for c in data])
+    np.testing.assert_array_equal(raw, expected)  # every state, in order
+
+
+def test_an_error_in_any_thread_reaches_the_caller(tiny_pieces):
+    counters = {("dense", 1): StateCounter(6)}
+    bad = {"dense": np.ones((8, 5, 3, 3), np.float32)}  # 5 neurons, the counter has 6
+    with fanout.LayerCounting(counters, 2) as counting, pytest.raises(InputError, match="6"):
+        counting({}, bad)
+
+
+@pytest.mark.parametrize(
+    ("providers", "threads", "cpus", "plan"),
+    [
+        (None, None, 2, (False, 2)),  # onnxruntime on every core: count between runs
+        (None, 2, 2, (False, 2)),
+        (None, 1, 2, (True, 1)),  # a spare core: count beside onnxruntime
+        (None, 4, 16, (True, 12)),
+        (["CPUExecutionProvider"], 64, 8, (False, 8)),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], None, 8, (True, 7)),
+    ],
+)
+def test_counting_plan(monkeypatch, providers, threads, cpus, plan):
+    monkeypatch.setattr(analysis, "_available_cpus", lambda: cpus)
+    assert analysis.counting_plan(providers, threads) == plan
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_inline_and_overlapped_counting_agree_with_the_reference(monkeypatch, tiny_pieces, threads):
+    monkeypatch.setattr(analysis, "_available_cpus", lambda: 2)  # threads=1 overlaps
+    model, params = conv_net()
+    x = int_data(41)
+    ref = conv_net_reference(x, params)
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"], batch_size=6, threads=threads)
+    conv, fc = a.layer("conv"), a.layer("fc")
+    for result, act in [(conv, ref["c"]), (fc, ref["y"])]:
+        ids, counts = reference_counts(act, 1)
+        np.testing.assert_array_equal(result.state_ids(), ids)
+        np.testing.assert_array_equal(result.counts(), counts)
