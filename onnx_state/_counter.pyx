@@ -51,6 +51,7 @@ ctypedef fused value_t:
 # Positions packed per block: big enough to amortise loop overhead, small enough for L1.
 cdef enum:
     BLOCK = 1024
+    PREFETCH = 48  # lookups in flight ahead of the one being made
 
 
 cdef inline bint _fires(value_t v) noexcept nogil:
@@ -361,74 +362,91 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
     cdef uint32_t nan_lanes[BLOCK]  # 32-bit like lanes, so both vectorise together
     cdef uint64_t hashes[BLOCK]
     cdef uint32_t* half
-    cdef Py_ssize_t o, p0, pn, j, c, w, g, gn
+    cdef Py_ssize_t o, rows, p0, pn, nb, r, j, c, w, g, gn
     cdef uint64_t bit
     cdef int64_t nans = 0
     cdef value_t v
-    for o in range(n_outer):
+    o = 0
+    while o < n_outer:
+        # Short rows (small feature maps): one block spans several outer rows, so that the
+        # per-block work and the prefetch distance do not shrink with the map.
+        rows = min(max(<Py_ssize_t>BLOCK // n_inner, 1), n_outer - o)
         p0 = 0
         while p0 < n_inner:
             pn = min(<Py_ssize_t>BLOCK, n_inner - p0)
-            memset(block, 0, pn * nwords * sizeof(uint64_t))
+            nb = rows * pn  # states in this block: rows > 1 only when pn == n_inner
+            memset(block, 0, nb * nwords * sizeof(uint64_t))
             if neurons_inner:
-                for j in range(pn):
-                    for c in range(n_neurons):
-                        v = x[o, c, p0 + j]
-                        nans += _isnan(v)
-                        block[j * nwords + (c >> 6)] |= (<uint64_t>_fires(v)) << (c & 63)
+                for r in range(rows):
+                    for j in range(pn):
+                        for c in range(n_neurons):
+                            v = x[o + r, c, p0 + j]
+                            nans += _isnan(v)
+                            block[(r * pn + j) * nwords + (c >> 6)] |= (
+                                (<uint64_t>_fires(v)) << (c & 63))
             elif contiguous:
                 # The common conv case, a contiguous row per neuron: pack 32 neurons at a
                 # time into uint32 lanes (4 per SSE2 register), then place them in the words.
                 for g in range(0, n_neurons, 32):
                     gn = min(<Py_ssize_t>32, n_neurons - g)
-                    memset(lanes, 0, pn * sizeof(uint32_t))
-                    memset(nan_lanes, 0, pn * sizeof(uint32_t))
-                    row = &x[o, g, p0]
-                    if value_t is float:
-                        os_pack_f32(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
-                    elif value_t is double:
-                        os_pack_f64(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
-                    elif value_t is uint8_t:
-                        os_pack_u8(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
-                    else:
-                        os_pack_f16(<const char*>row, sc, <int>gn, pn, lanes, nan_lanes)
-                    for j in range(pn):
+                    memset(lanes, 0, nb * sizeof(uint32_t))
+                    memset(nan_lanes, 0, nb * sizeof(uint32_t))
+                    for r in range(rows):
+                        row = &x[o + r, g, p0]
+                        if value_t is float:
+                            os_pack_f32(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
+                                        nan_lanes + r * pn)
+                        elif value_t is double:
+                            os_pack_f64(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
+                                        nan_lanes + r * pn)
+                        elif value_t is uint8_t:
+                            os_pack_u8(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
+                                       nan_lanes + r * pn)
+                        else:
+                            os_pack_f16(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
+                                        nan_lanes + r * pn)
+                    for j in range(nb):
                         nans += nan_lanes[j]
                     half = <uint32_t*>block
                     w = g >> 5  # 32-bit half-word index; little-endian halves of the uint64s
-                    for j in range(pn):
+                    for j in range(nb):
                         half[j * 2 * nwords + w] = lanes[j]
             else:
-                for c in range(n_neurons):
-                    w = c >> 6
-                    bit = c & 63
-                    for j in range(pn):
-                        v = x[o, c, p0 + j]
-                        nans += _isnan(v)
-                        block[j * nwords + w] |= (<uint64_t>_fires(v)) << bit
+                for r in range(rows):
+                    for c in range(n_neurons):
+                        w = c >> 6
+                        bit = c & 63
+                        for j in range(pn):
+                            v = x[o + r, c, p0 + j]
+                            nans += _isnan(v)
+                            block[(r * pn + j) * nwords + w] |= (<uint64_t>_fires(v)) << bit
             if t.dense.counts != NULL:
-                _dense_add_block(&t.dense, block, pn)
+                _dense_add_block(&t.dense, block, nb)
             elif nwords == 1:
                 # Large tables miss the cache: ask for every entry of the block first, so
                 # the lookups below overlap their memory latency.
-                for j in range(pn):
+                for j in range(min(nb, <Py_ssize_t>PREFETCH)):
                     _prefetch(&t.narrow.entries[(block[j] * 0x9E3779B97F4A7C15ULL) >> t.narrow.shift])
-                for j in range(pn):
+                for j in range(nb):
+                    if j + PREFETCH < nb:
+                        _prefetch(&t.narrow.entries[
+                            (block[j + PREFETCH] * 0x9E3779B97F4A7C15ULL) >> t.narrow.shift])
                     if _narrow_add(&t.narrow, block[j], 1) != 0:
                         return -1
             else:
-                for j in range(pn):
+                for j in range(nb):
                     hashes[j] = _hash(block + j * nwords, nwords)
                     _prefetch(&t.slots[hashes[j] & <uint64_t>t.mask])
-                for j in range(pn):
+                for j in range(nb):
                     if t.last >= 0 and _same(_row(t, t.last) + 1, block + j * nwords, nwords):
                         _row(t, t.last)[0] += 1
                     elif _table_add_hashed(t, block + j * nwords, 1, hashes[j]) != 0:
                         return -1
             if record != NULL:
-                memcpy(record, block, pn * nwords * sizeof(uint64_t))
-                record += pn * nwords
+                memcpy(record, block, nb * nwords * sizeof(uint64_t))
+                record += nb * nwords
             p0 += pn
+        o += rows
     nan_count[0] += nans
     return 0
 

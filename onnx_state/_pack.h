@@ -16,11 +16,16 @@
 #define OS_CLONES
 #endif
 
+#define OS_AHEAD 8
+
 #define OS_DEFINE_PACK(NAME, T, FIRES, ISNAN)                                           \
     OS_CLONES static void NAME(const char *base, ptrdiff_t stride, int n, ptrdiff_t pn,  \
                                uint32_t *lanes, uint32_t *nans) {                       \
         for (int c = 0; c < n; c++) {                                                   \
             const T *row = (const T *)(base + c * stride);                              \
+            const char *ahead = base + (c + OS_AHEAD) * stride;                         \
+            for (ptrdiff_t b = 0; b < pn * (ptrdiff_t)sizeof(T); b += 64)               \
+                __builtin_prefetch(ahead + b);                                          \
             for (ptrdiff_t j = 0; j < pn; j++) {                                        \
                 T v = row[j];                                                           \
                 nans[j] += (uint32_t)(ISNAN);                                           \
