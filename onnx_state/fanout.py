@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from onnx_state.counter import DENSE_NEURONS, StateCounter
+from onnx_state.errors import InputError
 
 __all__ = ["LayerCounting"]
 
@@ -47,6 +48,7 @@ class LayerCounting:
         self.fingerprint = fingerprint
         # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
         self._shards: list[dict[Hashable, StateCounter]] = [{} for _ in range(workers)]
+        self._width: dict[Hashable, int] = {}  # neurons of each split layer
         self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
 
     def __enter__(self) -> LayerCounting:
@@ -100,6 +102,14 @@ class LayerCounting:
             if not splittable:
                 pieces.append((key, x, axis, False))
                 continue
+            # One width per layer, checked here: the thread that takes a piece may hold a
+            # shard or a counter that has not seen a batch yet.
+            width = self._width.setdefault(key, counter.neurons or x.shape[axis])
+            if x.shape[axis] != width:
+                raise InputError(
+                    f"this counter has {width} neurons but the batch has {x.shape[axis]} "
+                    f"along axis {axis}; use one counter per layer and the same neuron axis"
+                )
             parts = min(n, self.workers * _PIECES_PER_WORKER, x.size // _MIN_PIECE_VALUES)
             edges = np.linspace(0, n, parts + 1).astype(int)
             pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
@@ -116,7 +126,10 @@ class LayerCounting:
                 key, x, axis, split = piece
                 counter = self.counters[key]
                 if split and worker:
-                    counter = self._shards[worker].setdefault(key, StateCounter())
+                    shards = self._shards[worker]
+                    if key not in shards:
+                        shards[key] = StateCounter(self._width[key])
+                    counter = shards[key]
                 counter.update(x, axis=axis)
         except BaseException:
             failed.set()

@@ -46,16 +46,17 @@ def test_layer_counting_equals_the_reference(tiny_pieces, workers):
     with fanout.LayerCounting(counters, workers) as counting:
         for captured in data:
             counting({}, captured)
-        split_before_finish = counters[("dense", 1)].state_count
         counting.finish()
+        pieces = counting._pieces(data[0])
     for tensor, axis in KEYS:
         ids, counts = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
         np.testing.assert_array_equal(counters[(tensor, axis)].state_ids(), ids)
         np.testing.assert_array_equal(counters[(tensor, axis)].counts(), counts)
     total = sum(c["dense"].shape[0] * 9 for c in data)
     assert counters[("dense", 1)].state_count == total
-    if workers > 1:  # the dense layer really was shared out and folded back
-        assert split_before_finish < total
+    split = [key for key, _, _, is_split in pieces if is_split]
+    # Only the dense-table layer is cut (shards of hashed layers would be costly to merge).
+    assert split == ([("dense", 1)] * len(split)) and (len(split) > 1) == (workers > 1)
     assert 6 <= DENSE_NEURONS < 30
 
 
@@ -71,11 +72,17 @@ def test_recording_counters_are_never_split(tiny_pieces):
     np.testing.assert_array_equal(raw, expected)  # every state, in order
 
 
-def test_an_error_in_any_thread_reaches_the_caller(tiny_pieces):
-    counters = {("dense", 1): StateCounter(6)}
-    bad = {"dense": np.ones((8, 5, 3, 3), np.float32)}  # 5 neurons, the counter has 6
-    with fanout.LayerCounting(counters, 2) as counting, pytest.raises(InputError, match="6"):
-        counting({}, bad)
+@pytest.mark.parametrize("known", [True, False])
+def test_an_error_in_any_thread_reaches_the_caller(tiny_pieces, known):
+    # A batch of 5 neurons after 6: whichever thread takes a piece must refuse it.
+    counters = {("dense", 1): StateCounter(6 if known else None)}
+    good = {"dense": np.ones((8, 6, 3, 3), np.float32)}
+    bad = {"dense": np.ones((8, 5, 3, 3), np.float32)}
+    for _ in range(20):  # any interleaving of the two threads
+        with fanout.LayerCounting(counters, 2) as counting:
+            counting({}, good)
+            with pytest.raises(InputError, match="6 neurons"):
+                counting({}, bad)
 
 
 @pytest.mark.parametrize(
@@ -106,3 +113,20 @@ def test_inline_and_overlapped_counting_agree_with_the_reference(monkeypatch, ti
         ids, counts = reference_counts(act, 1)
         np.testing.assert_array_equal(result.state_ids(), ids)
         np.testing.assert_array_equal(result.counts(), counts)
+
+
+def test_pieces_counted_into_a_shard_are_folded_back_exactly(tiny_pieces):
+    import threading
+
+    data = batches(3)
+    counters = {key: StateCounter() for key in KEYS}
+    with fanout.LayerCounting(counters, 2) as counting:
+        for captured in data:  # every piece through worker 1, i.e. into its shards
+            pieces = iter(counting._pieces(captured))
+            counting._work(1, pieces, threading.Lock(), threading.Event())
+        assert counters[("dense", 1)].state_count == 0  # all of it sits in a shard
+        counting.finish()
+    for tensor, axis in KEYS:
+        ids, counts = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
+        np.testing.assert_array_equal(counters[(tensor, axis)].state_ids(), ids)
+        np.testing.assert_array_equal(counters[(tensor, axis)].counts(), counts)
