@@ -10,6 +10,7 @@ queue, largest first, so layers of uneven cost balance themselves.
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 from collections.abc import Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -63,29 +64,34 @@ class LayerCounting:
             self._pool = None
 
     def __call__(self, batch: Mapping[str, np.ndarray], captured: Mapping[str, Any]) -> None:
-        if self.fingerprint is not None:
-            self.fingerprint.update(batch)
-        pieces = self._pieces(captured)
-        if self._pool is None or len(pieces) == 1:
-            for key, x, axis, _ in pieces:
-                self.counters[key].update(x, axis=axis)
+        if self._pool is None:
+            for piece in self._pieces(captured, batch):
+                self._count(0, piece)
             return
-        queue = iter(pieces)
-        lock = threading.Lock()
+        # Wake the other threads first: they wait on the queue while the pieces are cut.
+        work: queue.SimpleQueue = queue.SimpleQueue()
         failed = threading.Event()
-        futures = [self._pool.submit(self._work, k, queue, lock, failed)
-                   for k in range(1, self.workers)]  # fmt: skip
+        futures = [self._pool.submit(self._work, k, work, failed) for k in range(1, self.workers)]
         try:
-            self._work(0, queue, lock, failed)
+            for piece in self._pieces(captured, batch):
+                work.put(piece)
+        finally:
+            for _ in range(self.workers):
+                work.put(None)  # one stop mark per thread, after every piece
+        try:
+            self._work(0, work, failed)
         finally:
             errors = [f.exception() for f in futures]
         for err in errors:
             if err is not None:
                 raise err
 
-    def _pieces(self, captured: Mapping[str, Any]) -> list[tuple[Any, np.ndarray, int, bool]]:
-        """(counter key, array, axis, split?) per piece, largest first."""
-        pieces = []
+    def _pieces(
+        self, captured: Mapping[str, Any], batch: Mapping[str, np.ndarray] | None = None
+    ) -> list[tuple[Any, Any, int, bool]]:
+        """(counter key, array, axis, split?) per piece, largest first; the fingerprint of
+        *batch* last, as (None, batch, 0, False)."""
+        pieces: list[tuple[Any, Any, int, bool]] = []
         for key, counter in self.counters.items():
             tensor, axis = key
             x = np.asarray(captured[tensor])
@@ -114,26 +120,32 @@ class LayerCounting:
             edges = np.linspace(0, n, parts + 1).astype(int)
             pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
         # Whole layers first (they cannot be shared out), then split pieces, large to small.
-        return sorted(pieces, key=lambda p: (p[3], -p[1].size))
+        pieces.sort(key=lambda p: (p[3], -p[1].size))
+        if self.fingerprint is not None and batch is not None:
+            pieces.append((None, batch, 0, False))
+        return pieces
 
-    def _work(self, worker: int, queue, lock: threading.Lock, failed: threading.Event) -> None:
+    def _work(self, worker: int, work: queue.SimpleQueue, failed: threading.Event) -> None:
         try:
-            while not failed.is_set():
-                with lock:
-                    piece = next(queue, None)
-                if piece is None:
-                    return
-                key, x, axis, split = piece
-                counter = self.counters[key]
-                if split and worker:
-                    shards = self._shards[worker]
-                    if key not in shards:
-                        shards[key] = StateCounter(self._width[key])
-                    counter = shards[key]
-                counter.update(x, axis=axis)
+            while (piece := work.get()) is not None:
+                if not failed.is_set():  # after a failure, drain to the stop mark
+                    self._count(worker, piece)
         except BaseException:
             failed.set()
             raise
+
+    def _count(self, worker: int, piece: tuple[Any, Any, int, bool]) -> None:
+        key, x, axis, split = piece
+        if key is None:
+            self.fingerprint.update(x)
+            return
+        counter = self.counters[key]
+        if split and worker:
+            shards = self._shards[worker]
+            if key not in shards:
+                shards[key] = StateCounter(self._width[key])
+            counter = shards[key]
+        counter.update(x, axis=axis)
 
     def finish(self) -> None:
         """Merge every worker's shards into the layers' counters (exact)."""

@@ -116,14 +116,17 @@ def test_inline_and_overlapped_counting_agree_with_the_reference(monkeypatch, ti
 
 
 def test_pieces_counted_into_a_shard_are_folded_back_exactly(tiny_pieces):
+    import queue
     import threading
 
     data = batches(3)
     counters = {key: StateCounter() for key in KEYS}
     with fanout.LayerCounting(counters, 2) as counting:
         for captured in data:  # every piece through worker 1, i.e. into its shards
-            pieces = iter(counting._pieces(captured))
-            counting._work(1, pieces, threading.Lock(), threading.Event())
+            work = queue.SimpleQueue()
+            for piece in [*counting._pieces(captured), None]:
+                work.put(piece)
+            counting._work(1, work, threading.Event())
         assert counters[("dense", 1)].state_count == 0  # all of it sits in a shard
         counting.finish()
     for tensor, axis in KEYS:
