@@ -102,14 +102,17 @@ class Instrumented:
                 if pending is not None:
                     pending.result()
 
-    def parity(self, batch: Mapping[str, np.ndarray]) -> float:
+    def parity(
+        self, batch: Mapping[str, np.ndarray], finals: Sequence[np.ndarray] | None = None
+    ) -> float:
         """Max |difference| between the final outputs of the original and instrumented model.
 
         Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
+        *finals* are the instrumented model's outputs for *batch* when already computed.
         """
         plain = runtime.make_session(self.original, *self._session_args)
         a = plain.run(self.output_names, dict(batch))
-        b = self.session.run(self.output_names, dict(batch))
+        b = finals if finals is not None else self.session.run(self.output_names, dict(batch))
         diffs = [
             float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
             for x, y in zip(a, b)
@@ -221,7 +224,7 @@ def analyze(
     with LayerCounting(counters, inst.count_workers, digest) as counting:
         for batch, finals in inst.stream(data, batch_size, counting, progress):
             if parity and parity_diff is None:
-                parity_diff = inst.parity(batch)
+                parity_diff = inst.parity(batch, finals)
             n = len(next(iter(batch.values())))
             if y is not None:
                 correct += count_correct(finals[0], y, n_samples)

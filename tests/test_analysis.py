@@ -304,3 +304,15 @@ def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled):
         ]
 
     assert outputs(graph.add_outputs(model, a)) == outputs(graph.add_outputs(bare, b))
+
+
+def test_parity_reports_the_largest_difference_of_the_final_outputs(net):
+    model, _, x, _ = net
+    inst = onnx_state.analysis.Instrumented(model, attach_to="Conv")
+    batch = {"x": x[:5]}
+    finals, _ = inst.run(batch)
+    assert inst.parity(batch) == 0.0
+    assert inst.parity(batch, finals) == 0.0
+    shifted = [f.copy() for f in finals]
+    shifted[0][2, 1] += 0.75
+    assert inst.parity(batch, shifted) == 0.75
