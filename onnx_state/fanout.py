@@ -117,7 +117,7 @@ class LayerCounting:
                     f"along axis {axis}; use one counter per layer and the same neuron axis"
                 )
             parts = min(n, self.workers * _PIECES_PER_WORKER, x.size // _MIN_PIECE_VALUES)
-            edges = np.linspace(0, n, parts + 1).astype(int)
+            edges = [n * i // parts for i in range(parts + 1)]  # np.linspace: 0.1 ms a call
             pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
         # Whole layers first (they cannot be shared out), then split pieces, large to small.
         pieces.sort(key=lambda p: (p[3], -p[1].size))
