@@ -316,3 +316,11 @@ def test_parity_reports_the_largest_difference_of_the_final_outputs(net):
     shifted = [f.copy() for f in finals]
     shifted[0][2, 1] += 0.75
     assert inst.parity(batch, shifted) == 0.75
+
+
+def test_progress_bar_only_when_asked(net, capsys):
+    model, _, x, _ = net
+    onnx_state.analyze(model, x, attach_to="Conv", batch_size=9, progress=True)
+    assert "batch" in capsys.readouterr().err
+    onnx_state.analyze(model, x, attach_to="Conv", batch_size=9, progress=False)
+    assert capsys.readouterr().err == ""
