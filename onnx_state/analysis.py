@@ -87,6 +87,7 @@ class Instrumented:
                 for batch in batches:
                     finals, captured = self.run(batch)
                     consume(batch, captured)
+                    del captured  # onnxruntime can reuse these buffers for the next batch
                     yield batch, finals
                     bar.update(1)
                 return
