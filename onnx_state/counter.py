@@ -118,6 +118,9 @@ class StateCounter:
         self._compressor = compressor
         self._chunk_states = int(chunk_states)
         self._table: StateTable | None = None
+        # Tables of the extra threads (threads > 1), folded into _table before any read.
+        self._helpers: list[StateTable] = []
+        self._pool = None  # their executor, made on first use (not pickled)
         self._raw = None
         # The kernel releases the GIL and shares one table and scratch buffer per counter:
         # one update at a time (torch hooks may fire from several threads).
@@ -158,9 +161,23 @@ class StateCounter:
         if len(parts) == 1:
             table.add(x3, buf)
         else:
-            _add_parallel(table, parts, buf)
+            while len(self._helpers) < len(parts) - 1:
+                self._helpers.append(StateTable(table.neurons))
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(self.threads - 1)
+            _add_parallel(self._pool, [table, *self._helpers], parts, buf)
         if buf is not None and len(buf):
             self._raw.append(buf.view(np.uint8)[:, : self.n_bytes], axis=0)
+
+    def _fold(self) -> StateTable | None:
+        """Merge the extra threads' tables into the main one (lock held); return it."""
+        while self._helpers:
+            extra = self._helpers.pop()
+            keys, counts = extra.export()
+            self._table.add_counts(keys, counts, extra.nan_count)
+        return self._table
 
     def merge(self, other: StateCounter) -> StateCounter:
         """Add *other*'s counts (and recorded states, appended after ours) to this counter."""
@@ -178,7 +195,7 @@ class StateCounter:
                 "longer match state_count (merge into a counter without record=...)"
             )
         with other._lock:
-            keys, counts = other._table.export()
+            keys, counts = other._fold().export()
             raw = other._raw[:] if self._record and other._raw.shape[0] else None
             nans = other.nan_count
         with self._lock:
@@ -194,6 +211,7 @@ class StateCounter:
         with self._lock:
             neurons = self.neurons if self._table is not None else None
             self._table = None
+            self._helpers = []
             self._raw = None
             if neurons is not None:
                 if isinstance(self._record, (str, Path)):
@@ -219,23 +237,26 @@ class StateCounter:
     @property
     def state_count(self) -> int:
         """All states observed, repeats included."""
-        return 0 if self._table is None else int(self._table.state_count)
+        with self._lock:
+            return 0 if self._table is None else int(self._fold().state_count)
 
     @property
     def nan_count(self) -> int:
         """NaN values seen (each counted as not firing)."""
-        return 0 if self._table is None else int(self._table.nan_count)
+        with self._lock:
+            return 0 if self._table is None else int(self._fold().nan_count)
 
     @property
     def n_unique(self) -> int:
         """Distinct states observed."""
-        return 0 if self._table is None else int(self._table.n_unique)
+        with self._lock:
+            return 0 if self._table is None else int(self._fold().n_unique)
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             if self._table is None:
                 return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
-            exported = self._table.export()
+            exported = self._fold().export()
         return sort_states(*exported)
 
     def counts(self) -> np.ndarray:
@@ -267,7 +288,7 @@ class StateCounter:
             if self._table is None:
                 keys, counts = np.empty((0, 1), np.uint64), np.empty(0, np.int64)
             else:
-                keys, counts = self._table.export()
+                keys, counts = self._fold().export()
         n_bytes = self.n_bytes
 
         def table() -> tuple[np.ndarray, np.ndarray]:
@@ -295,7 +316,7 @@ class StateCounter:
         # Recorded states travel inside the pickle, and the copy records in memory: two
         # counters appending to one on-disk array would corrupt it.
         with self._lock:
-            keys, counts = (None, None) if self._table is None else self._table.export()
+            keys, counts = (None, None) if self._table is None else self._fold().export()
             raw = None if self._raw is None else np.asarray(self._raw[:])
         return {
             "threads": self.threads,
@@ -316,6 +337,8 @@ class StateCounter:
         self._compressor = state["compressor"]
         self._chunk_states = state["chunk_states"]
         self._table = None
+        self._helpers = []
+        self._pool = None
         self._raw = None
         self._lock = threading.RLock()
         if state["neurons"] is None:
@@ -352,18 +375,18 @@ def _split(x3: np.ndarray, threads: int) -> list[np.ndarray]:
     return [x3[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
-def _add_parallel(table: StateTable, parts: list[np.ndarray], buf: np.ndarray | None) -> None:
-    """Count *parts* on threads, each into its own table, then merge them exactly."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    tables = [table] + [StateTable(table.neurons) for _ in parts[1:]]
+def _add_parallel(
+    pool: Any, tables: list[StateTable], parts: list[np.ndarray], buf: np.ndarray | None
+) -> None:
+    """Count part i into table i: part 0 on this thread, the others on *pool*."""
     offsets = np.cumsum([0] + [p.shape[0] * p.shape[2] for p in parts])
     recs = [None if buf is None else buf[a:b] for a, b in itertools.pairwise(offsets)]
-    with ThreadPoolExecutor(len(parts)) as pool:
-        list(pool.map(lambda args: args[0].add(args[1], args[2]), zip(tables, parts, recs)))
-    for extra in tables[1:]:
-        keys, counts = extra.export()
-        table.add_counts(keys, counts, extra.nan_count)
+    futures = [pool.submit(t.add, p, r) for t, p, r in zip(tables[1:], parts[1:], recs[1:])]
+    try:
+        tables[0].add(parts[0], recs[0])
+    finally:
+        for f in futures:
+            f.result()
 
 
 def _codecs(compressor: str) -> list[Any]:

@@ -202,3 +202,26 @@ def test_dense_tables_refuse_states_with_bits_above_the_last_neuron():
     with pytest.raises(ValueError, match="above neuron 4"):
         table.add_counts(keys, np.ones(2, np.int64))
     assert table.n_unique == 0 and table.state_count == 0
+
+
+@pytest.mark.parametrize("neurons", [6, 40, 90])  # dense, hashed one-word, wide tables
+@pytest.mark.parametrize("threads", [2, 3])
+def test_thread_tables_fold_in_before_every_read(monkeypatch, neurons, threads):
+    import onnx_state.counter as counter_module
+
+    monkeypatch.setattr(counter_module, "_MIN_VALUES_PER_THREAD", 1)  # split small batches
+    rng = np.random.default_rng(neurons + threads)
+    batches = [rng.choice([-1.0, 0.0, 1.0], (5 + i, neurons, 4)) for i in range(4)]
+    c = StateCounter(threads=threads)
+    seen = []
+    for i, b in enumerate(batches):
+        c.update(b)
+        seen.append(b)
+        if i == 1:  # a read in the middle folds; counting goes on afterwards
+            assert_matches(c, *reference_counts(np.concatenate(seen), 1))
+    assert len(c._helpers) == threads - 1  # the last batches sit in the thread tables
+    copy = pickle.loads(pickle.dumps(c))
+    merged = StateCounter().merge(c)
+    for counter in (c, copy, merged):
+        assert_matches(counter, *reference_counts(np.concatenate(batches), 1))
+        assert counter.nan_count == 0
