@@ -25,8 +25,16 @@ __all__ = ["LayerCounting"]
 
 # A piece below this many values is not worth a hand-off between threads.
 _MIN_PIECE_VALUES = 1 << 17
-# Pieces per thread for split layers: enough for the threads to even out.
-_PIECES_PER_WORKER = 4
+
+
+def _guided_edges(n: int, workers: int, smallest: int) -> list[int]:
+    """Cut n samples into pieces of shrinking size: each takes 1/(2 * workers) of what is
+    left, but at least *smallest*, so the threads finish together (guided scheduling)."""
+    edges = [0]
+    while edges[-1] < n:
+        left = n - edges[-1]
+        edges.append(edges[-1] + min(left, max(smallest, left // (2 * workers))))
+    return edges
 
 
 class LayerCounting:
@@ -68,16 +76,15 @@ class LayerCounting:
             for piece in self._pieces(captured, batch):
                 self._count(0, piece)
             return
-        # Wake the other threads first: they wait on the queue while the pieces are cut.
         work: queue.SimpleQueue = queue.SimpleQueue()
+        for piece in self._pieces(captured, batch):
+            work.put(piece)
+        for _ in range(self.workers):
+            work.put(None)  # one stop mark per thread, after every piece
+        # Wake the other threads only now: woken earlier, they would take the GIL from the
+        # thread cutting the pieces.
         failed = threading.Event()
         futures = [self._pool.submit(self._work, k, work, failed) for k in range(1, self.workers)]
-        try:
-            for piece in self._pieces(captured, batch):
-                work.put(piece)
-        finally:
-            for _ in range(self.workers):
-                work.put(None)  # one stop mark per thread, after every piece
         try:
             self._work(0, work, failed)
         finally:
@@ -116,8 +123,7 @@ class LayerCounting:
                     f"this counter has {width} neurons but the batch has {x.shape[axis]} "
                     f"along axis {axis}; use one counter per layer and the same neuron axis"
                 )
-            parts = min(n, self.workers * _PIECES_PER_WORKER, x.size // _MIN_PIECE_VALUES)
-            edges = [n * i // parts for i in range(parts + 1)]  # np.linspace: 0.1 ms a call
+            edges = _guided_edges(n, self.workers, max(1, n * _MIN_PIECE_VALUES // x.size))
             pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
         # Whole layers first (they cannot be shared out), then split pieces, large to small.
         pieces.sort(key=lambda p: (p[3], -p[1].size))
