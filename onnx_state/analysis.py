@@ -17,7 +17,7 @@ from onnx_state import graph, runtime
 from onnx_state.counter import StateCounter
 from onnx_state.errors import InputError, ModelError, first_line
 from onnx_state.fanout import LayerCounting
-from onnx_state.results import Analysis, LayerResult
+from onnx_state.results import Analysis, LayerResult, States
 
 __all__ = ["Instrumented", "analyze", "counting_plan", "instrument"]
 
@@ -280,7 +280,7 @@ def layer_result(capture: graph.Capture, counter: StateCounter) -> LayerResult:
         axis=capture.axis,
         state_count=counter.state_count,
         nan_count=counter.nan_count,
-        unsorted=counter.deferred_state_table(),
+        states=States.deferred(*counter.table_words(), counter.n_bytes),
     )
 
 

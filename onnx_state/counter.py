@@ -12,7 +12,6 @@ import itertools
 import math
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from onnx_state.errors import DTypeError, InputError
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
     raise ImportError("onnx_state's state counter needs a little-endian machine")
 
-__all__ = ["DENSE_NEURONS", "StateCounter", "kernel_view", "sort_states"]
+__all__ = ["DENSE_NEURONS", "StateCounter", "ids_from_words", "kernel_view", "sort_states"]
 
 # dtype accepted -> dtype the kernel reads (bool as bytes, float16 as its bit pattern)
 _KERNEL_DTYPES = {
@@ -268,34 +267,21 @@ class StateCounter:
 
         Ordered ascending by the little-endian integer sum(bit_c * 2**c).
         """
-        ids = _ids(self._sorted()[0], self.n_bytes)
+        ids = ids_from_words(self._sorted()[0], self.n_bytes)
         return [row.tobytes() for row in ids] if as_bytes else ids
 
     def state_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(state_ids, counts) from one sort, for callers that need both."""
         keys, counts = self._sorted()
-        return _ids(keys, self.n_bytes), counts
+        return ids_from_words(keys, self.n_bytes), counts
 
-    def deferred_state_table(
-        self,
-    ) -> tuple[np.ndarray, Callable[[], tuple[np.ndarray, np.ndarray]]]:
-        """(counts in no particular order, a function returning state_table()).
-
-        Takes a snapshot now and sorts only when the function is called: order-free
-        metrics need no sort, which is the slow part for millions of states.
-        """
+    def table_words(self) -> tuple[np.ndarray, np.ndarray]:
+        """(states as uint64 words [n, nwords], counts [n]) in no particular order: a
+        snapshot without the sort (see results.States.deferred)."""
         with self._lock:
             if self._table is None:
-                keys, counts = np.empty((0, 1), np.uint64), np.empty(0, np.int64)
-            else:
-                keys, counts = self._fold().export()
-        n_bytes = self.n_bytes
-
-        def table() -> tuple[np.ndarray, np.ndarray]:
-            k, c = sort_states(keys, counts)
-            return _ids(k, n_bytes), c
-
-        return counts, table
+                return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
+            return self._fold().export()
 
     @property
     def raw_states(self):
@@ -357,9 +343,9 @@ class StateCounter:
         )
 
 
-def _ids(keys: np.ndarray, n_bytes: int) -> np.ndarray:
-    """uint64 state words -> uint8 rows of the state's n_bytes."""
-    return np.ascontiguousarray(keys.view(np.uint8)[:, :n_bytes])
+def ids_from_words(words: np.ndarray, n_bytes: int) -> np.ndarray:
+    """uint64 state words [n, nwords] -> uint8 rows [n, n_bytes] (little-endian bytes)."""
+    return np.ascontiguousarray(words.view(np.uint8)[:, :n_bytes])
 
 
 # Below this many values per thread, starting threads costs more than it saves.

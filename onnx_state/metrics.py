@@ -32,9 +32,14 @@ _LN2 = math.log(2.0)
 
 
 def _observed(counts: Iterable[float] | np.ndarray) -> np.ndarray:
-    """Validate counts and return the positive ones as float64."""
-    c = np.asarray(counts, dtype=np.float64).ravel()
-    if c.size and (not np.all(np.isfinite(c)) or c.min() < 0):
+    """Validate counts and return the positive ones as float64, ascending.
+
+    Sorting makes every sum below independent of the order the states were stored in (hash
+    tables export in an order that depends on history and threads), so the same counts give
+    bit-identical metrics.
+    """
+    c = np.sort(np.asarray(counts, dtype=np.float64).ravel())
+    if c.size and (not np.all(np.isfinite(c)) or c[0] < 0):
         raise InputError("state counts must be finite and non-negative")
     c = c[c > 0]
     if c.size == 0:

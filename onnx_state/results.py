@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +10,7 @@ import numpy as np
 from onnx_state import metrics
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
 
-__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "StateMetrics"]
+__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "StateMetrics", "States"]
 
 SCHEMA_VERSION = 1
 
@@ -53,6 +52,40 @@ class StateMetrics:
         return metrics.bootstrap_entropy(self.counts(), **kwargs)
 
 
+class States:
+    """One layer's observed states and their counts, sorted by state when first needed.
+
+    Built sorted (``States(ids, counts)``) or from a counter's table in any order
+    (``States.deferred(words, counts, n_bytes)``); plain arrays, so results pickle.
+    """
+
+    def __init__(self, ids: np.ndarray, counts: np.ndarray) -> None:
+        self._ids: np.ndarray | None = ids
+        self._counts = counts
+        self._words: np.ndarray | None = None
+        self._n_bytes = 0
+
+    @classmethod
+    def deferred(cls, words: np.ndarray, counts: np.ndarray, n_bytes: int) -> States:
+        """States as uint64 words [n, nwords] with counts, in no order; sorted on demand."""
+        states = cls(None, counts)  # type: ignore[arg-type]
+        states._words, states._n_bytes = words, n_bytes
+        return states
+
+    def sorted(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids uint8 [n, n_bytes], counts int64 [n]) ascending by state."""
+        if self._ids is None:
+            from onnx_state.counter import ids_from_words, sort_states
+
+            words, counts = sort_states(self._words, self._counts)
+            self._ids, self._counts = ids_from_words(words, self._n_bytes), counts
+            self._words = None
+        return self._ids, self._counts
+
+    def counts_any_order(self) -> np.ndarray:
+        return self._counts
+
+
 @dataclass
 class LayerResult(StateMetrics):
     """States of one captured layer output and the metrics computed from them."""
@@ -67,24 +100,20 @@ class LayerResult(StateMetrics):
     axis: int
     state_count: int
     nan_count: int
-    ids: np.ndarray | None = field(default=None, repr=False)  # uint8 [n_unique, n_bytes]
-    state_counts: np.ndarray | None = field(default=None, repr=False)  # int64 [n_unique]
-    # (counts in any order, a function returning (ids, counts) sorted): the sort waits for
-    # the first caller that needs state order; metrics do not.
-    unsorted: tuple[np.ndarray, Callable[[], tuple]] | None = field(
-        default=None, repr=False, compare=False
-    )
+    states: States = field(repr=False, compare=False)
 
-    def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.ids is None or self.state_counts is None:
-            if self.unsorted is None:
-                raise ValueError("a LayerResult needs ids and state_counts, or unsorted")
-            self.ids, self.state_counts = self.unsorted[1]()
-            self.unsorted = None
-        return self.ids, self.state_counts
+    @property
+    def ids(self) -> np.ndarray:
+        """uint8 [n_unique, ceil(neurons / 8)], ascending by state."""
+        return self.states.sorted()[0]
+
+    @property
+    def state_counts(self) -> np.ndarray:
+        """int64 [n_unique], in ids order."""
+        return self.states.sorted()[1]
 
     def _counts_any_order(self) -> np.ndarray:
-        return self.unsorted[0] if self.unsorted is not None else self.counts()
+        return self.states.counts_any_order()
 
     @property
     def n_unique(self) -> int:
@@ -92,12 +121,11 @@ class LayerResult(StateMetrics):
 
     def counts(self) -> np.ndarray:
         """Occurrences of each observed state, in state_ids order."""
-        return self._sorted()[1]
+        return self.state_counts
 
     def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
         """Observed packed states (uint8 rows, or bytes), ascending by their integer value."""
-        ids = self._sorted()[0]
-        return [r.tobytes() for r in ids] if as_bytes else ids
+        return [r.tobytes() for r in self.ids] if as_bytes else self.ids
 
     def summary(self) -> dict[str, Any]:
         """Attributes and headline metrics, JSON-ready (no state arrays)."""

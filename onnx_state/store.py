@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from onnx_state.errors import InputError, StoreError
-from onnx_state.results import SCHEMA_VERSION, Analysis, LayerResult
+from onnx_state.results import SCHEMA_VERSION, Analysis, LayerResult, States
 
 __all__ = ["load_analysis", "save_analysis"]
 
@@ -101,8 +101,7 @@ def load_analysis(path: str | os.PathLike) -> Analysis:
         layers.append(
             LayerResult(
                 **{k: a[k] for k in _LAYER_ATTRS},
-                ids=np.asarray(g["state_ids"][:]),
-                state_counts=np.asarray(g["counts"][:]),
+                states=States(np.asarray(g["state_ids"][:]), np.asarray(g["counts"][:])),
             )
         )
     return Analysis(

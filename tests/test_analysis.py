@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import numpy as np
@@ -266,18 +267,47 @@ def test_keep_outputs_returns_the_final_outputs_in_order(net):
     assert onnx_state.analyze(model, x, "Conv").outputs is None
 
 
-def test_states_are_sorted_only_when_asked_and_metrics_agree(net):
+def test_states_are_sorted_only_when_asked_and_metrics_do_not_change(net):
+    import pickle
+
     model, _, x, _ = net
-    a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=9)
-    r = a.layer("conv")
-    assert r.unsorted is not None  # nothing sorted yet
-    before = (r.entropy(), r.entropy(2), r.efficiency(), r.miller_madow(), r.n_unique)
-    assert r.unsorted is not None  # order-free metrics did not sort
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"], batch_size=9)
+    r = a.layer("fc")
+    assert r.states._ids is None  # nothing sorted yet
+
+    def figures(res):
+        return (res.entropy(), res.entropy(2), res.efficiency(), res.miller_madow(),
+                res.chao_shen(), res.n_unique)  # fmt: skip
+
+    before = figures(r)
+    assert r.states._ids is None  # order-free metrics did not sort
+    copy = pickle.loads(pickle.dumps(a))  # an unsorted result pickles (Dask, joblib)
     ids, counts = r.state_ids(), r.counts()
-    assert r.unsorted is None
-    assert np.all(np.diff(ids[:, 0].astype(int)) > 0) and counts.sum() == r.state_count
-    after = (r.entropy(), r.entropy(2), r.efficiency(), r.miller_madow(), r.n_unique)
-    np.testing.assert_allclose(before, after, rtol=0, atol=1e-12)
+    assert r.states._ids is not None
+    assert all(bytes(p[::-1]) < bytes(q[::-1]) for p, q in itertools.pairwise(ids))
+    assert counts.sum() == r.state_count
+    # bit-identical, whatever order the counts were in
+    assert figures(r) == before == figures(copy.layer("fc"))
+    np.testing.assert_array_equal(copy.layer("fc").state_ids(), ids)
+
+
+def test_metrics_do_not_depend_on_how_many_threads_counted():
+    from onnx_state.counter import StateCounter
+    from onnx_state.results import LayerResult, States
+
+    rng = np.random.default_rng(3)
+    x = rng.choice([-1.0, 1.0], (4000, 90, 3)).astype(np.float32)  # a wide hashed table
+    results = []
+    for threads in (1, 3):
+        c = StateCounter(threads=threads)
+        for i in range(0, len(x), 500):
+            c.update(x[i : i + 500])
+        states = States.deferred(*c.table_words(), c.n_bytes)
+        results.append(LayerResult("l", "t", "l", "T", "Op", "post", 90, 1, c.state_count, 0,
+                                   states))  # fmt: skip
+    assert results[0].entropy() == results[1].entropy()
+    assert results[0].entropy(2) == results[1].entropy(2)
+    assert results[0].chao_shen() == results[1].chao_shen()
 
 
 def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled):
