@@ -558,9 +558,10 @@ cdef class StateTable:
             if counts[i] < 0:
                 raise ValueError("counts must be non-negative")
             total += counts[i]
-        if self.neurons < 64:  # stray bits would index past a dense table
+        cdef Py_ssize_t top = self.neurons - 64 * (self.t.nwords - 1)  # bits in the last word
+        if top < 64:  # stray bits would index past a dense table, or split one state in two
             for i in range(n):
-                if keys[i, 0] >> self.neurons:
+                if keys[i, self.t.nwords - 1] >> top:
                     raise ValueError(f"state {i} has bits above neuron {self.neurons - 1}")
         with nogil:
             for i in range(n):

@@ -173,9 +173,10 @@ class StateCounter:
     def _fold(self) -> StateTable | None:
         """Merge the extra threads' tables into the main one (lock held); return it."""
         while self._helpers:
-            extra = self._helpers.pop()
+            extra = self._helpers[-1]
             keys, counts = extra.export()
             self._table.add_counts(keys, counts, extra.nan_count)
+            self._helpers.pop()  # only once merged: a failure must not lose its counts
         return self._table
 
     def merge(self, other: StateCounter) -> StateCounter:
@@ -367,12 +368,15 @@ def _add_parallel(
     """Count part i into table i: part 0 on this thread, the others on *pool*."""
     offsets = np.cumsum([0] + [p.shape[0] * p.shape[2] for p in parts])
     recs = [None if buf is None else buf[a:b] for a, b in itertools.pairwise(offsets)]
+    from concurrent.futures import wait
+
     futures = [pool.submit(t.add, p, r) for t, p, r in zip(tables[1:], parts[1:], recs[1:])]
     try:
         tables[0].add(parts[0], recs[0])
     finally:
-        for f in futures:
-            f.result()
+        wait(futures)  # every thread, even after an error: the tables stay theirs until then
+    for f in futures:
+        f.result()
 
 
 def _codecs(compressor: str) -> list[Any]:

@@ -225,3 +225,39 @@ def test_thread_tables_fold_in_before_every_read(monkeypatch, neurons, threads):
     for counter in (c, copy, merged):
         assert_matches(counter, *reference_counts(np.concatenate(batches), 1))
         assert counter.nan_count == 0
+
+
+def test_wide_tables_refuse_bits_above_the_last_neuron():
+    from onnx_state._counter import StateTable
+
+    table = StateTable(70)  # two words, 6 bits used in the second
+    keys = np.array([[1, 1 << 6]], dtype=np.uint64)
+    with pytest.raises(ValueError, match="above neuron 69"):
+        table.add_counts(keys, np.ones(1, np.int64))
+
+
+def test_a_failing_thread_does_not_leave_others_writing():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import onnx_state.counter as counter_module
+
+    done = threading.Event()
+
+    class Table:
+        def __init__(self, action):
+            self.add = action
+
+    def slow(x, rec):
+        time.sleep(0.2)
+        done.set()
+
+    def fail(x, rec):
+        raise MemoryError("out of memory")
+
+    tables = [Table(lambda x, rec: None), Table(fail), Table(slow)]
+    parts = [np.zeros((1, 1, 1), np.float32)] * 3
+    with ThreadPoolExecutor(2) as pool, pytest.raises(MemoryError):
+        counter_module._add_parallel(pool, tables, parts, None)
+    assert done.is_set()  # returned only after every thread finished with its table
