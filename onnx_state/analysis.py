@@ -121,6 +121,9 @@ class Instrumented:
         return max(diffs, default=0.0)
 
 
+MAX_COUNTING_THREADS = 16
+
+
 def counting_plan(providers: Sequence[str] | None, threads: int | None) -> tuple[bool, int]:
     """(overlap, counting threads) for a session on *providers* with *threads* intra-op threads.
 
@@ -133,9 +136,11 @@ def counting_plan(providers: Sequence[str] | None, threads: int | None) -> tuple
     on_cpu = not providers or providers[0] == "CPUExecutionProvider"
     busy = min(threads or cpus, cpus) if on_cpu else 1
     spare = cpus - busy
+    # Past ~16 threads the per-batch pieces are too small to share, and every thread keeps
+    # a shard (up to 8 MiB) per narrow layer.
     if spare >= 1:
-        return True, spare
-    return False, busy
+        return True, min(spare, MAX_COUNTING_THREADS)
+    return False, min(busy, MAX_COUNTING_THREADS)
 
 
 def _available_cpus() -> int:

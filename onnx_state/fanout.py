@@ -103,26 +103,27 @@ class LayerCounting:
             tensor, axis = key
             x = np.asarray(captured[tensor])
             n = x.shape[0] if x.ndim else 0
+            valid = x.ndim >= 2 and -x.ndim <= axis < x.ndim
+            if valid:
+                # One width per layer, checked here for every batch: the thread that takes a
+                # piece may hold a shard, or a counter that has not seen a batch yet.
+                width = self._width.setdefault(key, counter.neurons or x.shape[axis])
+                if x.shape[axis] != width:
+                    raise InputError(
+                        f"this counter has {width} neurons but the batch has {x.shape[axis]} "
+                        f"along axis {axis}; use one counter per layer and the same neuron axis"
+                    )
             splittable = (
-                self.workers > 1
+                valid
+                and self.workers > 1
                 and not counter.records
-                and x.ndim >= 2
-                and -x.ndim <= axis < x.ndim
                 and x.shape[axis] <= DENSE_NEURONS
                 and n > 1
                 and x.size >= 2 * _MIN_PIECE_VALUES
             )
             if not splittable:
-                pieces.append((key, x, axis, False))
+                pieces.append((key, x, axis, False))  # the counter reports any other problem
                 continue
-            # One width per layer, checked here: the thread that takes a piece may hold a
-            # shard or a counter that has not seen a batch yet.
-            width = self._width.setdefault(key, counter.neurons or x.shape[axis])
-            if x.shape[axis] != width:
-                raise InputError(
-                    f"this counter has {width} neurons but the batch has {x.shape[axis]} "
-                    f"along axis {axis}; use one counter per layer and the same neuron axis"
-                )
             edges = _guided_edges(n, self.workers, max(1, n * _MIN_PIECE_VALUES // x.size))
             pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
         # Whole layers first (they cannot be shared out), then split pieces, large to small.

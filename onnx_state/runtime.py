@@ -88,11 +88,15 @@ def make_session(
             raise InputError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    # Idle threads spin between operators (fast), but stop when a run returns: states are
-    # counted between runs and must not compete with spinning threads.
-    options.add_session_config_entry("session.force_spinning_stop", "1")
     available = ort.get_available_providers()
     providers = list(providers or ["CPUExecutionProvider"])
+    if providers[0] == "CPUExecutionProvider":
+        # Idle threads spin between operators (fast), but stop when a run returns: states
+        # are counted between runs and must not compete with spinning threads.
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    else:
+        # The model runs on the accelerator while states are counted on the CPU cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     missing = [p for p in providers if p not in available]
     if missing:
         raise InputError(

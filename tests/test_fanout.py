@@ -92,6 +92,7 @@ def test_an_error_in_any_thread_reaches_the_caller(tiny_pieces, known):
         (None, 2, 2, (False, 2)),
         (None, 1, 2, (True, 1)),  # a spare core: count beside onnxruntime
         (None, 4, 16, (True, 12)),
+        (None, None, 64, (False, 16)),  # capped: tiny pieces, a shard per thread
         (["CPUExecutionProvider"], 64, 8, (False, 8)),
         (["CUDAExecutionProvider", "CPUExecutionProvider"], None, 8, (True, 7)),
     ],
@@ -133,3 +134,11 @@ def test_pieces_counted_into_a_shard_are_folded_back_exactly(tiny_pieces):
         ids, counts = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
         np.testing.assert_array_equal(counters[(tensor, axis)].state_ids(), ids)
         np.testing.assert_array_equal(counters[(tensor, axis)].counts(), counts)
+
+
+def test_an_unsplit_batch_of_another_width_is_refused_at_once(tiny_pieces):
+    counters = {("dense", 1): StateCounter()}
+    with fanout.LayerCounting(counters, 2) as counting:
+        counting({}, {"dense": np.ones((8, 6, 3, 3), np.float32)})  # split: maybe all shards
+        with pytest.raises(InputError, match="6 neurons but the batch has 5"):
+            counting({}, {"dense": np.ones((1, 5, 3, 3), np.float32)})  # one sample: unsplit
