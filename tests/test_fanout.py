@@ -102,9 +102,14 @@ def test_counting_plan(monkeypatch, providers, threads, cpus, plan):
     assert analysis.counting_plan(providers, threads) == plan
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_inline_and_overlapped_counting_agree_with_the_reference(monkeypatch, tiny_pieces, threads):
-    monkeypatch.setattr(analysis, "_available_cpus", lambda: 2)  # threads=1 overlaps
+@pytest.mark.parametrize(
+    ("threads", "cpus"),
+    [(2, 2), (1, 2), (1, 3)],  # inline on 2 threads; overlapped on 1; overlapped on 2
+)
+def test_inline_and_overlapped_counting_agree_with_the_reference(
+    monkeypatch, tiny_pieces, threads, cpus
+):
+    monkeypatch.setattr(analysis, "_available_cpus", lambda: cpus)
     model, params = conv_net()
     x = int_data(41)
     ref = conv_net_reference(x, params)
