@@ -147,3 +147,20 @@ def test_an_unsplit_batch_of_another_width_is_refused_at_once(tiny_pieces):
         counting({}, {"dense": np.ones((8, 6, 3, 3), np.float32)})  # split: maybe all shards
         with pytest.raises(InputError, match="6 neurons but the batch has 5"):
             counting({}, {"dense": np.ones((1, 5, 3, 3), np.float32)})  # one sample: unsplit
+
+
+@pytest.mark.parametrize(
+    ("text", "cap"), [("max 100000", None), ("250000 100000", 3), ("50000 100000", 1), ("?", None)]
+)
+def test_available_cpus_follow_a_container_quota(tmp_path, text, cap):
+    import os
+
+    f = tmp_path / "cpu.max"
+    f.write_text(text + "\n")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count() or 1
+    expected = affinity if cap is None else min(affinity, cap)
+    assert analysis._available_cpus(str(f)) == expected
+    assert analysis._available_cpus(str(tmp_path / "missing")) == affinity
