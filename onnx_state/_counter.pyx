@@ -459,6 +459,9 @@ cdef class StateTable:
     cdef readonly Py_ssize_t neurons
     cdef readonly int64_t state_count
     cdef readonly int64_t nan_count
+    # Set when an insert ran out of memory part-way: some of that batch or merge is in the
+    # table and some is not, so the table refuses to be used again rather than miscount.
+    cdef readonly bint broken
 
     def __cinit__(self, Py_ssize_t neurons):
         if neurons < 1:
@@ -480,8 +483,16 @@ cdef class StateTable:
     def nwords(self) -> int:
         return self.t.nwords
 
+    cdef _check(self):
+        if self.broken:
+            raise MemoryError(
+                "this state table ran out of memory part-way through an update; its counts "
+                "are incomplete (count again with more memory)"
+            )
+
     @property
     def n_unique(self) -> int:
+        self._check()
         if self.t.dense.counts != NULL:
             return self.t.dense.n
         return self.t.narrow.n if self.t.nwords == 1 else self.t.n
@@ -496,6 +507,7 @@ cdef class StateTable:
         cdef uint64_t[:, ::1] rec_view
         cdef int rc = 0
         cdef int64_t nans = 0
+        self._check()
         if x.shape[1] != self.neurons:
             raise ValueError(f"expected {self.neurons} neurons, got {x.shape[1]}")
         if record is not None:
@@ -518,6 +530,7 @@ cdef class StateTable:
         else:
             raise TypeError(f"unsupported kernel dtype {dt}")
         if rc != 0:
+            self.broken = True
             raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
         self.state_count += x.shape[0] * x.shape[2]
         self.nan_count += nans
@@ -552,6 +565,7 @@ cdef class StateTable:
         cdef Py_ssize_t i, n = keys.shape[0]
         cdef int rc = 0
         cdef int64_t total = 0
+        self._check()
         if keys.shape[1] != self.t.nwords or counts.shape[0] != n:
             raise ValueError("keys and counts do not fit this table")
         for i in range(n):
@@ -570,6 +584,7 @@ cdef class StateTable:
                     if rc != 0:
                         break
         if rc != 0:
+            self.broken = True
             raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
         self.state_count += total
         self.nan_count += nan_count

@@ -371,10 +371,21 @@ def _add_parallel(
     from concurrent.futures import wait
 
     futures = [pool.submit(t.add, p, r) for t, p, r in zip(tables[1:], parts[1:], recs[1:])]
+    interrupted: BaseException | None = None
     try:
         tables[0].add(parts[0], recs[0])
-    finally:
-        wait(futures)  # every thread, even after an error: the tables stay theirs until then
+    except BaseException as exc:
+        interrupted = exc
+    # Every thread must be done before the lock is released, even after an error or Ctrl-C:
+    # until then the tables are theirs.
+    while True:
+        try:
+            wait(futures)
+            break
+        except BaseException as exc:
+            interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
     for f in futures:
         f.result()
 

@@ -113,3 +113,17 @@ def test_module_entry_point_and_help_without_frameworks():
         [sys.executable, "-m", "onnx_state", "--help"], capture_output=True, text=True
     )
     assert h.returncode == 0 and "analyze" in h.stdout and "inspect" in h.stdout
+
+
+def test_out_of_memory_is_one_line_with_a_hint(files, monkeypatch):
+    import onnx_state.cli.analyze as analyze_cli
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
+
+    monkeypatch.setattr(analyze_cli, "analyze", exhausted)
+    tmp, _ = files
+    r = run("analyze", tmp / "m.onnx", "--data", tmp / "x.npy")
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "smaller --batch-size" in lines[0] and "Traceback" not in r.output

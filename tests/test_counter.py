@@ -258,6 +258,45 @@ def test_a_failing_thread_does_not_leave_others_writing():
 
     tables = [Table(lambda x, rec: None), Table(fail), Table(slow)]
     parts = [np.zeros((1, 1, 1), np.float32)] * 3
-    with ThreadPoolExecutor(2) as pool, pytest.raises(MemoryError):
-        counter_module._add_parallel(pool, tables, parts, None)
-    assert done.is_set()  # returned only after every thread finished with its table
+    with ThreadPoolExecutor(2) as pool:  # checked before the pool's own shutdown waits
+        with pytest.raises(MemoryError):
+            counter_module._add_parallel(pool, tables, parts, None)
+        assert done.is_set()  # returned only after every thread finished with its table
+
+
+def test_a_table_that_ran_out_of_memory_refuses_to_be_read():
+    # In a child process whose address space is capped just above what it uses, so that
+    # growing the table fails part-way through a merge.
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import resource, numpy as np
+        from onnx_state._counter import StateTable
+        keys = np.arange(1, 4_000_001, dtype=np.uint64).reshape(-1, 1) * np.uint64(7919)
+        t = StateTable(50)
+        vm = [l for l in open("/proc/self/status") if l.startswith("VmSize")][0]
+        vm = int(vm.split()[1]) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), resource.RLIM_INFINITY))
+        try:
+            t.add_counts(keys, np.ones(len(keys), np.int64))
+        except MemoryError:
+            pass
+        assert t.broken
+        one = np.ones(1, np.int64)
+        for read in (t.export, lambda: t.n_unique, lambda: t.add_counts(keys[:1], one)):
+            try:
+                read()
+            except MemoryError as e:
+                assert "part-way" in str(e)
+            else:
+                raise SystemExit("read a broken table")
+        print("ok")
+        """
+    )
+    if not sys.platform.startswith("linux"):
+        pytest.skip("needs /proc and RLIMIT_AS")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -16,10 +16,13 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (OnnxStateError, OSError) as exc:
+        except (OnnxStateError, OSError, MemoryError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"Error: {first_line(exc)}", err=True)
+            hint = ""
+            if isinstance(exc, MemoryError):
+                hint = " (out of memory: try a smaller --batch-size or fewer layers)"
+            click.echo(f"Error: {first_line(exc) or 'out of memory'}{hint}", err=True)
             sys.exit(2)
 
 
