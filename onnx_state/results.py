@@ -49,7 +49,7 @@ class StateMetrics:
 
     def entropy_interval(self, **kwargs: Any) -> metrics.EntropyInterval:
         """Bootstrap interval of Shannon entropy (see metrics.bootstrap_entropy)."""
-        return metrics.bootstrap_entropy(self.counts(), **kwargs)
+        return metrics.bootstrap_entropy(self._counts_any_order(), **kwargs)
 
 
 class States:
@@ -64,6 +64,7 @@ class States:
         self._counts = counts
         self._words: np.ndarray | None = None
         self._n_bytes = 0
+        self._by_value: np.ndarray | None = None
 
     @classmethod
     def deferred(cls, words: np.ndarray, counts: np.ndarray, n_bytes: int) -> States:
@@ -83,7 +84,18 @@ class States:
         return self._ids, self._counts
 
     def counts_any_order(self) -> np.ndarray:
-        return self._counts
+        """The counts ascending by value (what order-free metrics read), computed once."""
+        if self._by_value is None:
+            self._by_value = np.sort(self._counts)
+        return self._by_value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, States):
+            return NotImplemented
+        (a, ca), (b, cb) = self.sorted(), other.sorted()
+        return np.array_equal(a, b) and np.array_equal(ca, cb)
+
+    __hash__ = None  # mutable arrays inside
 
 
 @dataclass
@@ -100,7 +112,7 @@ class LayerResult(StateMetrics):
     axis: int
     state_count: int
     nan_count: int
-    states: States = field(repr=False, compare=False)
+    states: States = field(repr=False)
 
     @property
     def ids(self) -> np.ndarray:

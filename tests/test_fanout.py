@@ -143,10 +143,14 @@ def test_pieces_counted_into_a_shard_are_folded_back_exactly(tiny_pieces):
 
 def test_an_unsplit_batch_of_another_width_is_refused_at_once(tiny_pieces):
     counters = {("dense", 1): StateCounter()}
+    small = {"dense": np.ones((1, 5, 3, 3), np.float32)}  # one sample: never split
     with fanout.LayerCounting(counters, 2) as counting:
         counting({}, {"dense": np.ones((8, 6, 3, 3), np.float32)})  # split: maybe all shards
+        # on the calling thread, whichever thread counted the first batch
         with pytest.raises(InputError, match="6 neurons but the batch has 5"):
-            counting({}, {"dense": np.ones((1, 5, 3, 3), np.float32)})  # one sample: unsplit
+            counting._pieces(small)
+        with pytest.raises(InputError, match="6 neurons but the batch has 5"):
+            counting({}, small)
 
 
 @pytest.mark.parametrize(
