@@ -51,7 +51,7 @@ ctypedef fused value_t:
 # Positions packed per block: big enough to amortise loop overhead, small enough for L1.
 cdef enum:
     BLOCK = 1024
-    PREFETCH = 48  # lookups in flight ahead of the one being made
+    PREFETCH = 24  # lookups in flight ahead of the one being made
 
 
 cdef inline bint _fires(value_t v) noexcept nogil:

@@ -23,7 +23,14 @@ from onnx_state.errors import DTypeError, InputError
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
     raise ImportError("onnx_state's state counter needs a little-endian machine")
 
-__all__ = ["DENSE_NEURONS", "StateCounter", "ids_from_words", "kernel_view", "sort_states"]
+__all__ = [
+    "DENSE_NEURONS",
+    "StateCounter",
+    "ids_from_words",
+    "kernel_view",
+    "sort_states",
+    "width_mismatch",
+]
 
 # dtype accepted -> dtype the kernel reads (bool as bytes, float16 as its bit pattern)
 _KERNEL_DTYPES = {
@@ -148,10 +155,7 @@ class StateCounter:
         if self._table is None:
             self._start(x3.shape[1])
         elif x3.shape[1] != self.neurons:
-            raise InputError(
-                f"this counter has {self.neurons} neurons but the batch has {x3.shape[1]} "
-                f"along axis {axis}; use one counter per layer and the same neuron axis"
-            )
+            raise width_mismatch(self.neurons, x3.shape[1], axis)
         table = self._table
         buf = None
         if self._raw is not None:
@@ -342,6 +346,14 @@ class StateCounter:
             f"StateCounter(neurons={self.neurons}, state_count={self.state_count}, "
             f"n_unique={self.n_unique})"
         )
+
+
+def width_mismatch(neurons: int, got: int, axis: int) -> InputError:
+    """The error for a batch whose neuron axis is not the layer's width."""
+    return InputError(
+        f"this counter has {neurons} neurons but the batch has {got} along axis {axis}; "
+        "use one counter per layer and the same neuron axis"
+    )
 
 
 def ids_from_words(words: np.ndarray, n_bytes: int) -> np.ndarray:

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_state.counter import DENSE_NEURONS, StateCounter
-from onnx_state.errors import InputError
+from onnx_state.counter import DENSE_NEURONS, StateCounter, width_mismatch
 
 __all__ = ["LayerCounting"]
 
@@ -57,7 +56,7 @@ class LayerCounting:
         self.fingerprint = fingerprint
         # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
         self._shards: list[dict[Hashable, StateCounter]] = [{} for _ in range(workers)]
-        self._width: dict[Hashable, int] = {}  # neurons of each split layer
+        self._width: dict[Hashable, int] = {}  # neurons of each layer, from its first batch
         self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
 
     def __enter__(self) -> LayerCounting:
@@ -109,10 +108,7 @@ class LayerCounting:
                 # piece may hold a shard, or a counter that has not seen a batch yet.
                 width = self._width.setdefault(key, counter.neurons or x.shape[axis])
                 if x.shape[axis] != width:
-                    raise InputError(
-                        f"this counter has {width} neurons but the batch has {x.shape[axis]} "
-                        f"along axis {axis}; use one counter per layer and the same neuron axis"
-                    )
+                    raise width_mismatch(width, x.shape[axis], axis)
             splittable = (
                 valid
                 and self.workers > 1

@@ -59,7 +59,7 @@ class States:
     (``States.deferred(words, counts, n_bytes)``); plain arrays, so results pickle.
     """
 
-    def __init__(self, ids: np.ndarray, counts: np.ndarray) -> None:
+    def __init__(self, ids: np.ndarray | None, counts: np.ndarray) -> None:
         self._ids: np.ndarray | None = ids
         self._counts = counts
         self._words: np.ndarray | None = None
@@ -69,7 +69,7 @@ class States:
     @classmethod
     def deferred(cls, words: np.ndarray, counts: np.ndarray, n_bytes: int) -> States:
         """States as uint64 words [n, nwords] with counts, in no order; sorted on demand."""
-        states = cls(None, counts)  # type: ignore[arg-type]
+        states = cls(None, counts)
         states._words, states._n_bytes = words, n_bytes
         return states
 
