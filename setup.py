@@ -6,10 +6,10 @@ from setuptools import Extension, setup
 
 extensions = [
     Extension(
-        "onnx_state._counter",
-        ["onnx_state/_counter.pyx"],
-        include_dirs=[np.get_include(), "onnx_state"],
-        depends=["onnx_state/_pack.h", "onnx_state/_mem.h"],
+        "onnx_state.count._counter",
+        ["onnx_state/count/_counter.pyx"],
+        include_dirs=[np.get_include(), "onnx_state/count"],
+        depends=["onnx_state/count/_pack.h", "onnx_state/count/_mem.h"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=["-O3"],
     )

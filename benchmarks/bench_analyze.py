@@ -18,7 +18,7 @@ import json, resource, sys, time
 import numpy as np, onnxruntime as ort
 import onnx_state
 from onnx_state.data import example_paths
-from onnx_state.runtime import load_array
+from onnx_state.capture import load_array
 variant, n, bs, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 model, data, _ = example_paths()
 base = np.asarray(load_array(data))

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from onnx_state.counter import StateCounter
+from onnx_state.count import StateCounter, count_states
 
 
 def numpy_reference(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -58,8 +58,8 @@ def main() -> None:
     )
     for name, x in cases.items():
         t_sum = best(lambda x=x: x.sum(), args.repeat)
-        t_one = best(lambda x=x: StateCounter(threads=1).update(x), args.repeat)
-        t_two = best(lambda x=x: StateCounter(threads=2).update(x), args.repeat)
+        t_one = best(lambda x=x: StateCounter().update(x), args.repeat)
+        t_two = best(lambda x=x: count_states(x, threads=2), args.repeat)
         t_np = best(lambda x=x: numpy_reference(x, 1), 1)
         ids, counts = numpy_reference(x, 1)
         c = StateCounter().update(x)

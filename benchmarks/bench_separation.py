@@ -17,10 +17,9 @@ import numpy as np
 from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import cdist
 
-from onnx_state.analysis import Instrumented
+from onnx_state.capture import Instrumented, load_array
 from onnx_state.data import example_paths
 from onnx_state.mst import cross_edges
-from onnx_state.runtime import load_array
 
 
 def conv1_points(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,11 +30,11 @@ def conv1_points(n: int) -> tuple[np.ndarray, np.ndarray]:
     for classes in ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9)):
         idx = rng.choice(np.flatnonzero(np.isin(y, classes)), n, replace=True)
         groups.append(x[idx] + rng.normal(0, 0.05, x[idx].shape).astype(np.float32))
-    inst = Instrumented(model, ["conv_1"])
+    inst = Instrumented(model, attach_to=["conv_1"])
     tensor = inst.captures[0].tensor
     out = []
     for g in groups:
-        feats = [inst.run({"x": g[i : i + 200]})[1][tensor] for i in range(0, n, 200)]
+        feats = [inst.run({"x": g[i : i + 200]}).captured[tensor] for i in range(0, n, 200)]
         out.append(np.concatenate(feats).reshape(n, -1))
     return out[0], out[1]
 

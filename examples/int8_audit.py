@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
+from onnx_state.capture import load_array
 from onnx_state.compare import compare
 from onnx_state.data import example_paths
-from onnx_state.runtime import load_array
 
 
 class Calibration(CalibrationDataReader):

@@ -25,8 +25,8 @@ def digits28() -> tuple[np.ndarray, np.ndarray]:
 
 def bundled_digits() -> tuple[np.ndarray, np.ndarray]:
     """The same digits as shipped inside onnx_state (no scikit-learn needed)."""
+    from onnx_state.capture import load_array
     from onnx_state.data import example_paths
-    from onnx_state.runtime import load_array
 
     _, x, y = example_paths()
     return np.asarray(load_array(x)), np.asarray(load_array(y))

@@ -4,6 +4,6 @@ This package imports no framework; each exporter imports its framework when call
 says which extra to install when it is missing.
 """
 
-from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
+from onnx_state.capture.metadata import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
 
 __all__ = ["META_LAYER_NAME", "META_LAYER_TYPE", "META_NEURON_AXIS"]

@@ -15,8 +15,8 @@ from typing import Any
 
 import onnx
 
-from onnx_state.errors import MissingExtraError
-from onnx_state.graph import META_INPUT_AXES, META_LAYER_NAME, META_LAYER_TYPE
+from onnx_state.capture.metadata import META_INPUT_AXES, META_LAYER_NAME, META_LAYER_TYPE
+from onnx_state.errors import InputError, MissingExtraError
 
 __all__ = ["annotate", "export", "keras_layers"]
 
@@ -83,9 +83,9 @@ def annotate(proto: onnx.ModelProto, model: Any) -> onnx.ModelProto:
 
 def export(model: Any, path: str | os.PathLike | None = None, opset: int = 18) -> onnx.ModelProto:
     """Export Keras 3 *model* to ONNX (dynamic batch) with layer metadata; save to *path*."""
-    tf, tf2onnx = _import_tf()
     if opset > 18:
-        raise ValueError(f"tf2onnx supports opsets up to 18, got {opset}")
+        raise InputError(f"tf2onnx exports opsets up to 18, got --opset {opset}; use 18 or lower")
+    tf, tf2onnx = _import_tf()
     specs = tuple(
         tf.TensorSpec((None, *tuple(t.shape[1:])), t.dtype, name=t.name.split(":")[0])
         for t in model.inputs

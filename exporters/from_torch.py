@@ -14,11 +14,27 @@ from typing import Any
 
 import onnx
 
-from onnx_state.compat import torch_module_axis as module_axis
+from onnx_state.capture.metadata import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
 from onnx_state.errors import MissingExtraError
-from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
 
-__all__ = ["annotate", "export"]
+__all__ = ["annotate", "export", "module_axis"]
+
+# Module classes whose neuron axis is known from the class alone. Element-wise modules
+# (ReLU, Dropout, ...) get none: the rewriter follows the data to their producer instead,
+# so a ReLU after a Linear on (N, T, E) keeps E as its neurons.
+_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding", "LayerNorm", "RMSNorm"}
+_CHANNEL_PREFIXES = ("Conv", "LazyConv", "BatchNorm", "LazyBatchNorm", "InstanceNorm",
+                     "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool",
+                     "GroupNorm", "LocalResponseNorm")  # fmt: skip
+
+
+def module_axis(cls: str) -> int | None:
+    """Neuron axis of a torch module class's output, or None when the class does not say."""
+    if cls in _LAST_AXIS_CLASSES:
+        return -1
+    if cls.startswith(_CHANNEL_PREFIXES):
+        return 1
+    return None
 
 
 def _import_torch():

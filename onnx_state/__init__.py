@@ -1,19 +1,14 @@
 """onnx_state: state-space analysis of neural networks through ONNX.
 
-Pipeline: graph (select and expose layer outputs) -> runtime (onnxruntime batches)
--> counter (firing states) -> metrics -> results/store -> analysis -> cli.
+Pipeline: capture (select and expose layer outputs, run onnxruntime in batches) -> count
+(firing states) -> metrics -> results/store -> analyze, compare, audit, separation -> cli.
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("onnx-state")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0+unknown"
-
-from onnx_state.analysis import analyze, instrument
+from onnx_state._version import __version__
+from onnx_state.analysis import analyze
+from onnx_state.capture import instrument
 from onnx_state.compat import build_efficiency_model, network_efficiency, reset_efficiency_model
-from onnx_state.counter import StateCounter
+from onnx_state.count import StateCounter, count_states
 from onnx_state.errors import OnnxStateError
 from onnx_state.metrics import (
     aIQ,
@@ -36,6 +31,7 @@ __all__ = [
     "bootstrap_entropy",
     "build_efficiency_model",
     "chao_shen_entropy",
+    "count_states",
     "efficiency",
     "entropy",
     "instrument",

@@ -10,21 +10,44 @@ state distributions, and the change of efficiency.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.analysis import Instrumented, count_correct, labels_array, layer_result
-from onnx_state.counter import StateCounter
+from onnx_state.analysis import layer_result
+from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
+from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError
+from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult
 
-__all__ = ["Audit", "LayerAudit", "audit"]
+__all__ = ["RULES", "Audit", "LayerAudit", "audit", "load_rules"]
+
+SCHEMA = "onnx_state.audit"
+SCHEMA_VERSION = 1
+# The thresholds Audit.violations takes, by name (also the keys of a rules file).
+RULES = ("max_dead_fraction", "min_coverage", "max_novelty", "max_js", "max_efficiency_drift")
+
+
+def load_rules(path: str | os.PathLike[str]) -> dict[str, float]:
+    """Thresholds from a JSON file: ``{"max_dead_fraction": 0.1, ...}`` (keys from RULES)."""
+    try:
+        rules = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read the rules file {path}: {exc}") from None
+    if not isinstance(rules, dict):
+        raise InputError(f"{path} must hold a JSON object of thresholds")
+    unknown = sorted(set(rules) - set(RULES))
+    if unknown:
+        raise InputError(f"unknown rule(s) {', '.join(unknown)} in {path}; use {', '.join(RULES)}")
+    return {k: float(v) for k, v in rules.items()}
 
 
 @dataclass
@@ -61,18 +84,36 @@ class Audit:
     sample_novelty: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (schema ``onnx_state.audit``); ``from_dict`` reads it back.
+
+        Per-sample novelty stays out (it grows with the data).
+        """
         layers = []
         for la in self.layers:
             d = dict(vars(la))
             d["dead_fraction"] = la.dead_fraction
             layers.append(d)
         return {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
             "layers": layers,
             "n_samples": self.n_samples,
             "top_k": self.k,
             "accuracy": self.accuracy,
             "reference": self.reference,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Audit:
+        """An Audit from ``to_dict``'s output."""
+        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"not an onnx_state audit of schema version {SCHEMA_VERSION}")
+        names = [f.name for f in fields(LayerAudit)]
+        try:
+            layers = [LayerAudit(**{k: la[k] for k in names}) for la in d["layers"]]
+            return cls(layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"])
+        except (KeyError, TypeError) as exc:
+            raise StoreError(f"malformed audit: {exc!r}") from None
 
     def violations(
         self,
@@ -142,7 +183,7 @@ def _short(items: Sequence[int], n: int = 20) -> str:
 class _LayerWatch:
     """Per-layer streaming state: counter, top-k coverage, per-sample novelty."""
 
-    def __init__(self, capture, k: int, reference: LayerResult | None) -> None:
+    def __init__(self, capture: Capture, k: int, reference: LayerResult | None) -> None:
         self.capture = capture
         self.k = k
         self.counter = StateCounter()
@@ -170,7 +211,7 @@ class _LayerWatch:
             self.novel_per_sample.append(novel.reshape(n, -1).mean(axis=1))
 
 
-def _check_reference(reference: Analysis, captures) -> dict[str, LayerResult]:
+def _check_reference(reference: Analysis, captures: Sequence[Capture]) -> dict[str, LayerResult]:
     by_name = {r.name: r for r in reference.layers}
     missing = [c.name for c in captures if c.name not in by_name]
     if missing:
@@ -182,23 +223,51 @@ def _check_reference(reference: Analysis, captures) -> dict[str, LayerResult]:
 
 
 def audit(
-    model: str | os.PathLike | ModelProto,
+    model: str | os.PathLike[str] | ModelProto,
     data: Any,
-    reference: str | os.PathLike | Analysis | None = None,
+    *,
+    reference: str | os.PathLike[str] | Analysis | None = None,
     labels: Any = None,
     attach_to: Sequence[str] | str | None = None,
     exclude: Sequence[str] | str = (),
-    method: str = "after",
+    method: Method = "after",
+    neuron_axes: Mapping[str, int] | None = None,
     batch_size: int = 200,
     top_k: int = 2,
-    neuron_axes: Mapping[str, int] | None = None,
-    **session: Any,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization: Optimization = "all",
+    progress: bool | None = None,
 ) -> Audit:
-    """Audit the chosen layers of *model* on *data*, optionally against a reference store."""
+    """Audit the chosen layers of *model* on *data*, optionally against a reference store.
+
+    Parameters
+    ----------
+    model, data:
+        As for ``analyze``.
+    reference:
+        A results store (path or Analysis) of the same layers, e.g. from the training data:
+        enables novelty, JS divergence and efficiency drift.
+    labels:
+        Class labels, for accuracy.
+    attach_to, exclude, method, neuron_axes:
+        The layers to audit (as for ``analyze``).
+    batch_size:
+        Samples per run.
+    top_k:
+        k of DeepGauge's top-k neuron coverage.
+    providers, threads, optimization:
+        The onnxruntime session (as for ``analyze``).
+    progress:
+        Show a progress bar; None shows one when stderr is a terminal.
+    """
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
     ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
-    inst = Instrumented(model, attach_to, exclude, method, neuron_axes, **session)
+    inst = Instrumented(
+        model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
+        providers=providers, threads=threads, optimization=optimization,
+    )  # fmt: skip
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
     watches = [_LayerWatch(c, top_k, ref_layers.get(c.name)) for c in inst.captures]
     for w in watches:
@@ -207,19 +276,16 @@ def audit(
             raise StoreError(f"{w.capture.name} has neuron axis {w.capture.axis} here but "
                              f"{ref_layer.axis} in the reference")  # fmt: skip
 
-    def consume(batch: dict[str, np.ndarray], captured: dict[str, np.ndarray]) -> None:
+    def consume(run: BatchRun) -> None:
         for w in watches:
-            w.update(captured[w.capture.tensor])
+            w.update(run.captured[w.capture.tensor])
 
-    y = None if labels is None else labels_array(labels)
-    n = correct = 0
-    for batch, finals in inst.stream(data, batch_size, consume, progress=False):
-        m = len(next(iter(batch.values())))
-        if y is not None:
-            correct += count_correct(finals[0], y, n)
-        n += m
-    if y is not None and len(y) != n:
-        raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+    accuracy = accuracy_of(labels)
+    n = 0
+    for batch, finals in inst.stream(data, batch_size, consume, progress):
+        if accuracy is not None:
+            accuracy.update(finals[0])
+        n += len(next(iter(batch.values())))
     layers = []
     novelty_by_layer = {}
     for w in watches:
@@ -257,7 +323,7 @@ def audit(
         layers=layers,
         n_samples=n,
         k=top_k,
-        accuracy=None if y is None else correct / n,
+        accuracy=None if accuracy is None else accuracy.result(n),
         reference=None if reference is None else _describe(reference),
         sample_novelty=novelty_by_layer,
     )

@@ -13,20 +13,34 @@ import itertools
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state import metrics, runtime
-from onnx_state.analysis import Instrumented, count_correct, labels_array
-from onnx_state.counter import StateCounter
-from onnx_state.errors import InputError, LayerNotFoundError
-from onnx_state.graph import Capture
+from onnx_state import metrics
+from onnx_state.capture import (
+    DEFAULT_ATTACH_TO,
+    BatchRun,
+    Capture,
+    InputSpec,
+    Instrumented,
+    Method,
+    Optimization,
+    check_batch,
+    iter_batches,
+    load_model,
+)
+from onnx_state.count import StateCounter
+from onnx_state.errors import InputError, LayerNotFoundError, StoreError
+from onnx_state.labels import accuracy_of
 
-__all__ = ["Comparison", "PairResult", "compare", "load_mapping"]
+__all__ = ["Comparison", "PairResult", "RefusedPair", "compare", "load_mapping"]
+
+SCHEMA = "onnx_state.comparison"
+SCHEMA_VERSION = 1
 
 # Op types that compute the same kind of layer in float, quantized or fused form.
 _FAMILIES = {
@@ -42,7 +56,7 @@ def _family(capture: Capture) -> str:
     return f"{name}/{capture.kind}"
 
 
-def load_mapping(path: str | os.PathLike) -> dict[str, str]:
+def load_mapping(path: str | os.PathLike[str]) -> dict[str, str]:
     """A JSON object {layer or capture name in A: layer, node or tensor name in B}."""
     try:
         mapping = json.loads(Path(path).read_text())
@@ -138,10 +152,10 @@ class _PairStats:
         self.counter_a.update(xa, axis=1)
         self.counter_b.update(xb, axis=1)
 
-    def result(self, rule: str) -> PairResult:
+    def result(self, rule: str) -> PairResult | RefusedPair:
         base = {"a": self.a.name, "b": self.b.name, "rule": rule, "neurons": self.counter_a.neurons}
-        if self.refused or not self.states:
-            return PairResult(**base, refused=self.refused or "no states")
+        if self.refused or not self.states or self.neuron_agree is None:
+            return RefusedPair(**base, refused=self.refused or "no states")
         ids_a, counts_a = self.counter_a.state_table()
         ids_b, counts_b = self.counter_b.state_table()
         neurons = self.counter_a.neurons
@@ -171,25 +185,50 @@ class PairResult:
     b: str
     rule: str  # mapping | name | order
     neurons: int
-    refused: str | None = None
-    states: int = 0
-    state_agreement: float | None = None
-    neuron_agreement_mean: float | None = None
-    neuron_agreement_min: float | None = None
-    mean_hamming: float | None = None
-    max_abs_diff: float | None = None
-    mean_abs_diff: float | None = None
-    cosine: float | None = None
-    efficiency_a: float | None = None
-    efficiency_b: float | None = None
-    js_divergence: float | None = None
+    states: int
+    state_agreement: float
+    neuron_agreement_mean: float
+    neuron_agreement_min: float
+    mean_hamming: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine: float
+    efficiency_a: float
+    efficiency_b: float
+    js_divergence: float
+    refused: None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+
+@dataclass
+class RefusedPair:
+    """A matched pair of layers that cannot be compared, and why."""
+
+    a: str
+    b: str
+    rule: str
+    neurons: int
+    refused: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The same keys as a PairResult's, with no figures."""
+        figures = {f.name: None for f in fields(PairResult)}
+        return {**figures, "states": 0, **vars(self)}
+
+
+def _pair_from_dict(d: dict[str, Any]) -> PairResult | RefusedPair:
+    if d.get("refused"):
+        return RefusedPair(d["a"], d["b"], d["rule"], d["neurons"], d["refused"])
+    return PairResult(**{f.name: d[f.name] for f in fields(PairResult)})
 
 
 @dataclass
 class Comparison:
     """Layer-by-layer agreement of two models on the same data."""
 
-    pairs: list[PairResult]
+    pairs: list[PairResult | RefusedPair]
     unmatched_a: list[str]
     unmatched_b: list[str]
     n_samples: int
@@ -200,16 +239,24 @@ class Comparison:
     threshold: float = 0.99
 
     @property
+    def compared(self) -> list[PairResult]:
+        """The pairs that were compared (refused ones left out)."""
+        return [p for p in self.pairs if isinstance(p, PairResult)]
+
+    @property
     def first_divergent(self) -> str | None:
         """The first layer of A whose state agreement drops below the threshold."""
-        for p in self.pairs:
-            if p.state_agreement is not None and p.state_agreement < self.threshold:
+        for p in self.compared:
+            if p.state_agreement < self.threshold:
                 return p.a
         return None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (schema ``onnx_state.comparison``); ``from_dict`` reads it back."""
         return {
-            "pairs": [vars(p).copy() for p in self.pairs],
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "pairs": [p.to_dict() for p in self.pairs],
             "unmatched_a": self.unmatched_a,
             "unmatched_b": self.unmatched_b,
             "n_samples": self.n_samples,
@@ -221,6 +268,19 @@ class Comparison:
             "first_divergent": self.first_divergent,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Comparison:
+        """A Comparison from ``to_dict``'s output."""
+        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(f"not an onnx_state comparison of schema version {SCHEMA_VERSION}")
+        try:
+            return cls(
+                pairs=[_pair_from_dict(p) for p in d["pairs"]],
+                **{k: d[k] for k in _COMPARISON_FIELDS},
+            )
+        except (KeyError, TypeError) as exc:
+            raise StoreError(f"malformed comparison: {exc!r}") from None
+
     def violations(
         self,
         min_state_agreement: float | None = None,
@@ -230,9 +290,7 @@ class Comparison:
     ) -> list[str]:
         """Rules broken, one line each, for CI gating."""
         out = []
-        for p in self.pairs:
-            if p.refused:
-                continue
+        for p in self.compared:
             if min_state_agreement is not None and p.state_agreement < min_state_agreement:
                 out.append(
                     f"{p.a}: state agreement {p.state_agreement:.4%} < {min_state_agreement:.4%}"
@@ -258,7 +316,7 @@ class Comparison:
         first = self.first_divergent
         for p in self.pairs:
             mark = " <- first below threshold" if p.a == first else ""
-            if p.refused:
+            if isinstance(p, RefusedPair):
                 lines.append(f"{p.a[:24]:24s} {p.b[:24]:24s} {p.rule:7s} refused: {p.refused}")
                 continue
             lines.append(
@@ -284,7 +342,7 @@ class Comparison:
 
 
 def input_adapter(
-    specs_a: Sequence[runtime.InputSpec], specs_b: Sequence[runtime.InputSpec]
+    specs_a: Sequence[InputSpec], specs_b: Sequence[InputSpec]
 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Map A's batches to B's inputs: same names, or one input renamed and, when B's sample
     axes are a permutation of A's (NCHW vs NHWC), transposed."""
@@ -333,21 +391,72 @@ def _dims(shape: Sequence[Any]) -> str:
     return "(" + ", ".join(str(d) if isinstance(d, int) and d > 0 else "?" for d in shape) + ")"
 
 
+class _Outputs:
+    """Streaming agreement of the two models' first outputs."""
+
+    def __init__(self) -> None:
+        self.max_diff = 0.0
+        self.agree = 0
+
+    def update(self, a: np.ndarray, b: np.ndarray) -> None:
+        la, lb = a.reshape(len(a), -1), b.reshape(len(b), -1)
+        if la.shape != lb.shape:
+            raise InputError(f"final outputs differ in shape: {la.shape} vs {lb.shape}")
+        diff = np.abs(la.astype(float) - lb.astype(float))
+        self.max_diff = max(self.max_diff, float(np.max(diff)))
+        self.agree += int(np.sum(la.argmax(axis=1) == lb.argmax(axis=1)))
+
+
 def compare(
-    model_a: str | os.PathLike | ModelProto,
-    model_b: str | os.PathLike | ModelProto,
+    model_a: str | os.PathLike[str] | ModelProto,
+    model_b: str | os.PathLike[str] | ModelProto,
     data: Any,
+    *,
     labels: Any = None,
     attach_to: Sequence[str] | str | None = None,
     attach_to_b: Sequence[str] | str | None = None,
-    method: str = "after",
+    exclude: Sequence[str] | str = (),
+    exclude_b: Sequence[str] | str | None = None,
+    method: Method = "after",
+    neuron_axes: Mapping[str, int] | None = None,
+    neuron_axes_b: Mapping[str, int] | None = None,
     mapping: Mapping[str, str] | None = None,
     batch_size: int = 200,
     data_b: Any = None,
     threshold: float = 0.99,
-    **session: Any,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization: Optimization = "all",
+    progress: bool | None = None,
 ) -> Comparison:
-    """Run *model_a* and *model_b* on the same batches and compare them layer by layer."""
+    """Run *model_a* and *model_b* on the same batches and compare them layer by layer.
+
+    Parameters
+    ----------
+    model_a, model_b:
+        .onnx paths or ModelProtos.
+    data:
+        A's input data (as for ``analyze``); B gets the same batches, renamed or transposed
+        to fit its single input when needed (see ``input_adapter``), unless *data_b* is given.
+    labels:
+        Class labels, for each model's accuracy.
+    attach_to, exclude, method, neuron_axes:
+        The layers of A (as for ``analyze``).
+    attach_to_b, exclude_b, neuron_axes_b:
+        The layers of B; None means the same as A's.
+    mapping:
+        {layer or capture name in A: layer, node or tensor name in B}, matched first.
+    batch_size:
+        Samples per run.
+    data_b:
+        B's own data, sample for sample with *data*.
+    threshold:
+        State agreement below which a layer counts as divergent.
+    providers, threads, optimization:
+        The onnxruntime sessions of both models (as for ``analyze``).
+    progress:
+        Show a progress bar; None shows one when stderr is a terminal.
+    """
     mapping = dict(mapping or {})
     attach_to = [attach_to] if isinstance(attach_to, str) else attach_to
     attach_to_b = [attach_to_b] if isinstance(attach_to_b, str) else attach_to_b
@@ -355,8 +464,16 @@ def compare(
     if mapping:  # mapped layers are captured on both sides, whatever the types say
         a_select = [*(a_select or _default_types(model_a)), *map(_layer_name, mapping)]
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
-    inst_a = Instrumented(model_a, a_select, method=method, **session)
-    inst_b = Instrumented(model_b, b_select, method=method, **session)
+    session = {"providers": providers, "threads": threads, "optimization": optimization}
+    inst_a = Instrumented(
+        model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
+        **session,
+    )  # fmt: skip
+    inst_b = Instrumented(
+        model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
+        method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
+        **session,
+    )  # fmt: skip
     pairs, left, right = match_captures(inst_a.captures, inst_b.captures, mapping)
     if not pairs:
         raise LayerNotFoundError(
@@ -364,42 +481,30 @@ def compare(
             f"({', '.join(c.name for c in inst_b.captures)}); give a mapping file"
         )
     stats = [_PairStats(a, b) for a, b, _ in pairs]
-    batches_b = None
-    if data_b is not None:
-        batches_b = runtime.iter_batches(data_b, inst_b.specs, batch_size)
-        adapt = None
-    else:
-        adapt = input_adapter(inst_a.specs, inst_b.specs)
-    y = None if labels is None else labels_array(labels)
-    n = correct_a = correct_b = agree = 0
-    max_diff = 0.0
-    for batch in runtime.iter_batches(data, inst_a.specs, batch_size):
-        if y is not None and n + len(next(iter(batch.values()))) > len(y):
-            raise InputError(f"got {len(y)} labels but the data holds more samples")
-        batch_b = adapt(batch) if adapt else next(batches_b, None)
+    batches_b = None if data_b is None else iter_batches(data_b, inst_b.specs, batch_size)
+    adapt = input_adapter(inst_a.specs, inst_b.specs) if data_b is None else None
+    accuracy_a, accuracy_b = accuracy_of(labels), accuracy_of(labels)
+    outputs = _Outputs()
+
+    def consume(run_a: BatchRun) -> None:
+        batch_b = adapt(run_a.batch) if adapt else next(batches_b, None)  # type: ignore[arg-type]
         if batch_b is None:
             raise InputError("data_b holds fewer samples than data")
         try:
-            runtime.check_batch(batch_b, inst_b.specs)
+            check_batch(batch_b, inst_b.specs)
         except InputError as exc:
             raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
-        out_a, cap_a = inst_a.run(batch)
-        out_b, cap_b = inst_b.run(batch_b)
+        run_b = inst_b.run(batch_b)
         for s in stats:
-            s.update(cap_a[s.a.tensor], cap_b[s.b.tensor])
-        la = out_a[0].reshape(len(out_a[0]), -1)
-        lb = out_b[0].reshape(len(out_b[0]), -1)
-        if la.shape != lb.shape:
-            raise InputError(f"final outputs differ in shape: {la.shape} vs {lb.shape}")
-        max_diff = max(max_diff, float(np.max(np.abs(la.astype(float) - lb.astype(float)))))
-        pa, pb = la.argmax(axis=1), lb.argmax(axis=1)
-        agree += int(np.sum(pa == pb))
-        if y is not None:
-            correct_a += count_correct(out_a[0], y, n)
-            correct_b += count_correct(out_b[0], y, n)
-        n += len(la)
-    if y is not None and len(y) != n:
-        raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+            s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
+        outputs.update(run_a.outputs[0], run_b.outputs[0])
+        if accuracy_a is not None and accuracy_b is not None:
+            accuracy_a.update(run_a.outputs[0])
+            accuracy_b.update(run_b.outputs[0])
+
+    n = 0
+    for batch, _ in inst_a.stream(data, batch_size, consume, progress):
+        n += len(next(iter(batch.values())))
     if batches_b is not None and next(batches_b, None) is not None:
         raise InputError("data_b holds more samples than data; they must match")
     return Comparison(
@@ -407,10 +512,10 @@ def compare(
         unmatched_a=[c.name for c in left],
         unmatched_b=[c.name for c in right],
         n_samples=n,
-        output_max_abs_diff=max_diff,
-        top1_agreement=agree / n,
-        accuracy_a=None if y is None else correct_a / n,
-        accuracy_b=None if y is None else correct_b / n,
+        output_max_abs_diff=outputs.max_diff,
+        top1_agreement=outputs.agree / n,
+        accuracy_a=None if accuracy_a is None else accuracy_a.result(n),
+        accuracy_b=None if accuracy_b is None else accuracy_b.result(n),
         threshold=threshold,
     )
 
@@ -423,9 +528,13 @@ def _layer_name(name: str) -> str:
     return name
 
 
-def _default_types(model: str | os.PathLike | ModelProto) -> list[str]:
+def _default_types(model: str | os.PathLike[str] | ModelProto) -> list[str]:
     """The default op types that *model* contains (the defaults need not all exist)."""
-    from onnx_state.graph import DEFAULT_ATTACH_TO, load_model
-
     ops = {n.op_type.lower() for n in load_model(model, load_external=False).graph.node}
     return [t for t in DEFAULT_ATTACH_TO if t.lower() in ops]
+
+
+_COMPARISON_FIELDS = (
+    "unmatched_a", "unmatched_b", "n_samples", "output_max_abs_diff", "top1_agreement",
+    "accuracy_a", "accuracy_b", "threshold",
+)  # fmt: skip

@@ -18,9 +18,9 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.counter import StateCounter
+from onnx_state.capture import METHODS, BatchRun, Instrumented, Side, capture_name
+from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
-from onnx_state.graph import METHODS, sanitize_name
 from onnx_state.results import StateMetrics
 
 __all__ = [
@@ -30,23 +30,6 @@ __all__ = [
     "network_efficiency",
     "reset_efficiency_model",
 ]
-
-# Module classes whose neuron axis is known from the class alone. Element-wise modules
-# (ReLU, Dropout, ...) get none: the rewriter follows the data to their producer instead,
-# so a ReLU after a Linear on (N, T, E) keeps E as its neurons.
-_LAST_AXIS_CLASSES = {"Linear", "Bilinear", "LazyLinear", "Embedding", "LayerNorm", "RMSNorm"}
-_CHANNEL_PREFIXES = ("Conv", "LazyConv", "BatchNorm", "LazyBatchNorm", "InstanceNorm",
-                     "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LPPool",
-                     "GroupNorm", "LocalResponseNorm")  # fmt: skip
-
-
-def torch_module_axis(cls: str) -> int | None:
-    """Neuron axis of a torch module class's output, or None when the class does not say."""
-    if cls in _LAST_AXIS_CLASSES:
-        return -1
-    if cls.startswith(_CHANNEL_PREFIXES):
-        return 1
-    return None
 
 
 class EfficiencyLayer(StateMetrics):
@@ -83,7 +66,7 @@ class EfficiencyLayer(StateMetrics):
 
     def state_ids(self, as_bytes: bool = True) -> np.ndarray | list[bytes]:
         """Observed states; a list of bytes like TensorState (``as_bytes=False``: uint8 rows)."""
-        return self._counter.state_ids(as_bytes=as_bytes)
+        return self._counter.state_bytes() if as_bytes else self._counter.state_ids()
 
     @property
     def raw_states(self):
@@ -184,8 +167,8 @@ def build_efficiency_model(
     )
 
 
-def _layer(name: str, kind: str, axis: int, storage: Path | None) -> EfficiencyLayer:
-    full = f"{sanitize_name(name)}_{kind}_states"
+def _layer(name: str, side: Side, axis: int, storage: Path | None) -> EfficiencyLayer:
+    full = capture_name(name, side)
     return EfficiencyLayer(full, axis, None if storage is None else storage / f"{full}.zarr")
 
 
@@ -201,18 +184,20 @@ def _torch_model(module, attach, exclude, method, storage, axes) -> EfficiencyMo
     _report_unknown(attach, exclude, modules, {type(m).__name__ for m in modules.values()})
     if not chosen:
         raise LayerNotFoundError(f"{attach} matched no module once {exclude} were excluded")
+    from exporters.from_torch import module_axis  # the torch exporter owns module axes
+
     layers: list[EfficiencyLayer] = []
     handles = []
     for path, m in chosen:
         # Inputs and outputs of one module keep their neurons on the same axis; hooks see
         # no graph, so modules whose class does not say use the channel axis 1.
-        axis = axes.get(path, torch_module_axis(type(m).__name__) or 1)
+        axis = axes.get(path, module_axis(type(m).__name__) or 1)
         if method in ("before", "both"):
-            pre = _layer(path, "pre", axis, storage)
+            pre = _layer(path, "before", axis, storage)
             handles.append(m.register_forward_pre_hook(_pre_hook(pre)))
             layers.append(pre)
         if method in ("after", "both"):
-            post = _layer(path, "post", axis, storage)
+            post = _layer(path, "after", axis, storage)
             handles.append(m.register_forward_hook(_post_hook(post)))
             layers.append(post)
     return EfficiencyModel(layers, _TorchRunner(module), handles)
@@ -259,18 +244,18 @@ class _TorchRunner:
 
 
 def _onnx_model(model, attach, exclude, method, storage, axes, session) -> EfficiencyModel:
-    from onnx_state.analysis import Instrumented
-
-    inst = Instrumented(model, attach, exclude, method, axes, **session)
+    inst = Instrumented(
+        model, attach_to=attach, exclude=exclude, method=method, neuron_axes=axes, **session
+    )
     layers = [
         EfficiencyLayer(c.name, c.axis, None if storage is None else storage / f"{c.name}.zarr")
         for c in inst.captures
     ]
     pairs = [(layer, c.tensor) for layer, c in zip(layers, inst.captures)]
 
-    def consume(batch: dict[str, np.ndarray], captured: dict[str, np.ndarray]) -> None:
+    def consume(run: BatchRun) -> None:
         for layer, tensor in pairs:
-            layer.update(captured[tensor])
+            layer.update(run.captured[tensor])
 
     def run(x: Any, batch_size: int) -> np.ndarray:
         outs = [finals[0] for _, finals in inst.stream(x, batch_size, consume, progress=False)]

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from onnx_state import metrics
+from onnx_state import metrics, store
+from onnx_state.count.counter import ids_from_words, sort_states
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
 
 __all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "StateMetrics", "States"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = store.SCHEMA_VERSION
+# LayerResult attributes the store keeps per layer, in its schema's order.
+_LAYER_ATTRS = (
+    "name", "tensor", "layer", "layer_type", "op_type", "kind", "neurons", "axis",
+    "state_count", "nan_count",
+)  # fmt: skip
 
 
 class StateMetrics:
@@ -76,8 +83,7 @@ class States:
     def sorted(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids uint8 [n, n_bytes], counts int64 [n]) ascending by state."""
         if self._ids is None:
-            from onnx_state.counter import ids_from_words, sort_states
-
+            assert self._words is not None  # deferred states keep their words until sorted
             words, counts = sort_states(self._words, self._counts)
             self._ids, self._counts = ids_from_words(words, self._n_bytes), counts
             self._words = None
@@ -135,9 +141,13 @@ class LayerResult(StateMetrics):
         """Occurrences of each observed state, in state_ids order."""
         return self.state_counts
 
-    def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
-        """Observed packed states (uint8 rows, or bytes), ascending by their integer value."""
-        return [r.tobytes() for r in self.ids] if as_bytes else self.ids
+    def state_ids(self) -> np.ndarray:
+        """Observed packed states as uint8 rows, ascending by their integer value."""
+        return self.ids
+
+    def state_bytes(self) -> list[bytes]:
+        """The rows of ``state_ids()`` as bytes (TensorState's form)."""
+        return [r.tobytes() for r in self.ids]
 
     def summary(self) -> dict[str, Any]:
         """Attributes and headline metrics, JSON-ready (no state arrays)."""
@@ -218,17 +228,42 @@ class Analysis:
             "layers": [r.summary() for r in self.layers],
         }
 
-    def save(self, path: str, overwrite: bool = False) -> None:
-        """Write the results store (a zarr group) atomically; see README 'Results store'."""
-        from onnx_state.store import save_analysis
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write the results store (a zarr group) atomically; see README 'Results store'.
 
-        save_analysis(self, path, overwrite=overwrite)
+        Parameters
+        ----------
+        path:
+            The store's folder; it must not exist unless *overwrite* is true.
+        overwrite:
+            Replace an existing results store (never any other folder).
+        """
+        attrs = {k: v for k, v in self.to_dict().items() if k != "layers"}
+        attrs["layer_order"] = [r.name for r in self.layers]
+        layers = [
+            store.StoredLayer({k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted())
+            for r in self.layers
+        ]
+        store.write_store(path, attrs, layers, overwrite=overwrite)
 
     @classmethod
-    def load(cls, path: str) -> Analysis:
-        from onnx_state.store import load_analysis
-
-        return load_analysis(path)
+    def load(cls, path: str | os.PathLike[str]) -> Analysis:
+        """Read a results store written by ``save``, checking its schema and completeness."""
+        attrs, stored = store.read_store(path)
+        layers = [
+            LayerResult(**{k: s.attrs[k] for k in _LAYER_ATTRS}, states=States(s.ids, s.counts))
+            for s in stored
+        ]
+        return cls(
+            layers=layers,
+            n_samples=attrs["n_samples"],
+            model_sha256=attrs["model_sha256"],
+            data_fingerprint=attrs["data_fingerprint"],
+            accuracy=attrs.get("accuracy"),
+            parity_max_abs_diff=attrs.get("parity_max_abs_diff"),
+            onnx_state_version=attrs.get("onnx_state_version", ""),
+            schema_version=attrs["schema_version"],
+        )
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""

@@ -18,29 +18,32 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state import runtime
-from onnx_state.analysis import Instrumented, labels_array
-from onnx_state.errors import InputError, StoreError
+from onnx_state.capture import BatchRun, Instrumented, Method, Optimization, Rows, load_array
+from onnx_state.errors import InputError, StoreError, did_you_mean
+from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
 
 __all__ = [
     "FORMULAS",
     "SeparationResult",
+    "first_classes",
     "henze_penrose",
     "permutation_test",
     "separation",
     "separation_tests",
+    "tests_table",
 ]
 
-FORMULAS = ("friedman_rafsky", "source")
+Formula = Literal["friedman_rafsky", "source"]
+FORMULAS: tuple[Formula, ...] = ("friedman_rafsky", "source")
 SCHEMA = "onnx_state.separation"
 SCHEMA_VERSION = 1
 
@@ -111,8 +114,6 @@ class SeparationResult:
         if split not in self.cross:
             raise InputError(f"no {split!r} split here; this result has {', '.join(self.cross)}")
         if layer not in self.cross[split]:
-            from onnx_state.errors import did_you_mean
-
             raise InputError(f"no layer {layer!r}." + did_you_mean(layer, self.layers))
         return self.cross[split][layer]
 
@@ -190,29 +191,26 @@ def _choose(y: np.ndarray, classes: list, n: int | None, draw: str, seed: int) -
     return chosen
 
 
-def _features(inst: Instrumented, data: Any, index: np.ndarray, batch_size: int, with_input: bool):
+def _features(
+    inst: Instrumented, data: Any, index: np.ndarray, batch_size: int, with_input: bool
+) -> dict[str, np.ndarray]:
     """Flattened captured tensors (and the input) of the chosen samples, per capture name."""
-    mapping = data if isinstance(data, dict) else {inst.specs[0].name: data}
+    mapping = data if isinstance(data, Mapping) else {inst.specs[0].name: data}
+    rows = {k: Rows(v, index) for k, v in mapping.items()}
     feats: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(index), batch_size):
-        sel = index[start : start + batch_size]
-        batch = {k: np.ascontiguousarray(_take(v, sel)) for k, v in mapping.items()}
-        runtime.check_batch(batch, inst.specs)
-        _, captured = inst.run(batch)
+
+    def consume(run: BatchRun) -> None:
+        n = len(next(iter(run.batch.values())))
         if with_input:
-            for k, v in batch.items():
-                feats.setdefault(f"input:{k}", []).append(v.reshape(len(sel), -1))
+            for k, v in run.batch.items():
+                feats.setdefault(f"input:{k}", []).append(v.reshape(n, -1))
         for c in inst.captures:
-            t = captured[c.tensor]
-            feats.setdefault(c.name, []).append(t.reshape(len(sel), -1).astype(np.float32))
+            t = run.captured[c.tensor]
+            feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
+
+    for _ in inst.stream(rows, batch_size, consume, progress=False):
+        pass
     return {k: np.concatenate(v) for k, v in feats.items()}
-
-
-def _take(array: Any, index: np.ndarray) -> np.ndarray:
-    """Rows *index* of a numpy, memory-mapped or zarr array."""
-    if hasattr(array, "oindex"):  # zarr: orthogonal selection
-        return np.asarray(array.oindex[index])
-    return np.asarray(array[index])
 
 
 def _pair_counts(f: np.ndarray, groups: list[np.ndarray], max_bytes: int) -> np.ndarray:
@@ -244,34 +242,66 @@ def _pca2(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 
 def separation(
-    model: str | os.PathLike | ModelProto,
+    model: str | os.PathLike[str] | ModelProto,
     data: Any,
+    *,
     labels: Any,
     attach_to: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str = (),
+    method: Method = "after",
+    neuron_axes: Mapping[str, int] | None = None,
     samples_per_class: int | None = 100,
     test_data: Any = None,
     test_labels: Any = None,
-    exclude: Sequence[str] | str = (),
-    method: str = "after",
-    draw: str = "first",
+    draw: Literal["first", "random"] = "first",
     seed: int = 0,
     include_input: bool = True,
     batch_size: int = 200,
     max_matrix_bytes: int = 1 << 30,
     pca_pair: tuple[int, int] | None = None,
-    **session: Any,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization: Optimization = "all",
 ) -> SeparationResult:
     """Henze–Penrose separation of every class pair at every captured layer.
 
-    *data* / *test_data* are arrays (or paths, or dicts of arrays) with random access;
-    *samples_per_class* None uses every sample. *pca_pair* (two class labels) keeps a 2-D
-    PCA projection of that pair at each layer for plotting.
+    Parameters
+    ----------
+    model:
+        A .onnx path or a ModelProto.
+    data, labels:
+        Training inputs with random access (arrays, paths, or dicts of arrays) and their
+        class labels.
+    attach_to, exclude, method, neuron_axes:
+        The layers (as for ``analyze``); each output is flattened, so neuron axes only
+        need to be valid.
+    samples_per_class:
+        Samples drawn per class; None uses every sample.
+    test_data, test_labels:
+        A second split, measured the same way.
+    draw:
+        The first *samples_per_class* of each class, or a seeded random draw.
+    seed:
+        Seed of the random draw.
+    include_input:
+        Measure the raw input as a layer too.
+    batch_size:
+        Samples per run.
+    max_matrix_bytes:
+        Largest distance matrix kept in memory (see README, "Class separation").
+    pca_pair:
+        Two class labels whose 2-D PCA projection is kept at each layer, for plotting.
+    providers, threads, optimization:
+        The onnxruntime session (as for ``analyze``).
     """
     if draw not in ("first", "random"):
         raise InputError(f"draw must be 'first' or 'random', got {draw!r}")
     if samples_per_class is not None and samples_per_class < 2:
         raise InputError(f"samples_per_class must be at least 2, got {samples_per_class}")
-    inst = Instrumented(model, attach_to, exclude, method, **session)
+    inst = Instrumented(
+        model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
+        providers=providers, threads=threads, optimization=optimization,
+    )  # fmt: skip
     splits = {"train": (data, labels)}
     if test_data is not None:
         if test_labels is None:
@@ -283,7 +313,7 @@ def separation(
     pca: dict[str, Any] = {}
     names: list[str] = []
     for split, (x, y) in splits.items():
-        x = runtime.load_array(x) if isinstance(x, (str, os.PathLike)) else x
+        x = load_array(x) if isinstance(x, (str, os.PathLike)) else x
         y = labels_array(y)
         n_data = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
         if len(y) != n_data:
@@ -344,3 +374,21 @@ def separation_tests(
 def _test_row(a: str, b: str, va: np.ndarray, vb: np.ndarray, diff: float, p: float) -> dict:
     return {"a": a, "b": b, "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
             "diff": diff, "p": p, "pairs": len(va)}  # fmt: skip
+
+
+def tests_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The table ``separation-test`` prints for ``separation_tests`` rows."""
+    lines = [f"{'A':28s} {'B':28s} {'mean A':>8s} {'mean B':>8s} {'diff':>8s} {'p':>8s}"]
+    for r in rows:
+        lines.append(f"{r['a'][:28]:28s} {r['b'][:28]:28s} {r['mean_a']:8.4f} {r['mean_b']:8.4f} "
+                     f"{r['diff']:+8.4f} {r['p']:8.4f}")  # fmt: skip
+    lines.append("class pairs share classes, so they are not independent: read p as a guide")
+    return "\n".join(lines)
+
+
+def first_classes(labels: Any, n: int = 2) -> tuple[int, int]:
+    """The two smallest class labels in *labels* (the default pair for PCA plots)."""
+    found = sorted(np.unique(labels_array(labels)).tolist())[:n]
+    if len(found) < 2:
+        raise InputError(f"separation needs at least two classes, found {found}")
+    return found[0], found[1]

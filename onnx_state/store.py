@@ -20,23 +20,45 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from onnx_state.errors import InputError, StoreError
-from onnx_state.results import SCHEMA_VERSION, Analysis, LayerResult, States
 
-__all__ = ["load_analysis", "save_analysis"]
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "StoredLayer", "read_store", "write_store"]
 
 SCHEMA = "onnx_state.analysis"
-_LAYER_ATTRS = (
-    "name", "tensor", "layer", "layer_type", "op_type", "kind", "neurons", "axis",
-    "state_count", "nan_count",
-)  # fmt: skip
+SCHEMA_VERSION = 1
 
 
-def save_analysis(analysis: Analysis, path: str | os.PathLike, overwrite: bool = False) -> None:
-    """Write *analysis* to a zarr group at *path*, atomically."""
+class StoredLayer(NamedTuple):
+    """One layer as the store keeps it: its attributes, state ids and counts."""
+
+    attrs: dict[str, Any]
+    ids: np.ndarray  # uint8 [n_unique, ceil(neurons / 8)], ascending
+    counts: np.ndarray  # int64 [n_unique]
+
+
+def write_store(
+    path: str | os.PathLike[str],
+    attrs: dict[str, Any],
+    layers: list[StoredLayer],
+    overwrite: bool = False,
+) -> None:
+    """Write a results store at *path*, atomically.
+
+    Parameters
+    ----------
+    path:
+        The store's folder.
+    attrs:
+        Root attributes (schema, version and completeness are added here).
+    layers:
+        One entry per layer, in order.
+    overwrite:
+        Replace an existing results store (never any other folder).
+    """
     import zarr
 
     target = Path(path).absolute()
@@ -49,16 +71,14 @@ def save_analysis(analysis: Analysis, path: str | os.PathLike, overwrite: bool =
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
         root = zarr.open_group(str(tmp), mode="w")
-        for i, layer in enumerate(analysis.layers):
+        for i, layer in enumerate(layers):
             g = root.create_group(f"layers/{i}")
-            g.attrs.update({k: _plain(getattr(layer, k)) for k in _LAYER_ATTRS})
-            ids = layer.state_ids()
-            ids = ids.reshape(len(ids), max(1, (layer.neurons + 7) // 8))
+            g.attrs.update({k: _plain(v) for k, v in layer.attrs.items()})
+            ids = layer.ids.reshape(len(layer.ids), max(1, (layer.attrs["neurons"] + 7) // 8))
             g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
-            g.create_array("counts", data=np.ascontiguousarray(layer.counts(), dtype=np.int64))
-        attrs = {k: v for k, v in analysis.to_dict().items() if k != "layers"}
-        attrs.update(schema=SCHEMA, layer_order=[r.name for r in analysis.layers], complete=True)
-        root.attrs.update({k: _plain(v) for k, v in attrs.items()})
+            g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
+        full = {**attrs, "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": True}
+        root.attrs.update({k: _plain(v) for k, v in full.items()})
         if target.exists():
             old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
             target.rename(old)
@@ -71,8 +91,9 @@ def save_analysis(analysis: Analysis, path: str | os.PathLike, overwrite: bool =
             shutil.rmtree(tmp)
 
 
-def load_analysis(path: str | os.PathLike) -> Analysis:
-    """Read a store written by save_analysis, checking schema and completeness."""
+def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[StoredLayer]]:
+    """(root attributes, layers) of a store written by write_store, checking its schema
+    and completeness."""
     import zarr
 
     source = Path(path)
@@ -97,23 +118,9 @@ def load_analysis(path: str | os.PathLike) -> Analysis:
     layers = []
     for i in range(len(attrs["layer_order"])):
         g = root[f"layers/{i}"]
-        a = dict(g.attrs)
-        layers.append(
-            LayerResult(
-                **{k: a[k] for k in _LAYER_ATTRS},
-                states=States(np.asarray(g["state_ids"][:]), np.asarray(g["counts"][:])),
-            )
-        )
-    return Analysis(
-        layers=layers,
-        n_samples=attrs["n_samples"],
-        model_sha256=attrs["model_sha256"],
-        data_fingerprint=attrs["data_fingerprint"],
-        accuracy=attrs.get("accuracy"),
-        parity_max_abs_diff=attrs.get("parity_max_abs_diff"),
-        onnx_state_version=attrs.get("onnx_state_version", ""),
-        schema_version=attrs["schema_version"],
-    )
+        ids, counts = np.asarray(g["state_ids"][:]), np.asarray(g["counts"][:])
+        layers.append(StoredLayer(dict(g.attrs), ids, counts))
+    return attrs, layers
 
 
 def _is_store(path: Path) -> bool:
@@ -127,7 +134,7 @@ def _is_store(path: Path) -> bool:
         return False
 
 
-def _plain(value):
+def _plain(value: Any) -> Any:
     """JSON-safe scalars for zarr attributes."""
     if isinstance(value, np.generic):
         return value.item()

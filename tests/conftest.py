@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from onnx_state.capture import load_array
 from onnx_state.data import example_paths
-from onnx_state.runtime import load_array
 
 
 @pytest.fixture(scope="session")

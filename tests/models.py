@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_state.graph import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
+from onnx_state.capture.metadata import META_LAYER_NAME, META_LAYER_TYPE, META_NEURON_AXIS
 
 OPSET = [helper.make_opsetid("", 17)]
 

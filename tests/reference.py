@@ -70,3 +70,10 @@ def kruskal_cross_edges(x: np.ndarray, side: np.ndarray) -> tuple[int, float]:
             if used == n - 1:
                 break
     return s, total
+
+
+def assert_states(counter, ids: np.ndarray, counts: np.ndarray) -> None:
+    """*counter* (a StateCounter or a result) holds exactly these states and counts."""
+    np.testing.assert_array_equal(counter.state_ids(), ids)
+    np.testing.assert_array_equal(counter.counts(), counts)
+    assert counter.state_count == int(np.sum(counts))

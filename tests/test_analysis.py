@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import onnx_state
-from onnx_state import runtime, store
+from onnx_state import capture, store
 from onnx_state.errors import InputError, StoreError
 from tests.models import conv_net, conv_net_reference, int_data, make_model
 from tests.reference import reference_counts
@@ -88,7 +88,7 @@ def test_gemm_layer_and_accuracy(net):
     assert a.accuracy == pytest.approx(np.mean(np.argmax(y, 1) == labels), abs=1e-15)
     assert a.aiq(2) == pytest.approx((a.network_efficiency() * a.accuracy**2) ** (1 / 3), abs=1e-12)
     onehot = np.eye(4)[labels]
-    assert onnx_state.analyze(model, x, "Gemm", labels=onehot).accuracy == a.accuracy
+    assert onnx_state.analyze(model, x, attach_to="Gemm", labels=onehot).accuracy == a.accuracy
 
 
 def test_every_data_source_gives_the_same_result(net, tmp_path):
@@ -108,7 +108,7 @@ def test_every_data_source_gives_the_same_result(net, tmp_path):
         (x[i : i + 9] for i in range(0, len(x), 9)),
         [{"x": x[:30]}, {"x": x[30:]}],
     ]
-    results = [onnx_state.analyze(model, s, "Conv", batch_size=11) for s in sources]
+    results = [onnx_state.analyze(model, s, attach_to="Conv", batch_size=11) for s in sources]
     first = results[0]
     for r in results[1:]:
         np.testing.assert_array_equal(r.layers[0].counts(), first.layers[0].counts())
@@ -139,20 +139,20 @@ def test_every_data_source_gives_the_same_result(net, tmp_path):
 def test_input_mismatches_say_exactly_what_is_wrong(net, data, message):
     model = net[0]
     with pytest.raises(InputError) as err:
-        onnx_state.analyze(model, data, "Conv")
+        onnx_state.analyze(model, data, attach_to="Conv")
     assert message in str(err.value)
 
 
 def test_pickled_npz_is_refused(tmp_path, net):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="object arrays are refused"):
-        onnx_state.analyze(net[0], tmp_path / "o.npy", "Conv")
+        onnx_state.analyze(net[0], tmp_path / "o.npy", attach_to="Conv")
 
 
 def test_label_count_mismatch(net):
     model, _, x, _ = net
     with pytest.raises(InputError, match="labels"):
-        onnx_state.analyze(model, x, "Conv", labels=np.zeros(10, int))
+        onnx_state.analyze(model, x, attach_to="Conv", labels=np.zeros(10, int))
 
 
 def test_nan_activations_warn_with_their_count(net):
@@ -160,13 +160,13 @@ def test_nan_activations_warn_with_their_count(net):
     bad = x.copy()
     bad[0, 0, 0, 0] = np.nan
     with pytest.warns(RuntimeWarning, match=r"\d+ NaN activations"):
-        a = onnx_state.analyze(model, bad, "Conv", method="before")
+        a = onnx_state.analyze(model, bad, attach_to="Conv", method="before")
     assert a.layers[0].nan_count == 1
 
 
 def test_save_and_load_round_trip(net, tmp_path):
     model, _, x, _ = net
-    a = onnx_state.analyze(model, x, ["Conv", "MatMul"], labels=np.zeros(53, int))
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"], labels=np.zeros(53, int))
     a.save(tmp_path / "r.zarr")
     b = onnx_state.Analysis.load(tmp_path / "r.zarr")
     assert b.to_dict() == a.to_dict()
@@ -183,7 +183,7 @@ def test_save_and_load_round_trip(net, tmp_path):
 
 def test_interrupted_save_leaves_nothing_that_loads(net, tmp_path, monkeypatch):
     model, _, x, _ = net
-    a = onnx_state.analyze(model, x, "Conv")
+    a = onnx_state.analyze(model, x, attach_to="Conv")
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -198,7 +198,7 @@ def test_incomplete_or_foreign_stores_are_refused(net, tmp_path):
     import zarr
 
     model, _, x, _ = net
-    onnx_state.analyze(model, x, "Conv").save(tmp_path / "ok.zarr")
+    onnx_state.analyze(model, x, attach_to="Conv").save(tmp_path / "ok.zarr")
     shutil.copytree(tmp_path / "ok.zarr", tmp_path / "partial.zarr")
     g = zarr.open_group(str(tmp_path / "partial.zarr"), mode="r+")
     g.attrs["complete"] = False
@@ -218,16 +218,16 @@ def test_incomplete_or_foreign_stores_are_refused(net, tmp_path):
 @pytest.mark.parametrize("level", ["disable", "basic", "extended", "all"])
 def test_optimization_levels_give_the_same_states(net, level):
     model, _, x, ref = net
-    a = onnx_state.analyze(model, x, "Relu", optimization=level)
+    a = onnx_state.analyze(model, x, attach_to="Relu", optimization=level)
     check_layer(a.layers[0], ref["r"], 1)
 
 
 def test_unknown_provider_and_optimization_level(net):
     model, _, x, _ = net
     with pytest.raises(InputError, match="not available"):
-        onnx_state.analyze(model, x, "Conv", providers=["NopeExecutionProvider"])
+        onnx_state.analyze(model, x, attach_to="Conv", providers=["NopeExecutionProvider"])
     with pytest.raises(InputError, match="optimization"):
-        onnx_state.analyze(model, x, "Conv", optimization="max")
+        onnx_state.analyze(model, x, attach_to="Conv", optimization="max")
 
 
 def test_large_model_path_with_external_data(net, tmp_path, monkeypatch):
@@ -236,8 +236,8 @@ def test_large_model_path_with_external_data(net, tmp_path, monkeypatch):
     saved = onnx.ModelProto()
     saved.CopyFrom(model)  # onnx.save turns the proto's own tensors into references
     onnx.save(saved, path, save_as_external_data=True, location="ext.bin", size_threshold=0)
-    monkeypatch.setattr(runtime, "LARGE_MODEL_BYTES", 10)  # force the over-2-GB code path
-    a = onnx_state.analyze(path, x, "Relu")
+    monkeypatch.setattr(capture.load, "LARGE_MODEL_BYTES", 10)  # force the over-2-GB code path
+    a = onnx_state.analyze(path, x, attach_to="Relu")
     check_layer(a.layers[0], ref["r"], 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ext.bin", "ext.onnx"]
 
@@ -249,8 +249,8 @@ def test_bundled_torch_export_matches_plain_onnxruntime_outputs():
     from onnx_state.data import example_paths
 
     model_path, data, _labels = example_paths()
-    x = runtime.load_array(data)[:300]
-    a = onnx_state.analyze(model_path, x, ["Conv2d", "Linear"], batch_size=64)
+    x = capture.load_array(data)[:300]
+    a = onnx_state.analyze(model_path, x, attach_to=["Conv2d", "Linear"], batch_size=64)
     model = onnx.load(model_path)
     wanted = [n.output[0] for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
     for name in wanted[:-1]:  # the Gemm output is already a graph output
@@ -266,9 +266,9 @@ def test_bundled_torch_export_matches_plain_onnxruntime_outputs():
 
 def test_keep_outputs_returns_the_final_outputs_in_order(net):
     model, _, x, ref = net
-    a = onnx_state.analyze(model, x, "Conv", batch_size=10, keep_outputs=True)
+    a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, keep_outputs=True)
     np.testing.assert_allclose(a.outputs[0], ref["y"], rtol=0, atol=1e-4)
-    assert onnx_state.analyze(model, x, "Conv").outputs is None
+    assert onnx_state.analyze(model, x, attach_to="Conv").outputs is None
 
 
 def test_states_are_sorted_only_when_asked_and_metrics_do_not_change(net):
@@ -310,16 +310,17 @@ def test_metrics_do_not_depend_on_the_order_of_the_counts():
 
 
 def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled):
-    from onnx_state import graph
+    from onnx_state import capture
+    from onnx_state.capture.index import _fully_declared as fully_declared
 
-    model = graph.load_model(bundled[0])
-    assert graph._fully_declared(model.graph)  # torch.onnx declares every node output
+    model = capture.load_model(bundled[0])
+    assert fully_declared(model.graph)  # torch.onnx declares every node output
     bare = onnx.ModelProto()
     bare.CopyFrom(model)
     del bare.graph.value_info[:]
-    assert not graph._fully_declared(bare.graph)
-    a = graph.select_captures(model, None, (), "both", None)
-    b = graph.select_captures(bare, None, (), "both", None)
+    assert not fully_declared(bare.graph)
+    a = capture.select_captures(model, None, (), "both", None)
+    b = capture.select_captures(bare, None, (), "both", None)
     assert [(c.name, c.tensor, c.axis) for c in a] == [(c.name, c.tensor, c.axis) for c in b]
 
     def outputs(m):  # static dims only: inference names free dims unk__N, torch "batch"
@@ -332,14 +333,14 @@ def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled):
             for o in m.graph.output
         ]
 
-    assert outputs(graph.add_outputs(model, a)) == outputs(graph.add_outputs(bare, b))
+    assert outputs(capture.add_outputs(model, a)) == outputs(capture.add_outputs(bare, b))
 
 
 def test_parity_reports_the_largest_difference_of_the_final_outputs(net):
     model, _, x, _ = net
-    inst = onnx_state.analysis.Instrumented(model, attach_to="Conv")
+    inst = onnx_state.capture.Instrumented(model, attach_to="Conv")
     batch = {"x": x[:5]}
-    finals, _ = inst.run(batch)
+    finals = inst.run(batch).outputs
     assert inst.parity(batch) == 0.0
     assert inst.parity(batch, finals) == 0.0
     shifted = [f.copy() for f in finals]

@@ -46,7 +46,7 @@ def test_analyze_json_equals_the_python_api(files):
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
     want = onnx_state.analyze(
-        path / "m.onnx", x, ["Conv", "fc"], labels=np.arange(40) % 5
+        path / "m.onnx", x, attach_to=["Conv", "fc"], labels=np.arange(40) % 5
     ).to_dict()
     assert got == json.loads(json.dumps(want))
     assert list(got) == sorted(got)

@@ -175,10 +175,10 @@ def test_novelty_rises_for_shifted_data_and_equals_a_set_reference(bundled, tmp_
             assert s.novelty > 3 * h.novelty, (name, h.novelty, s.novelty)
             assert s.js_divergence > h.js_divergence
     # pred has one state per sample: per-sample novelty is membership, checked with a set
-    from onnx_state.analysis import Instrumented
+    from onnx_state.capture import Instrumented
 
-    inst = Instrumented(model, ["Linear"])
-    _, cap = inst.run({"x": x[1000:1400]})
+    inst = Instrumented(model, attach_to=["Linear"])
+    cap = inst.run({"x": x[1000:1400]}).captured
     states = reference_states(cap[inst.captures[0].tensor], 1)
     known = {r.tobytes() for r in ref.layer("pred").state_ids()}
     novel = np.array([r.tobytes() not in known for r in states])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnx_state.counter import StateCounter
+from onnx_state.count import StateCounter, count_states
 from onnx_state.errors import DTypeError, InputError
 from tests.reference import reference_counts, reference_states, unique_rows
 
@@ -48,7 +48,7 @@ def tensors(draw, max_neurons=1100):
 @given(tensors(), st.integers(1, 3))
 def test_counter_equals_reference(case, threads):
     x, axis = case
-    counter = StateCounter(threads=threads).update(x, axis=axis)
+    counter = count_states(x, axis, threads=threads)
     ids, counts = reference_counts(x, axis)
     if x.size == 0:
         assert counter.state_count == 0
@@ -110,7 +110,7 @@ def test_bit_order_and_state_order_are_tensorstate_s():
         ]
     )
     counter = StateCounter().update(x)
-    assert counter.state_ids(as_bytes=True) == [b"\x01\x00", b"\x02\x00", b"\x00\x01"]
+    assert counter.state_bytes() == [b"\x01\x00", b"\x02\x00", b"\x00\x01"]
     np.testing.assert_array_equal(counter.counts(), [1, 1, 1])
 
 
@@ -129,7 +129,7 @@ def test_nan_is_not_firing_and_counted():
     x = np.array([[np.nan, 1.0], [np.nan, np.nan]], dtype=np.float16)
     counter = StateCounter().update(x)
     assert counter.nan_count == 3
-    assert counter.state_ids(as_bytes=True) == [b"\x00", b"\x02"]
+    assert counter.state_bytes() == [b"\x00", b"\x02"]
 
 
 def test_float16_edge_values():
@@ -146,9 +146,9 @@ def test_raw_states_round_trip_for_any_batch_sizes(tmp_path, compressor, on_disk
     rng = np.random.default_rng(3)
     x = rng.standard_normal((37, 11, 3, 2)).astype(np.float32)
     record = tmp_path / "raw.zarr" if on_disk else True
-    counter = StateCounter(record=record, compressor=compressor, chunk_states=16, threads=2)
+    counter = StateCounter(record=record, compressor=compressor, chunk_states=16)
     for a, b in [(0, 5), (5, 5), (5, 6), (6, 30), (30, 37)]:
-        counter.update(x[a:b])
+        count_states(x[a:b], threads=2, counter=counter)  # recorded in order on any threads
     expected = reference_states(x, 1)
     np.testing.assert_array_equal(np.asarray(counter.raw_states[:]), expected)
     np.testing.assert_array_equal(counter.states(), np.moveaxis(x > 0, 1, -1).reshape(-1, 11))
@@ -161,8 +161,8 @@ def test_raw_states_round_trip_for_any_batch_sizes(tmp_path, compressor, on_disk
 def test_threads_do_not_change_results_on_large_batches():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((64, 20, 30, 30)) > 0.8).astype(np.float32)
-    one = StateCounter(threads=1).update(x)
-    two = StateCounter(threads=2).update(x)
+    one = StateCounter().update(x)
+    two = count_states(x, threads=2)
     np.testing.assert_array_equal(one.state_ids(), two.state_ids())
     np.testing.assert_array_equal(one.counts(), two.counts())
 
@@ -195,7 +195,7 @@ def test_states_without_recording_is_an_error():
 
 
 def test_dense_tables_refuse_states_with_bits_above_the_last_neuron():
-    from onnx_state._counter import StateTable
+    from onnx_state.count._counter import StateTable
 
     table = StateTable(5)  # a dense table: 32 entries indexed by the state itself
     keys = np.array([[3], [1 << 5]], dtype=np.uint64)
@@ -204,64 +204,13 @@ def test_dense_tables_refuse_states_with_bits_above_the_last_neuron():
     assert table.n_unique == 0 and table.state_count == 0
 
 
-@pytest.mark.parametrize("neurons", [6, 40, 90])  # dense, hashed one-word, wide tables
-@pytest.mark.parametrize("threads", [2, 3])
-def test_thread_tables_fold_in_before_every_read(monkeypatch, neurons, threads):
-    import onnx_state.counter as counter_module
-
-    monkeypatch.setattr(counter_module, "_MIN_VALUES_PER_THREAD", 1)  # split small batches
-    rng = np.random.default_rng(neurons + threads)
-    batches = [rng.choice([-1.0, 0.0, 1.0], (5 + i, neurons, 4)) for i in range(4)]
-    c = StateCounter(threads=threads)
-    seen = []
-    for i, b in enumerate(batches):
-        c.update(b)
-        seen.append(b)
-        if i == 1:  # a read in the middle folds; counting goes on afterwards
-            assert_matches(c, *reference_counts(np.concatenate(seen), 1))
-    assert len(c._helpers) == threads - 1  # the last batches sit in the thread tables
-    copy = pickle.loads(pickle.dumps(c))
-    merged = StateCounter().merge(c)
-    for counter in (c, copy, merged):
-        assert_matches(counter, *reference_counts(np.concatenate(batches), 1))
-        assert counter.nan_count == 0
-
-
 def test_wide_tables_refuse_bits_above_the_last_neuron():
-    from onnx_state._counter import StateTable
+    from onnx_state.count._counter import StateTable
 
     table = StateTable(70)  # two words, 6 bits used in the second
     keys = np.array([[1, 1 << 6]], dtype=np.uint64)
     with pytest.raises(ValueError, match="above neuron 69"):
         table.add_counts(keys, np.ones(1, np.int64))
-
-
-def test_a_failing_thread_does_not_leave_others_writing():
-    import threading
-    import time
-    from concurrent.futures import ThreadPoolExecutor
-
-    import onnx_state.counter as counter_module
-
-    done = threading.Event()
-
-    class Table:
-        def __init__(self, action):
-            self.add = action
-
-    def slow(x, rec):
-        time.sleep(0.2)
-        done.set()
-
-    def fail(x, rec):
-        raise MemoryError("out of memory")
-
-    tables = [Table(lambda x, rec: None), Table(fail), Table(slow)]
-    parts = [np.zeros((1, 1, 1), np.float32)] * 3
-    with ThreadPoolExecutor(2) as pool:  # checked before the pool's own shutdown waits
-        with pytest.raises(MemoryError):
-            counter_module._add_parallel(pool, tables, parts, None)
-        assert done.is_set()  # returned only after every thread finished with its table
 
 
 def test_a_table_that_ran_out_of_memory_refuses_to_be_read():
@@ -274,7 +223,7 @@ def test_a_table_that_ran_out_of_memory_refuses_to_be_read():
     code = textwrap.dedent(
         """
         import resource, numpy as np
-        from onnx_state._counter import StateTable
+        from onnx_state.count._counter import StateTable
         keys = np.arange(1, 4_000_001, dtype=np.uint64).reshape(-1, 1) * np.uint64(7919)
         t = StateTable(50)
         vm = [l for l in open("/proc/self/status") if l.startswith("VmSize")][0]

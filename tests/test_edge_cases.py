@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper
 
 import onnx_state
-from onnx_state import graph, metrics, runtime
+from onnx_state import capture, metrics
 from onnx_state.cli import main
 from onnx_state.compare import compare
-from onnx_state.counter import StateCounter
+from onnx_state.count import StateCounter
 from onnx_state.errors import InputError
 from onnx_state.mst import cross_edges
 from tests.models import conv_net, int_data, make_model, tag
@@ -25,8 +25,8 @@ from tests.reference import reference_counts, reference_renyi, reference_states
 
 def test_label_columns_are_indices_not_one_hot(bundled):
     model, x, y = bundled
-    a = onnx_state.analyze(model, x[:300], "Linear", labels=y[:300])
-    b = onnx_state.analyze(model, x[:300], "Linear", labels=y[:300, None])
+    a = onnx_state.analyze(model, x[:300], attach_to="Linear", labels=y[:300])
+    b = onnx_state.analyze(model, x[:300], attach_to="Linear", labels=y[:300, None])
     assert a.accuracy == b.accuracy > 0.9
 
 
@@ -37,7 +37,9 @@ def test_accuracy_needs_class_scores():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
     )
     with pytest.raises(InputError, match="class scores of shape"):
-        onnx_state.analyze(model, np.ones((4, 3), np.float32), ["s"], labels=np.zeros(4, int))
+        onnx_state.analyze(
+            model, np.ones((4, 3), np.float32), attach_to=["s"], labels=np.zeros(4, int)
+        )
 
 
 def test_a_module_called_twice_gives_two_layers():
@@ -54,7 +56,7 @@ def test_a_module_called_twice_gives_two_layers():
         [helper.make_tensor_value_info("r2", TensorProto.FLOAT, ["N", 2, 3, 3])],
         [("W", w)],
     )
-    caps = graph.select_captures(model, ["ReLU"], method="both")
+    caps = capture.select_captures(model, ["ReLU"], method="both")
     assert [(c.name, c.tensor) for c in caps] == [
         ("act_pre_states", "c1"), ("act_post_states", "r1"),
         ("act_1_pre_states", "c2"), ("act_1_post_states", "r2"),
@@ -67,12 +69,12 @@ def test_external_data_counts_towards_the_large_model_limit(tmp_path, monkeypatc
     saved = onnx.ModelProto()
     saved.CopyFrom(model)  # onnx.save turns the proto's own tensors into references
     onnx.save(saved, path, save_as_external_data=True, location="w.bin", size_threshold=0)
-    monkeypatch.setattr(runtime, "LARGE_MODEL_BYTES", path.stat().st_size + 10)
-    proto = graph.load_model(path, max_bytes=runtime.LARGE_MODEL_BYTES)
+    monkeypatch.setattr(capture.load, "LARGE_MODEL_BYTES", path.stat().st_size + 10)
+    proto = capture.load_model(path, max_bytes=capture.load.LARGE_MODEL_BYTES)
     assert all(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)
     x = int_data(6)
-    a = onnx_state.analyze(path, x, "Conv")
-    b = onnx_state.analyze(model, x, "Conv")
+    a = onnx_state.analyze(path, x, attach_to="Conv")
+    b = onnx_state.analyze(model, x, attach_to="Conv")
     np.testing.assert_array_equal(a.layers[0].counts(), b.layers[0].counts())
 
 
@@ -86,8 +88,8 @@ def test_iterators_that_reuse_one_buffer_are_counted_and_fingerprinted_right():
             buffer[:] = x[i : i + 8]
             yield buffer
 
-    a = onnx_state.analyze(model, reuse(), "Conv")
-    b = onnx_state.analyze(model, x, "Conv", batch_size=8)
+    a = onnx_state.analyze(model, reuse(), attach_to="Conv")
+    b = onnx_state.analyze(model, x, attach_to="Conv", batch_size=8)
     assert a.data_fingerprint == b.data_fingerprint
     np.testing.assert_array_equal(a.layers[0].counts(), b.layers[0].counts())
 
@@ -169,11 +171,11 @@ def test_api_and_cli_input_errors_are_one_line(tmp_path, bundled):
     model, x, y = bundled
     net, _ = conv_net()
     with pytest.raises(InputError, match="batch_size"):
-        onnx_state.analyze(net, int_data(4), "Conv", batch_size=0)
+        onnx_state.analyze(net, int_data(4), attach_to="Conv", batch_size=0)
     from onnx_state.separation import separation
 
     with pytest.raises(InputError, match="pca_pair"):
-        separation(model, x, y, samples_per_class=3, pca_pair=(0, 42))
+        separation(model, x, labels=y, samples_per_class=3, pca_pair=(0, 42))
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     (tmp_path / "file").write_text("keep me")
     np.save(tmp_path / "x.npy", int_data(4))

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import onnx_state as ts
+import onnx_state.capture
 import onnx_state.errors
-import onnx_state.graph
 from examples.lenet import (
     bundled_digits,
     copy_torch_to_keras,
@@ -21,7 +21,7 @@ from examples.lenet import (
     torch_lenet5,
     train_torch,
 )
-from onnx_state.analysis import Instrumented
+from onnx_state.capture import Instrumented
 from onnx_state.cli import main
 from tests.reference import reference_counts, reference_states
 
@@ -60,7 +60,7 @@ def test_torch_round_trip_and_layer_metadata(torch_net, torch_onnx, digits):
     with torch.no_grad():
         expected = torch_net(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnx_run(torch_onnx, x), expected, atol=1e-5, rtol=0)
-    layers = {la.name: la for la in ts.graph.list_layers(torch_onnx)}
+    layers = {la.name: la for la in ts.capture.list_layers(torch_onnx)}
     assert layers["conv_1"].layer_type == "Conv2d" and layers["pred"].layer_type == "Linear"
     assert "BatchNormalization" in layers["norm_1"].op_types  # not folded into the Conv
 
@@ -93,7 +93,7 @@ def test_nested_torch_modules_keep_their_paths():
     proto = export(net, torch.from_numpy(x[:2]))
     with torch.no_grad():
         np.testing.assert_allclose(onnx_run(proto, x), net(torch.from_numpy(x)).numpy(), atol=1e-5)
-    a = ts.analyze(proto, x, ["Conv2d", "Linear"])
+    a = ts.analyze(proto, x, attach_to=["Conv2d", "Linear"])
     assert [r.name for r in a.layers] == ["block.seq.0_post_states", "fc_post_states"]
     assert [r.layer_type for r in a.layers] == ["Conv2d", "Linear"]
 
@@ -167,7 +167,7 @@ def test_keras_round_trip_and_layer_names(keras_pair, torch_net, digits):
         np.testing.assert_allclose(
             onnx_run(proto, x), torch_net(torch.from_numpy(digits[0][:64])).numpy(), atol=1e-4
         )
-    layers = {la.name: la for la in ts.graph.list_layers(proto)}
+    layers = {la.name: la for la in ts.capture.list_layers(proto)}
     assert layers["conv_1"].layer_type == "Conv2D" and layers["conv_1"].op_types[-1] == "Elu"
     assert layers["norm_1"].layer_type == "BatchNormalization"
     assert layers["pred"].layer_type == "Dense"
@@ -178,13 +178,13 @@ def test_cross_framework_parity_state_by_state(keras_pair, torch_onnx, digits):
     """The Keras and the PyTorch export are the same network, layer by layer."""
     _, keras_onnx = keras_pair
     x = digits[0]
-    t = Instrumented(torch_onnx, ["Conv2d", "Linear"], method="both")
-    k = Instrumented(keras_onnx, ["Conv2D", "Dense"], method="both")
+    t = Instrumented(torch_onnx, attach_to=["Conv2d", "Linear"], method="both")
+    k = Instrumented(keras_onnx, attach_to=["Conv2D", "Dense"], method="both")
     assert [c.name for c in t.captures] == [c.name for c in k.captures]
     same = total = 0
     for start in range(0, len(x), 200):
-        _, ct = t.run({"x": x[start : start + 200]})
-        _, ck = k.run({"input": nhwc(x[start : start + 200])})
+        ct = t.run({"x": x[start : start + 200]}).captured
+        ck = k.run({"input": nhwc(x[start : start + 200])}).captured
         for a, b in zip(t.captures, k.captures):
             sa = reference_states(ct[a.tensor], a.axis)
             sb = reference_states(ck[b.tensor], b.axis)
@@ -192,8 +192,8 @@ def test_cross_framework_parity_state_by_state(keras_pair, torch_onnx, digits):
             same += int(np.sum(np.all(sa == sb, axis=1)))
             total += len(sa)
     assert same / total >= 0.9999, f"{total - same} of {total} states differ"
-    ra = ts.analyze(torch_onnx, x, ["Conv2d", "Linear"], batch_size=100)
-    rb = ts.analyze(keras_onnx, nhwc(x), ["Conv2D", "Dense"], batch_size=100)
+    ra = ts.analyze(torch_onnx, x, attach_to=["Conv2d", "Linear"], batch_size=100)
+    rb = ts.analyze(keras_onnx, nhwc(x), attach_to=["Conv2D", "Dense"], batch_size=100)
     for la, lb in zip(ra.layers, rb.layers):
         assert la.state_count == lb.state_count and la.neurons == lb.neurons
         assert la.efficiency() == pytest.approx(lb.efficiency(), abs=1e-3)
@@ -214,12 +214,12 @@ def test_keras_three_channel_input_and_dense_stack():
     x = rng.standard_normal((40, 10, 10, 3)).astype(np.float32)
     proto = export(model)
     np.testing.assert_allclose(onnx_run(proto, x), model.predict(x, verbose=0), atol=1e-5)
-    a = ts.analyze(proto, x, ["Conv2D"], method="both")
+    a = ts.analyze(proto, x, attach_to=["Conv2D"], method="both")
     by = {r.name: r for r in a.layers}
     assert by["c1_pre_states"].neurons == 3 and by["c1_post_states"].neurons == 6
     inner = keras.Model(inp, model.get_layer("c2").output).predict(x, verbose=0)
     ids, counts = reference_counts(inner, -1)
-    agree = np.isin(by["c2_post_states"].state_ids(as_bytes=True), [r.tobytes() for r in ids])
+    agree = np.isin(by["c2_post_states"].state_bytes(), [r.tobytes() for r in ids])
     assert agree.mean() >= 0.999 and by["c2_post_states"].state_count == counts.sum()
 
     dense = keras.Sequential(
@@ -263,7 +263,9 @@ def test_export_cli_for_keras_and_torch(tmp_path, keras_pair, torch_net, monkeyp
             "--weights", str(tmp_path / "w.pt"), "--input-shape", "1,28,28"]  # fmt: skip
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
-    assert next(la.name for la in ts.graph.list_layers(onnx.load(tmp_path / "t.onnx"))) == "conv_1"
+    assert (
+        next(la.name for la in ts.capture.list_layers(onnx.load(tmp_path / "t.onnx"))) == "conv_1"
+    )
     bad = CliRunner().invoke(
         main, [*args[:3], "--input-shape", "1,28,28", "--weights", str(tmp_path / "m.keras")]
     )
@@ -278,7 +280,7 @@ def test_elementwise_modules_take_the_neuron_axis_of_their_producer():
 
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU()).eval()
     x = np.random.default_rng(5).standard_normal((6, 5, 8)).astype(np.float32)
-    a = ts.analyze(export(net, torch.from_numpy(x[:2])), x, ["ReLU"])
+    a = ts.analyze(export(net, torch.from_numpy(x[:2])), x, attach_to=["ReLU"])
     (layer,) = a.layers
     assert layer.neurons == 16 and layer.state_count == 6 * 5
     with torch.no_grad():

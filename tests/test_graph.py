@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_state import graph
+from onnx_state import capture
 from onnx_state.errors import InputError, LayerNotFoundError, ModelError
 from tests.models import conv_net, make_model, tag
 
@@ -18,21 +18,21 @@ def names(captures):
 
 def test_select_by_op_type_is_case_insensitive_and_names_follow_tensorstate():
     model, _ = conv_net()
-    caps = graph.select_captures(model, ["conv", "MATMUL"])
+    caps = capture.select_captures(model, ["conv", "MATMUL"])
     assert names(caps) == ["conv_post_states", "fc_post_states"]
     assert [c.tensor for c in caps] == ["c", "y"]
 
 
 def test_select_by_node_and_tensor_name_with_before_and_both():
     model, _ = conv_net()
-    assert [c.tensor for c in graph.select_captures(model, ["relu"], method="before")] == ["c"]
-    both = graph.select_captures(model, ["r"], method="both")  # tensor name of relu's output
+    assert [c.tensor for c in capture.select_captures(model, ["relu"], method="before")] == ["c"]
+    both = capture.select_captures(model, ["r"], method="both")  # tensor name of relu's output
     assert names(both) == ["relu_pre_states", "relu_post_states"]
 
 
 def test_exclude_overrides_type_match():
     model, _ = conv_net()
-    caps = graph.select_captures(model, ["Conv", "MatMul"], exclude=["fc"])
+    caps = capture.select_captures(model, ["Conv", "MatMul"], exclude=["fc"])
     assert names(caps) == ["conv_post_states"]
 
 
@@ -54,19 +54,19 @@ def test_layer_spanning_nodes_from_metadata():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])],
         [("W", w), ("B", b)],
     )
-    caps = graph.select_captures(model, ["Conv2D"], method="both")
+    caps = capture.select_captures(model, ["Conv2D"], method="both")
     assert [(c.name, c.tensor, c.layer_type) for c in caps] == [
         ("conv_1_pre_states", "x", "Conv2D"),
         ("conv_1_post_states", "e", "Conv2D"),
     ]
     # an ONNX op type inside the layer selects the layer too
-    assert [c.tensor for c in graph.select_captures(model, ["Elu"])] == ["e"]
+    assert [c.tensor for c in capture.select_captures(model, ["Elu"])] == ["e"]
 
 
 def test_add_outputs_keeps_original_outputs_dedups_and_passes_checker():
     model, _ = conv_net()
-    caps = graph.select_captures(model, ["Conv", "Relu"], method="both")
-    out = graph.add_outputs(model, caps)
+    caps = capture.select_captures(model, ["Conv", "Relu"], method="both")
+    out = capture.add_outputs(model, caps)
     assert [o.name for o in out.graph.output] == ["y", "x", "c", "r"]  # c is added once
     onnx.checker.check_model(out, full_check=True)
     assert [o.name for o in model.graph.output] == ["y"]  # the input model is untouched
@@ -91,32 +91,32 @@ def transpose_model(perm, axis_meta=None):
 )
 def test_neuron_axis_follows_transpose(perm, axis):
     model = transpose_model(perm)
-    (cap,) = graph.select_captures(model, ["tr"])
+    (cap,) = capture.select_captures(model, ["tr"])
     assert cap.axis == axis
 
 
 def test_neuron_axis_rules_for_flatten_matmul_and_overrides():
     model, _ = conv_net()
-    caps = {c.name: c for c in graph.select_captures(model, ["Conv", "Flatten", "MatMul"])}
+    caps = {c.name: c for c in capture.select_captures(model, ["Conv", "Flatten", "MatMul"])}
     assert caps["conv_post_states"].axis == 1
     assert caps["flat_post_states"].axis == 1
     assert caps["fc_post_states"].axis == 1  # last axis of a rank-2 output
-    over = graph.select_captures(model, ["Conv"], neuron_axes={"conv": 3})
+    over = capture.select_captures(model, ["Conv"], neuron_axes={"conv": 3})
     assert over[0].axis == 3
     with pytest.raises(LayerNotFoundError, match="not captured"):
-        graph.select_captures(model, ["Conv"], neuron_axes={"nope": 1})
+        capture.select_captures(model, ["Conv"], neuron_axes={"nope": 1})
 
 
 def test_metadata_axis_wins_over_the_op_rule_and_user_wins_over_metadata():
     model = transpose_model([0, 1, 2, 3], axis_meta=2)
-    assert graph.select_captures(model, ["conv"])[0].axis == 2
-    assert graph.select_captures(model, ["conv"], neuron_axes={"conv": 1})[0].axis == 1
+    assert capture.select_captures(model, ["conv"])[0].axis == 2
+    assert capture.select_captures(model, ["conv"], neuron_axes={"conv": 1})[0].axis == 1
 
 
 def test_unknown_names_are_all_reported_with_suggestions():
     model, _ = conv_net()
     with pytest.raises(LayerNotFoundError) as err:
-        graph.select_captures(model, ["Conv2", "fcc"], exclude=["relux"])
+        capture.select_captures(model, ["Conv2", "fcc"], exclude=["relux"])
     text = str(err.value)
     assert "'Conv2'" in text and "Did you mean: Conv" in text
     assert "'fcc'" in text and "fc" in text
@@ -127,9 +127,9 @@ def test_unknown_names_are_all_reported_with_suggestions():
 def test_exclude_removing_everything_and_bad_method():
     model, _ = conv_net()
     with pytest.raises(LayerNotFoundError, match="removed them all"):
-        graph.select_captures(model, ["Conv"], exclude=["conv"])
+        capture.select_captures(model, ["Conv"], exclude=["conv"])
     with pytest.raises(InputError, match="method"):
-        graph.select_captures(model, ["Conv"], method="around")
+        capture.select_captures(model, ["Conv"], method="around")
 
 
 def test_tensor_inside_if_body_is_a_clear_error():
@@ -159,7 +159,7 @@ def test_tensor_inside_if_body_is_a_clear_error():
         [("zero", np.zeros((), np.float32))],
     )
     with pytest.raises(LayerNotFoundError, match="inside the body of control-flow node 'branch'"):
-        graph.select_captures(model, ["inner_relu"])
+        capture.select_captures(model, ["inner_relu"])
 
 
 def test_external_data_outside_the_model_folder_is_refused(tmp_path):
@@ -173,16 +173,16 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     with pytest.raises(ModelError, match="outside the model's folder"):
-        graph.load_model(path)
+        capture.load_model(path)
 
 
 def test_missing_and_unreadable_model_files(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        graph.load_model(tmp_path / "none.onnx")
+        capture.load_model(tmp_path / "none.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model at all")
     with pytest.raises(ModelError, match="not a readable ONNX model"):
-        graph.load_model(bad)
+        capture.load_model(bad)
 
 
 def test_shape_unknown_tensor_type_is_reported():
@@ -201,7 +201,7 @@ def test_shape_unknown_tensor_type_is_reported():
     model.graph.output.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, None))
     model.graph.node.append(helper.make_node("Identity", ["m"], ["x2"], name="id"))
     with pytest.raises(ModelError, match="cannot infer the type of tensor 'm'"):
-        graph.select_captures(model, ["myst"])
+        capture.select_captures(model, ["myst"])
 
 
 def test_list_layers_names_unnamed_nodes_and_skips_constants():
@@ -216,5 +216,5 @@ def test_list_layers_names_unnamed_nodes_and_skips_constants():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
     )
-    layers = graph.list_layers(model)
+    layers = capture.list_layers(model)
     assert [(la.name, la.input, la.output) for la in layers] == [("Mul_1", "x", "y")]

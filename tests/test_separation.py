@@ -105,18 +105,18 @@ def test_permutation_p_values_are_uniform_under_the_null_and_small_otherwise():
 def test_separation_on_the_bundled_model_equals_an_independent_mst(bundled):
     import networkx as nx
 
-    from onnx_state.analysis import Instrumented
+    from onnx_state.capture import Instrumented
 
     model, x, y = bundled
-    r = separation(model, x, y, attach_to=["Conv2d"], samples_per_class=12, draw="random", seed=3,
-                   test_data=x[1000:], test_labels=y[1000:])  # fmt: skip
+    r = separation(model, x, labels=y, attach_to=["Conv2d"], samples_per_class=12,
+                   draw="random", seed=3, test_data=x[1000:], test_labels=y[1000:])  # fmt: skip
     assert r.layers == ["input:x", "conv_1_post_states", "conv_2_post_states", "conv_3_post_states"]
     # class 3 vs class 8 at conv_2, recomputed from scratch
     rng = np.random.default_rng(3)
     pick = [np.sort(rng.choice(np.flatnonzero(y == c), 12, replace=False)) for c in range(10)]
-    inst = Instrumented(model, ["Conv2d"])
+    inst = Instrumented(model, attach_to=["Conv2d"])
     cap = next(c for c in inst.captures if c.name == "conv_2_post_states")
-    feats = [inst.run({"x": x[pick[c]]})[1][cap.tensor].reshape(12, -1) for c in (3, 8)]
+    feats = [inst.run({"x": x[pick[c]]}).captured[cap.tensor].reshape(12, -1) for c in (3, 8)]
     pts = np.concatenate(feats).astype(np.float64)
     g = nx.Graph()
     for i in range(24):
@@ -126,8 +126,8 @@ def test_separation_on_the_bundled_model_equals_an_independent_mst(bundled):
     assert r.cross["train"]["conv_2_post_states"][3, 8] == s
     assert r.matrix("conv_2_post_states")[3, 8] == pytest.approx(henze_penrose(s, 12, 12))
     assert set(r.cross) == {"train", "test"}
-    small = separation(model, x, y, attach_to=["Conv2d"], samples_per_class=12, draw="random",
-                       seed=3, max_matrix_bytes=0, include_input=False)  # fmt: skip
+    small = separation(model, x, labels=y, attach_to=["Conv2d"], samples_per_class=12,
+                       draw="random", seed=3, max_matrix_bytes=0, include_input=False)  # fmt: skip
     for layer in small.layers:
         np.testing.assert_array_equal(small.cross["train"][layer], r.cross["train"][layer])
 
@@ -167,10 +167,10 @@ def test_save_load_tests_cli_and_plots(bundled, tmp_path):
 def test_separation_error_paths(bundled):
     model, x, y = bundled
     with pytest.raises(InputError, match="fewer than samples_per_class"):
-        separation(model, x, y, samples_per_class=1000)
+        separation(model, x, labels=y, samples_per_class=1000)
     with pytest.raises(InputError, match="at least two classes"):
-        separation(model, x[y == 1], y[y == 1], samples_per_class=5)
+        separation(model, x[y == 1], labels=y[y == 1], samples_per_class=5)
     with pytest.raises(InputError, match="labels for"):
-        separation(model, x, y[:-1], samples_per_class=5)
+        separation(model, x, labels=y[:-1], samples_per_class=5)
     with pytest.raises(InputError, match="needs test_labels"):
-        separation(model, x, y, samples_per_class=5, test_data=x)
+        separation(model, x, labels=y, samples_per_class=5, test_data=x)

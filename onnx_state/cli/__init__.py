@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from onnx_state import __version__
+from onnx_state._version import __version__
 from onnx_state.errors import OnnxStateError, first_line
 
 

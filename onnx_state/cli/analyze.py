@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from onnx_state.analysis import analyze
-from onnx_state.cli.options import echo_json, parse_axes, selection, session
+from onnx_state.cli.options import batch_size_option, echo_json, selection, session
 from onnx_state.errors import InputError
 
 
@@ -15,7 +17,7 @@ from onnx_state.errors import InputError
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy and aIQ.")
 @click.option("--example", is_flag=True, help="Analyse the bundled LeNet-5 on digits.")
 @selection
-@click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
+@batch_size_option
 @session
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output store.")
@@ -23,23 +25,16 @@ from onnx_state.errors import InputError
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_command(
-    model,
-    data,
-    labels,
-    example,
-    attach_to,
-    exclude,
-    method,
-    neuron_axes,
-    batch_size,
-    providers,
-    threads,
-    optimization,
-    output,
-    overwrite,
-    no_parity,
-    as_json,
-    quiet,
+    model: str | None,
+    data: str | None,
+    labels: str | None,
+    example: bool,
+    output: str | None,
+    overwrite: bool,
+    no_parity: bool,
+    as_json: bool,
+    quiet: bool,
+    **options: Any,
 ) -> None:
     """Count the firing states of MODEL's layers on --data and report their efficiency."""
     if example:
@@ -51,10 +46,8 @@ def analyze_command(
     elif not model or not data:
         raise InputError("give MODEL and --data (or --example for the bundled demo)")
     result = analyze(
-        model, data, attach_to=list(attach_to) or None, exclude=list(exclude), method=method,
-        batch_size=batch_size, labels=labels, neuron_axes=parse_axes(neuron_axes),
-        providers=list(providers) or None, threads=threads, optimization=optimization,
-        parity=not no_parity, progress=False if quiet else None,
+        model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,
+        **options,
     )  # fmt: skip
     if output:
         result.save(output, overwrite=overwrite)

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from onnx_state.cli.options import print_gated, session
+from onnx_state.cli.options import (
+    batch_size_option,
+    json_option,
+    list_or_none,
+    print_gated,
+    selection,
+    session,
+)
 from onnx_state.compare import compare, load_mapping
+
+
+def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return load_mapping(value) if value else None
 
 
 @click.command("compare")
@@ -14,11 +27,12 @@ from onnx_state.compare import compare, load_mapping
 @click.option("--data", required=True, metavar="PATH[:KEY]", help="Input data for both models.")
 @click.option("--data-b", metavar="PATH[:KEY]", help="B's own data, when its inputs differ.")
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for each model's accuracy.")
-@click.option("--attach-to", multiple=True, metavar="TYPE|NAME", help="Layers to compare.")
-@click.option("--attach-to-b", multiple=True, metavar="TYPE|NAME", help="B's, if different.")
-@click.option("--method", type=click.Choice(["after", "before", "both"]), default="after")
-@click.option("--mapping", type=click.Path(dir_okay=False), help="JSON {layer of A: layer of B}.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
+@selection
+@click.option("--attach-to-b", multiple=True, metavar="TYPE|NAME", callback=list_or_none,
+              help="B's layers, if different.")  # fmt: skip
+@click.option("--mapping", type=click.Path(dir_okay=False), callback=_mapping,
+              help="JSON {layer of A: layer of B}.")  # fmt: skip
+@batch_size_option
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="State agreement below which a layer is flagged.")  # fmt: skip
 @click.option("--min-state-agreement", type=click.FloatRange(0, 1), help="Gate: exit 1 below.")
@@ -26,38 +40,22 @@ from onnx_state.compare import compare, load_mapping
 @click.option("--max-js", type=click.FloatRange(0, 1), help="Gate: exit 1 above.")
 @click.option("--max-output-diff", type=click.FloatRange(min=0), help="Gate: exit 1 above.")
 @session
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def compare_command(
-    model_a,
-    model_b,
-    data,
-    data_b,
-    labels,
-    attach_to,
-    attach_to_b,
-    method,
-    mapping,
-    batch_size,
-    threshold,
-    min_state_agreement,
-    min_top1_agreement,
-    max_js,
-    max_output_diff,
-    providers,
-    threads,
-    optimization,
-    as_json,
+    model_a: str,
+    model_b: str,
+    data: str,
+    min_state_agreement: float | None,
+    min_top1_agreement: float | None,
+    max_js: float | None,
+    max_output_diff: float | None,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Run MODEL_A and MODEL_B on the same batches and compare their states layer by layer.
 
     Exit code 1 when a gate (--min-*/--max-*) is violated, 2 on bad input.
     """
-    result = compare(
-        model_a, model_b, data, labels=labels, attach_to=list(attach_to) or None,
-        attach_to_b=list(attach_to_b) or None, method=method,
-        mapping=load_mapping(mapping) if mapping else None, batch_size=batch_size,
-        data_b=data_b, threshold=threshold, providers=list(providers) or None,
-        threads=threads, optimization=optimization,
-    )  # fmt: skip
+    result = compare(model_a, model_b, data, **options)
     broken = result.violations(min_state_agreement, min_top1_agreement, max_js, max_output_diff)
     print_gated(result, broken, as_json)

@@ -1,15 +1,18 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands and their conversions (click callbacks), defined once."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
+from onnx_state.capture import METHODS, OPTIMIZATION_LEVELS
 from onnx_state.errors import InputError
-from onnx_state.runtime import OPTIMIZATION_LEVELS
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_axes(values: tuple[str, ...]) -> dict[str, int]:
@@ -26,39 +29,60 @@ def parse_axes(values: tuple[str, ...]) -> dict[str, int]:
     return axes
 
 
-def selection(f):
+def _axes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    return parse_axes(values)
+
+
+def list_or_none(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+    """A repeated option as a list, or None when never given (the library's default)."""
+    return list(values) or None
+
+
+def _list(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    return list(values)
+
+
+def selection(f: F) -> F:
     """--attach-to, --exclude, --method, --neuron-axis."""
     f = click.option(
         "--neuron-axis",
         "neuron_axes",
         multiple=True,
         metavar="LAYER=AXIS",
+        callback=_axes,
         help="Override the inferred neuron axis of a layer.",
     )(f)
-    f = click.option(
-        "--method",
-        type=click.Choice(["after", "before", "both"]),
-        default="after",
-        show_default=True,
-        help="Capture layer outputs, inputs, or both.",
-    )(f)
+    f = method_option(f)
     f = click.option(
         "--exclude",
         multiple=True,
         metavar="NAME",
+        callback=_list,
         help="Layer or tensor name to skip even if its type matches (repeatable).",
     )(f)
     f = click.option(
         "--attach-to",
         multiple=True,
         metavar="TYPE|NAME",
+        callback=list_or_none,
         help="ONNX op type, framework layer type, or layer/tensor name (repeatable)."
         " Default: Conv, ConvTranspose, Gemm, MatMul.",
     )(f)
     return f
 
 
-def session(f):
+def method_option(f: F) -> F:
+    """--method after|before|both."""
+    return click.option(
+        "--method",
+        type=click.Choice(METHODS),
+        default="after",
+        show_default=True,
+        help="Capture layer outputs, inputs, or both.",
+    )(f)
+
+
+def session(f: F) -> F:
     """--provider, --threads, --optimization."""
     f = click.option(
         "--optimization",
@@ -78,9 +102,22 @@ def session(f):
         "providers",
         multiple=True,
         metavar="NAME",
+        callback=list_or_none,
         help="onnxruntime execution provider, e.g. CUDAExecutionProvider.",
     )(f)
     return f
+
+
+def batch_size_option(f: F) -> F:
+    """--batch-size."""
+    return click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)(
+        f
+    )
+
+
+def json_option(f: F) -> F:
+    """--json."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
 
 
 def echo_json(data: Any) -> None:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
-from onnx_state.cli.options import echo_json, selection, session
+from onnx_state.cli.options import batch_size_option, echo_json, json_option, selection, session
 from onnx_state.errors import InputError
-from onnx_state.separation import FORMULAS, SeparationResult, separation, separation_tests
+from onnx_state.separation import (
+    FORMULAS,
+    SeparationResult,
+    first_classes,
+    separation,
+    separation_tests,
+    tests_table,
+)
 
 _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMULAS[0],
                         show_default=True, help="Henze–Penrose form (see README).")  # fmt: skip
@@ -22,46 +31,31 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 @click.option("--samples-per-class", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--draw", type=click.Choice(["first", "random"]), default="first", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)
+@batch_size_option
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Save the result (JSON).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots to this folder.")
 @click.option("--pca-pair", nargs=2, type=int, help="Two classes for the PCA scatter plots.")
 @_FORMULA
 @session
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def separation_command(
-    model,
-    data,
-    labels,
-    test_data,
-    test_labels,
-    attach_to,
-    exclude,
-    method,
-    neuron_axes,
-    samples_per_class,
-    draw,
-    seed,
-    batch_size,
-    output,
-    plots,
-    pca_pair,
-    formula,
-    providers,
-    threads,
-    optimization,
-    as_json,
+    model: str,
+    data: str,
+    labels: str,
+    neuron_axes: dict[str, int],
+    output: str | None,
+    plots: str | None,
+    pca_pair: tuple[int, int] | None,
+    formula: str,
+    as_json: bool,
+    **options: Any,
 ) -> None:
     """Separation of every pair of classes at each layer of MODEL (MST-based)."""
     if neuron_axes:
         raise InputError("--neuron-axis does not apply: separation flattens each layer output")
-    result = separation(
-        model, data, labels, attach_to=list(attach_to) or None,
-        samples_per_class=samples_per_class, test_data=test_data, test_labels=test_labels,
-        exclude=list(exclude), method=method, draw=draw, seed=seed, batch_size=batch_size,
-        pca_pair=tuple(pca_pair) if pca_pair else (tuple(_first_two(labels)) if plots else None),
-        providers=list(providers) or None, threads=threads, optimization=optimization,
-    )  # fmt: skip
+    if not pca_pair and plots:
+        pca_pair = first_classes(labels)
+    result = separation(model, data, labels=labels, pca_pair=pca_pair or None, **options)
     if output:
         result.save(output)
     if plots:
@@ -74,15 +68,6 @@ def separation_command(
         click.echo(result.table(formula))
 
 
-def _first_two(labels: str) -> list[int]:
-    import numpy as np
-
-    from onnx_state.analysis import labels_array
-    from onnx_state.runtime import load_array
-
-    return sorted(np.unique(labels_array(load_array(labels))).tolist())[:2]
-
-
 @click.command("separation-test")
 @click.argument("result_a", type=click.Path(dir_okay=False))
 @click.argument("result_b", required=False, type=click.Path(dir_okay=False))
@@ -91,9 +76,16 @@ def _first_two(labels: str) -> list[int]:
 @click.option("-n", "--permutations", type=click.IntRange(min=1), default=10_000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @_FORMULA
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def separation_test_command(
-    result_a, result_b, layers, split, permutations, seed, formula, as_json
+    result_a: str,
+    result_b: str | None,
+    layers: bool,
+    split: str,
+    permutations: int,
+    seed: int,
+    formula: Any,
+    as_json: bool,
 ) -> None:
     """Fisher permutation tests of mean separation: RESULT_A vs RESULT_B per layer (e.g.
     before vs after training), or consecutive layers of RESULT_A with --layers."""
@@ -102,9 +94,5 @@ def separation_test_command(
     rows = separation_tests(a, b, layers, split, formula, permutations, seed)
     if as_json:
         echo_json(rows)
-        return
-    click.echo(f"{'A':28s} {'B':28s} {'mean A':>8s} {'mean B':>8s} {'diff':>8s} {'p':>8s}")
-    for r in rows:
-        click.echo(f"{r['a'][:28]:28s} {r['b'][:28]:28s} {r['mean_a']:8.4f} {r['mean_b']:8.4f} "
-                   f"{r['diff']:+8.4f} {r['p']:8.4f}")  # fmt: skip
-    click.echo("class pairs share classes, so they are not independent: read p as a guide")
+    else:
+        click.echo(tests_table(rows))

@@ -1,9 +1,8 @@
-"""onnxruntime sessions and batch streaming, with input checks before the first batch."""
+"""Data in: input specs, array files, batches checked against the model, fingerprints."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,22 +13,18 @@ import onnx
 import xxhash
 from onnx import ModelProto
 
-from onnx_state.errors import InputError, ModelError, first_line
+from onnx_state.errors import InputError
 
 __all__ = [
+    "Fingerprint",
     "InputSpec",
     "batch_count",
     "check_batch",
     "input_specs",
     "iter_batches",
     "load_array",
-    "make_session",
+    "open_data",
 ]
-
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
-
-# Above this, a model is handed to onnxruntime as a file (protobuf's 2 GB limit).
-LARGE_MODEL_BYTES = 1_800_000_000
 
 
 @dataclass(frozen=True)
@@ -57,74 +52,6 @@ def input_specs(model: ModelProto) -> list[InputSpec]:
     return specs
 
 
-def make_session(
-    model: ModelProto,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-    optimization: str = "all",
-    model_dir: str | os.PathLike | None = None,
-):
-    """An onnxruntime InferenceSession for *model*.
-
-    Models too large for one protobuf are written next to their external data (in
-    *model_dir*) and loaded from there, then the temporary file is removed.
-    """
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)  # errors reach the user as one line, not a log dump
-    if optimization not in OPTIMIZATION_LEVELS:
-        raise InputError(
-            f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
-        )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    if threads is not None:
-        if threads < 1:
-            raise InputError(f"threads must be at least 1, got {threads}")
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    available = ort.get_available_providers()
-    providers = list(providers or ["CPUExecutionProvider"])
-    if providers[0] == "CPUExecutionProvider":
-        # Idle threads spin between operators (fast), but stop when a run returns: states
-        # are counted between runs and must not compete with spinning threads.
-        options.add_session_config_entry("session.force_spinning_stop", "1")
-    else:
-        # The model runs on the accelerator while states are counted on the CPU cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    missing = [p for p in providers if p not in available]
-    if missing:
-        raise InputError(
-            f"execution provider(s) {', '.join(missing)} not available; this onnxruntime has "
-            f"{', '.join(available)} (install onnxruntime-gpu for CUDA)"
-        )
-    try:
-        if model.ByteSize() < LARGE_MODEL_BYTES and not _has_external(model):
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-        folder = Path(model_dir or ".")
-        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".onnx_state-")
-        os.close(fd)
-        try:
-            onnx.save(model, tmp)
-            return ort.InferenceSession(tmp, options, providers=providers)
-        finally:
-            os.unlink(tmp)
-    except Exception as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
-
-
-def _has_external(model: ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-
-
-# -- data -------------------------------------------------------------------------------------
 def load_array(source: str | os.PathLike, key: str | None = None) -> Any:
     """Open ``.npy`` (memory-mapped), ``.npz`` or zarr data without unpickling anything.
 
@@ -323,3 +250,26 @@ class Fingerprint:
         for name in sorted(self._inputs):
             total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())
         return f"{self.ALGORITHM}:{total.hexdigest()}"
+
+
+class Rows:
+    """Rows *index* of an array (numpy, memory-mapped or zarr), read a slice at a time.
+
+    Looks like an array to ``iter_batches``, so a selection of samples streams through the
+    same batching and checks as whole data sets.
+    """
+
+    def __init__(self, array: Any, index: np.ndarray) -> None:
+        self.array = array
+        self.index = np.asarray(index)
+        self.shape = (len(self.index), *array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        index = self.index[rows]
+        if hasattr(self.array, "oindex"):  # zarr: orthogonal selection
+            return np.asarray(self.array.oindex[index])
+        return np.asarray(self.array[index])

@@ -8,7 +8,6 @@ least-significant bit first, neuron ``8*j + i`` being bit ``i`` of byte ``j``, w
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from onnx_state._counter import DENSE_NEURONS, StateTable
+from onnx_state.count._counter import DENSE_NEURONS, StateTable
 from onnx_state.errors import DTypeError, InputError
 
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
@@ -99,9 +98,10 @@ class StateCounter:
         ``"blosc"`` (lz4, bit-shuffled) or ``"zstd"`` for the recorded states.
     chunk_states:
         Recorded states per zarr chunk.
-    threads:
-        Threads that count one batch (the kernel releases the GIL); results are identical
-        for any value.
+
+    One table, a lock, no threads of its own: to count on several threads, use
+    ``onnx_state.count.count_states`` or ``ParallelCounting``, which cut batches into
+    shards (see ``shardable``) and merge them exactly.
     """
 
     def __init__(
@@ -111,30 +111,23 @@ class StateCounter:
         record: bool | str | Path = False,
         compressor: str = "blosc",
         chunk_states: int = 1 << 16,
-        threads: int = 1,
     ) -> None:
         if compressor not in ("blosc", "zstd"):
             raise InputError(f"unknown compressor {compressor!r}; use 'blosc' or 'zstd'")
         if chunk_states < 1:
             raise InputError(f"chunk_states must be positive, got {chunk_states}")
-        if threads < 1:
-            raise InputError(f"threads must be at least 1, got {threads}")
-        self.threads = int(threads)
         self._record = record
         self._compressor = compressor
         self._chunk_states = int(chunk_states)
         self._table: StateTable | None = None
-        # Tables of the extra threads (threads > 1), folded into _table before any read.
-        self._helpers: list[StateTable] = []
-        self._pool = None  # their executor, made on first use (not pickled)
-        self._raw = None
+        self._raw: Any = None
         # The kernel releases the GIL and shares one table and scratch buffer per counter:
         # one update at a time (torch hooks may fire from several threads).
         self._lock = threading.RLock()
         if neurons is not None:
             self._start(int(neurons))
 
-    def _start(self, neurons: int) -> None:
+    def _start(self, neurons: int) -> StateTable:
         if neurons < 1:
             raise InputError(f"a layer needs at least one neuron, got {neurons}")
         self._table = StateTable(neurons)
@@ -142,6 +135,7 @@ class StateCounter:
             self._raw = _open_raw_store(
                 self._record, self.n_bytes, self._compressor, self._chunk_states
             )
+        return self._table
 
     # -- counting ---------------------------------------------------------------------------
     def update(self, x: Any, axis: int = 1) -> StateCounter:
@@ -152,36 +146,18 @@ class StateCounter:
         return self
 
     def _update(self, x3: np.ndarray, axis: int) -> None:
-        if self._table is None:
-            self._start(x3.shape[1])
-        elif x3.shape[1] != self.neurons:
-            raise width_mismatch(self.neurons, x3.shape[1], axis)
         table = self._table
-        buf = None
-        if self._raw is not None:
-            buf = np.empty((x3.shape[0] * x3.shape[2], table.nwords), dtype=np.uint64)
-        parts = _split(x3, self.threads)
-        if len(parts) == 1:
-            table.add(x3, buf)
-        else:
-            while len(self._helpers) < len(parts) - 1:
-                self._helpers.append(StateTable(table.neurons))
-            if self._pool is None:
-                from concurrent.futures import ThreadPoolExecutor
-
-                self._pool = ThreadPoolExecutor(self.threads - 1)
-            _add_parallel(self._pool, [table, *self._helpers], parts, buf)
-        if buf is not None and len(buf):
+        if table is None:
+            table = self._start(x3.shape[1])
+        elif x3.shape[1] != table.neurons:
+            raise width_mismatch(table.neurons, x3.shape[1], axis)
+        if self._raw is None:
+            table.add(x3)
+            return
+        buf = np.empty((x3.shape[0] * x3.shape[2], table.nwords), dtype=np.uint64)
+        table.add(x3, buf)
+        if len(buf):
             self._raw.append(buf.view(np.uint8)[:, : self.n_bytes], axis=0)
-
-    def _fold(self) -> StateTable | None:
-        """Merge the extra threads' tables into the main one (lock held); return it."""
-        while self._helpers:
-            extra = self._helpers[-1]
-            keys, counts = extra.export()
-            self._table.add_counts(keys, counts, extra.nan_count)
-            self._helpers.pop()  # only once merged: a failure must not lose its counts
-        return self._table
 
     def merge(self, other: StateCounter) -> StateCounter:
         """Add *other*'s counts (and recorded states, appended after ours) to this counter."""
@@ -199,13 +175,12 @@ class StateCounter:
                 "longer match state_count (merge into a counter without record=...)"
             )
         with other._lock:
-            keys, counts = other._fold().export()
+            keys, counts = other._table.export()
             raw = other._raw[:] if self._record and other._raw.shape[0] else None
-            nans = other.nan_count
+            nans = other._table.nan_count
         with self._lock:
-            if self._table is None:
-                self._start(other.neurons)
-            self._table.add_counts(keys, counts, nans)
+            table = self._table if self._table is not None else self._start(other.neurons)
+            table.add_counts(keys, counts, nans)
             if raw is not None:
                 self._raw.append(raw, axis=0)
         return self
@@ -215,7 +190,6 @@ class StateCounter:
         with self._lock:
             neurons = self.neurons if self._table is not None else None
             self._table = None
-            self._helpers = []
             self._raw = None
             if neurons is not None:
                 if isinstance(self._record, (str, Path)):
@@ -234,6 +208,21 @@ class StateCounter:
         return self._record is not False and self._record is not None
 
     @property
+    def shardable(self) -> bool:
+        """Whether a batch may be cut by samples into shards counted apart and merged.
+
+        Recorded states must stay in order, so a recording counter is never cut.
+        """
+        return not self.records
+
+    @property
+    def shards_cheaply(self) -> bool:
+        """Whether shards are cheap enough to cut every batch: a dense table (at most
+        DENSE_NEURONS neurons) merges in one pass over a fixed array, while a hash table's
+        shards each grow towards all of its distinct states."""
+        return self.shardable and 0 < self.neurons <= DENSE_NEURONS
+
+    @property
     def n_bytes(self) -> int:
         """Bytes per packed state: ceil(neurons / 8)."""
         return (self.neurons + 7) // 8
@@ -242,38 +231,39 @@ class StateCounter:
     def state_count(self) -> int:
         """All states observed, repeats included."""
         with self._lock:
-            return 0 if self._table is None else int(self._fold().state_count)
+            return 0 if self._table is None else int(self._table.state_count)
 
     @property
     def nan_count(self) -> int:
         """NaN values seen (each counted as not firing)."""
         with self._lock:
-            return 0 if self._table is None else int(self._fold().nan_count)
+            return 0 if self._table is None else int(self._table.nan_count)
 
     @property
     def n_unique(self) -> int:
         """Distinct states observed."""
         with self._lock:
-            return 0 if self._table is None else int(self._fold().n_unique)
+            return 0 if self._table is None else int(self._table.n_unique)
 
     def _sorted(self) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             if self._table is None:
                 return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
-            exported = self._fold().export()
+            exported = self._table.export()
         return sort_states(*exported)
 
     def counts(self) -> np.ndarray:
         """Occurrences of each observed state (int64), in ``state_ids`` order."""
         return self._sorted()[1]
 
-    def state_ids(self, as_bytes: bool = False) -> np.ndarray | list[bytes]:
-        """Observed states as uint8 rows [n_unique, n_bytes] (or a list of bytes).
+    def state_ids(self) -> np.ndarray:
+        """Observed states as uint8 rows [n_unique, n_bytes], ascending by the
+        little-endian integer sum(bit_c * 2**c)."""
+        return ids_from_words(self._sorted()[0], self.n_bytes)
 
-        Ordered ascending by the little-endian integer sum(bit_c * 2**c).
-        """
-        ids = ids_from_words(self._sorted()[0], self.n_bytes)
-        return [row.tobytes() for row in ids] if as_bytes else ids
+    def state_bytes(self) -> list[bytes]:
+        """The rows of ``state_ids()`` as bytes (TensorState's form)."""
+        return [row.tobytes() for row in self.state_ids()]
 
     def state_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(state_ids, counts) from one sort, for callers that need both."""
@@ -286,7 +276,7 @@ class StateCounter:
         with self._lock:
             if self._table is None:
                 return np.empty((0, 1), np.uint64), np.empty(0, np.int64)
-            return self._fold().export()
+            return self._table.export()
 
     @property
     def raw_states(self):
@@ -307,10 +297,9 @@ class StateCounter:
         # Recorded states travel inside the pickle, and the copy records in memory: two
         # counters appending to one on-disk array would corrupt it.
         with self._lock:
-            keys, counts = (None, None) if self._table is None else self._fold().export()
+            keys, counts = (None, None) if self._table is None else self._table.export()
             raw = None if self._raw is None else np.asarray(self._raw[:])
         return {
-            "threads": self.threads,
             "record": bool(self._record),
             "compressor": self._compressor,
             "chunk_states": self._chunk_states,
@@ -323,13 +312,10 @@ class StateCounter:
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.threads = state["threads"]
         self._record = state["record"]
         self._compressor = state["compressor"]
         self._chunk_states = state["chunk_states"]
         self._table = None
-        self._helpers = []
-        self._pool = None
         self._raw = None
         self._lock = threading.RLock()
         if state["neurons"] is None:
@@ -359,47 +345,6 @@ def width_mismatch(neurons: int, got: int, axis: int) -> InputError:
 def ids_from_words(words: np.ndarray, n_bytes: int) -> np.ndarray:
     """uint64 state words [n, nwords] -> uint8 rows [n, n_bytes] (little-endian bytes)."""
     return np.ascontiguousarray(words.view(np.uint8)[:, :n_bytes])
-
-
-# Below this many values per thread, starting threads costs more than it saves.
-_MIN_VALUES_PER_THREAD = 1 << 20
-
-
-def _split(x3: np.ndarray, threads: int) -> list[np.ndarray]:
-    """Split (outer, neurons, inner) along outer into views whose states stay in order."""
-    n = min(threads, x3.shape[0], max(1, x3.size // _MIN_VALUES_PER_THREAD))
-    if n <= 1:
-        return [x3]
-    edges = np.linspace(0, x3.shape[0], n + 1).astype(int)
-    return [x3[a:b] for a, b in itertools.pairwise(edges) if b > a]
-
-
-def _add_parallel(
-    pool: Any, tables: list[StateTable], parts: list[np.ndarray], buf: np.ndarray | None
-) -> None:
-    """Count part i into table i: part 0 on this thread, the others on *pool*."""
-    offsets = np.cumsum([0] + [p.shape[0] * p.shape[2] for p in parts])
-    recs = [None if buf is None else buf[a:b] for a, b in itertools.pairwise(offsets)]
-    from concurrent.futures import wait
-
-    futures = [pool.submit(t.add, p, r) for t, p, r in zip(tables[1:], parts[1:], recs[1:])]
-    interrupted: BaseException | None = None
-    try:
-        tables[0].add(parts[0], recs[0])
-    except BaseException as exc:
-        interrupted = exc
-    # Every thread must be done before the lock is released, even after an error or Ctrl-C:
-    # until then the tables are theirs.
-    while True:
-        try:
-            wait(futures)
-            break
-        except BaseException as exc:
-            interrupted = interrupted or exc
-    if interrupted is not None:
-        raise interrupted
-    for f in futures:
-        f.result()
 
 
 def _codecs(compressor: str) -> list[Any]:

@@ -1,0 +1,87 @@
+"""The model side: load, index, select layers and neuron axes, rewrite, run in batches.
+
+One job per module, imports flowing down this list: ``load`` (external-data safety),
+``metadata`` (exporter keys), ``index`` (one GraphIndex per model), ``layers``, ``axes``,
+``select``, ``rewrite``, ``data`` (inputs and batches) and ``session`` (onnxruntime, the
+instrumented model and the one run loop).
+"""
+
+from onnx_state.capture.axes import neuron_axis
+from onnx_state.capture.data import (
+    Fingerprint,
+    InputSpec,
+    Rows,
+    batch_count,
+    check_batch,
+    input_specs,
+    iter_batches,
+    load_array,
+    open_data,
+)
+from onnx_state.capture.index import GraphIndex
+from onnx_state.capture.layers import Layer, list_layers
+from onnx_state.capture.load import LARGE_MODEL_BYTES, check_external_data, load_model, model_sha256
+from onnx_state.capture.metadata import (
+    META_INPUT_AXES,
+    META_LAYER_NAME,
+    META_LAYER_TYPE,
+    META_NEURON_AXIS,
+)
+from onnx_state.capture.rewrite import add_outputs
+from onnx_state.capture.select import (
+    DEFAULT_ATTACH_TO,
+    METHODS,
+    Capture,
+    Method,
+    Side,
+    capture_name,
+    sanitize_name,
+    select_captures,
+)
+from onnx_state.capture.session import (
+    OPTIMIZATION_LEVELS,
+    BatchRun,
+    Instrumented,
+    Optimization,
+    instrument,
+    make_session,
+)
+
+__all__ = [
+    "DEFAULT_ATTACH_TO",
+    "LARGE_MODEL_BYTES",
+    "META_INPUT_AXES",
+    "META_LAYER_NAME",
+    "META_LAYER_TYPE",
+    "META_NEURON_AXIS",
+    "METHODS",
+    "OPTIMIZATION_LEVELS",
+    "BatchRun",
+    "Capture",
+    "Fingerprint",
+    "GraphIndex",
+    "InputSpec",
+    "Instrumented",
+    "Layer",
+    "Method",
+    "Optimization",
+    "Rows",
+    "Side",
+    "add_outputs",
+    "batch_count",
+    "capture_name",
+    "check_batch",
+    "check_external_data",
+    "input_specs",
+    "instrument",
+    "iter_batches",
+    "list_layers",
+    "load_array",
+    "load_model",
+    "make_session",
+    "model_sha256",
+    "neuron_axis",
+    "open_data",
+    "sanitize_name",
+    "select_captures",
+]

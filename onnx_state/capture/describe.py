@@ -1,0 +1,58 @@
+"""What ``inspect`` shows of a model: inputs, outputs, opsets, op types, candidate layers."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+from onnx import ModelProto
+
+from onnx_state.capture.data import input_specs
+from onnx_state.capture.layers import list_layers
+from onnx_state.capture.load import load_model
+
+__all__ = ["describe", "describe_table"]
+
+
+def describe(model: str | os.PathLike[str] | ModelProto) -> dict[str, Any]:
+    """A model's inputs, outputs, opsets, op-type histogram and layers, as plain data.
+
+    External data is not loaded, so this is cheap for models of any size.
+    """
+    proto = load_model(model, load_external=False)
+    return {
+        "inputs": [
+            {"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)}
+            for s in input_specs(proto)
+        ],
+        "outputs": [o.name for o in proto.graph.output],
+        "opset": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
+        "op_types": dict(Counter(n.op_type for n in proto.graph.node).most_common()),
+        "layers": [
+            {
+                "name": la.name,
+                "layer_type": la.layer_type,
+                "op_types": list(la.op_types),
+                "output": la.output,
+                "from_exporter": la.has_metadata,
+            }
+            for la in list_layers(proto)
+        ],
+    }
+
+
+def describe_table(info: dict[str, Any]) -> str:
+    """``describe``'s data as the text ``inspect`` prints."""
+    lines = ["inputs:"]
+    for i in info["inputs"]:
+        shape = ", ".join("?" if d in (None, 0) else str(d) for d in i["shape"])
+        lines.append(f"  {i['name']}: {i['dtype']} ({shape})")
+    lines.append("outputs: " + ", ".join(info["outputs"]))
+    lines.append("op types: " + ", ".join(f"{k}×{v}" for k, v in info["op_types"].items()))
+    lines.append("layers:")
+    for la in info["layers"]:
+        ops = "+".join(la["op_types"])
+        tag = " [exporter metadata]" if la["from_exporter"] else ""
+        lines.append(f"  {la['name']:32s} {la['layer_type']:16s} {ops}{tag}")
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""One index of a model's main graph, built once and shared by every capture step.
+
+Layer listing, selection and neuron-axis inference all ask the same questions (who produces
+this tensor, who consumes it, is it a constant, what are its type and shape); like onnx's
+``utils.Extractor``, the answers are computed once per model here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from functools import cached_property
+
+import onnx
+from onnx import ModelProto, NodeProto
+
+from onnx_state.capture.load import all_graphs
+from onnx_state.capture.metadata import META_INPUT_AXES
+
+__all__ = ["FLOAT_TYPES", "GraphIndex", "Shape", "TensorInfo", "as_index", "node_meta"]
+
+Shape = tuple[int | str | None, ...]
+TensorInfo = tuple[int | None, Shape | None]  # (ONNX elem type, shape)
+
+FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16, onnx.TensorProto.BOOL,
+}  # fmt: skip
+
+
+def node_meta(node: NodeProto) -> dict[str, str]:
+    """A node's metadata_props as a dict."""
+    return {p.key: p.value for p in node.metadata_props}
+
+
+class GraphIndex:
+    """Name -> node/tensor indexes of *model*'s main graph, and its tensor types and shapes.
+
+    Parameters
+    ----------
+    model:
+        The model; it must not change while the index is in use.
+    """
+
+    def __init__(self, model: ModelProto) -> None:
+        self.model = model
+        graph = model.graph
+        self.nodes: list[NodeProto] = list(graph.node)
+        self.producers: dict[str, NodeProto] = {
+            out: node for node in self.nodes for out in node.output if out
+        }
+        self.consumers: dict[str, set[int]] = {}
+        for i, node in enumerate(self.nodes):
+            for name in node.input:
+                self.consumers.setdefault(name, set()).add(i)
+        self.constants: set[str] = {t.name for t in graph.initializer}
+        self.constants.update(o for n in self.nodes if n.op_type == "Constant" for o in n.output)
+        self.graph_outputs: set[str] = {o.name for o in graph.output}
+        self.info: dict[str, TensorInfo] = shape_info(model)
+
+    @cached_property
+    def input_axes(self) -> dict[str, int]:
+        """The model-level ``onnx_state.input_axes`` entry: {input name: neuron axis}."""
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        return dict(json.loads(meta.get(META_INPUT_AXES, "{}")))
+
+    @cached_property
+    def nested_names(self) -> dict[str, str]:
+        """Names of nodes and tensors inside If/Loop/Scan bodies -> the owning node."""
+        found: dict[str, str] = {}
+        for node in self.nodes:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    subgraphs = [attr.g]
+                else:
+                    subgraphs = list(attr.graphs)
+                for sub in subgraphs:
+                    for g in all_graphs(sub):
+                        for n in g.node:
+                            for name in (n.name, *n.output):
+                                if name:
+                                    found.setdefault(name, node.name or node.op_type)
+        return found
+
+    def rank(self, tensor: str) -> int | None:
+        """The rank of *tensor*, when known."""
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def shape(self, tensor: str) -> Shape | None:
+        """The shape of *tensor* (None, or None/str entries, where unknown)."""
+        return self.info.get(tensor, (None, None))[1]
+
+    def data_input(self, node: NodeProto) -> str | None:
+        """The first input of *node* that is not a constant."""
+        return next((i for i in node.input if i and i not in self.constants), None)
+
+
+def as_index(model: GraphIndex | ModelProto) -> GraphIndex:
+    """*model*'s index (built here when a ModelProto is given)."""
+    return model if isinstance(model, GraphIndex) else GraphIndex(model)
+
+
+def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
+    """Elem type and shape of every tensor in the main graph, after shape inference.
+
+    Exporters that declare every node output (torch.onnx does) make inference unneeded.
+    """
+    inferred = model
+    # inference is a convenience; when it fails, fall back to what the model declares
+    with contextlib.suppress(Exception):
+        if not _fully_declared(model.graph):
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    info: dict[str, TensorInfo] = {}
+    graph = inferred.graph
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        tt = vi.type.tensor_type
+        if not tt.elem_type:
+            continue
+        shape: Shape | None = None
+        if tt.HasField("shape"):
+            shape = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
+            )
+        info[vi.name] = (tt.elem_type, shape)
+    for init in graph.initializer:
+        info.setdefault(init.name, (init.data_type, tuple(init.dims)))
+    return info
+
+
+def _fully_declared(graph: onnx.GraphProto) -> bool:
+    """Whether every node output has a declared elem type and shape."""
+    declared = {
+        vi.name
+        for vi in [*graph.value_info, *graph.output]
+        if vi.type.tensor_type.elem_type and vi.type.tensor_type.HasField("shape")
+    }
+    return all(out in declared for node in graph.node for out in node.output if out)

@@ -1,0 +1,269 @@
+"""The instrumented model and its onnxruntime session, and the one run loop every command uses."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+from onnx import ModelProto
+
+from onnx_state.capture import load
+from onnx_state.capture.data import InputSpec, batch_count, input_specs, iter_batches, open_data
+from onnx_state.capture.index import GraphIndex
+from onnx_state.capture.rewrite import add_outputs
+from onnx_state.capture.select import Capture, Method, select_captures
+from onnx_state.count.engine import ThreadPlan, plan_threads
+from onnx_state.errors import InputError, ModelError, first_line
+
+__all__ = [
+    "OPTIMIZATION_LEVELS",
+    "BatchRun",
+    "Instrumented",
+    "Optimization",
+    "instrument",
+    "make_session",
+]
+
+Optimization = Literal["disable", "basic", "extended", "all"]
+OPTIMIZATION_LEVELS: tuple[Optimization, ...] = ("disable", "basic", "extended", "all")
+
+
+def make_session(
+    model: ModelProto,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    optimization: Optimization = "all",
+    model_dir: str | os.PathLike[str] | None = None,
+    config: Mapping[str, str] | None = None,
+) -> Any:
+    """An onnxruntime InferenceSession for *model*.
+
+    Parameters
+    ----------
+    model:
+        The model to run.
+    providers:
+        onnxruntime execution providers in order of preference; None means the CPU.
+    threads:
+        onnxruntime intra-op threads; None lets onnxruntime use every core.
+    optimization:
+        onnxruntime's graph optimization level.
+    model_dir:
+        The folder of the model's external data. Models too large for one protobuf are
+        written there, loaded from there, and the temporary file is removed.
+    config:
+        Session config entries (``ThreadPlan.session_config()``).
+    """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # errors reach the user as one line, not a log dump
+    if optimization not in OPTIMIZATION_LEVELS:
+        raise InputError(
+            f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
+        )
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"threads must be at least 1, got {threads}")
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    available = ort.get_available_providers()
+    providers = list(providers or ["CPUExecutionProvider"])
+    missing = [p for p in providers if p not in available]
+    if missing:
+        raise InputError(
+            f"execution provider(s) {', '.join(missing)} not available; this onnxruntime has "
+            f"{', '.join(available)} (install onnxruntime-gpu for CUDA)"
+        )
+    try:
+        if model.ByteSize() < load.LARGE_MODEL_BYTES and not _has_external(model):
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        folder = Path(model_dir or ".")
+        fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".onnx_state-")
+        os.close(fd)
+        try:
+            onnx.save(model, tmp)
+            return ort.InferenceSession(tmp, options, providers=providers)
+        finally:
+            os.unlink(tmp)
+    except Exception as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+
+
+def _has_external(model: ModelProto) -> bool:
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One batch through the instrumented model: its inputs, final outputs and captures."""
+
+    batch: dict[str, np.ndarray]
+    outputs: list[np.ndarray]
+    captured: dict[str, np.ndarray]
+
+
+class Instrumented:
+    """A model rewritten to expose the captured tensors, with its onnxruntime session.
+
+    Parameters
+    ----------
+    model:
+        A .onnx path or a ModelProto.
+    attach_to, exclude, method, neuron_axes:
+        Which tensors to capture (see ``capture.select.select_captures``).
+    providers, threads, optimization:
+        The onnxruntime session (see ``make_session``). *threads* also decides how states
+        are counted (``count.engine.plan_threads``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | ModelProto,
+        *,
+        attach_to: Sequence[str] | str | None = None,
+        exclude: Sequence[str] | str = (),
+        method: Method = "after",
+        neuron_axes: Mapping[str, int] | None = None,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        optimization: Optimization = "all",
+    ) -> None:
+        path = None if isinstance(model, ModelProto) else Path(model)
+        # Read through the module: one limit, which tests can lower.
+        self.original = load.load_model(model, max_bytes=load.LARGE_MODEL_BYTES)
+        self.model_dir = path.parent if path is not None else None
+        self.index = GraphIndex(self.original)
+        self.captures: list[Capture] = select_captures(
+            self.index, attach_to, exclude, method, neuron_axes
+        )
+        self.model = add_outputs(self.original, self.captures)
+        self.specs: list[InputSpec] = input_specs(self.original)
+        self.output_names = [o.name for o in self.original.graph.output]
+        self.plan: ThreadPlan = plan_threads(providers, threads)
+        self._session_args = (providers, threads, optimization, self.model_dir)
+        self.session = make_session(
+            self.model, *self._session_args, config=self.plan.session_config()
+        )
+        self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+
+    def run(self, batch: Mapping[str, np.ndarray]) -> BatchRun:
+        """Run one checked batch: its final outputs and captured tensors by name."""
+        try:
+            values = self.session.run(self.output_names + self.tensors, dict(batch))
+        except Exception as exc:  # onnxruntime raises its own classes, one per status code
+            raise ModelError(f"onnxruntime failed on a batch: {first_line(exc)}") from exc
+        k = len(self.output_names)
+        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])))
+
+    def stream(
+        self,
+        data: Any,
+        batch_size: int,
+        consume: Callable[[BatchRun], None],
+        progress: bool | None = None,
+    ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
+        """Run every batch of *data*, call consume(run) for each, yield (batch, outputs).
+
+        With ``plan.overlap``, *consume* runs on a worker thread while the next batch runs
+        (at most two batches of activations alive, and one call of *consume* at a time, in
+        order); otherwise it runs right after each batch, when onnxruntime has handed every
+        core back (see ``count.engine.plan_threads``).
+        """
+        data = open_data(data)  # once, for both the count and the batches
+        total = batch_count(data, self.specs, batch_size)
+        batches = iter_batches(data, self.specs, batch_size)
+        with _progress(total, progress) as bar:
+            if not self.plan.overlap:
+                for batch in batches:
+                    run = self.run(batch)
+                    consume(run)
+                    outputs = run.outputs
+                    del run  # onnxruntime can reuse the captured buffers for the next batch
+                    yield batch, outputs
+                    bar.update(1)
+                return
+            pending: Future[None] | None = None
+            with ThreadPoolExecutor(1) as pool:
+                for batch in batches:
+                    run = self.run(batch)
+                    if pending is not None:
+                        pending.result()
+                    pending = pool.submit(consume, run)
+                    outputs = run.outputs
+                    del run
+                    yield batch, outputs
+                    bar.update(1)
+                if pending is not None:
+                    pending.result()
+
+    def parity(
+        self, batch: Mapping[str, np.ndarray], finals: Sequence[np.ndarray] | None = None
+    ) -> float:
+        """Max |difference| between the final outputs of the original and instrumented model.
+
+        Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
+        *finals* are the instrumented model's outputs for *batch* when already computed.
+        """
+        plain = make_session(self.original, *self._session_args, config=self.plan.session_config())
+        a = plain.run(self.output_names, dict(batch))
+        b = finals if finals is not None else self.session.run(self.output_names, dict(batch))
+        diffs = [
+            float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
+            for x, y in zip(a, b)
+        ]
+        return max(diffs, default=0.0)
+
+
+def instrument(
+    model: str | os.PathLike[str] | ModelProto,
+    *,
+    attach_to: Sequence[str] | str | None = None,
+    exclude: Sequence[str] | str = (),
+    method: Method = "after",
+    neuron_axes: Mapping[str, int] | None = None,
+) -> ModelProto:
+    """The rewritten model alone: *model* with the captured tensors as extra outputs."""
+    proto = load.load_model(model)
+    captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
+    return add_outputs(proto, captures)
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _progress(total: int | None, enabled: bool | None) -> Any:
+    """A tqdm bar, or a stand-in when disabled (tqdm takes 5 ms to import)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="batch", leave=False)

@@ -1,0 +1,290 @@
+"""The parallel counting engine, and the one place that decides how threads are used.
+
+``plan_threads`` decides, once per run, how many threads count, whether counting overlaps
+the next onnxruntime run, and whether onnxruntime's idle threads may spin.
+``ParallelCounting`` counts each batch's captured tensors on that many threads with results
+identical to one: the counting kernel releases the GIL, so threads scale. Each layer's
+counter is touched by one thread at a time. A layer whose counter ``shards_cheaply`` (a
+dense table) is cut by samples into pieces, each counted into the taking thread's own
+shard; so is a lone layer whose counter is ``shardable`` (``count_states``). Any other
+layer goes whole to one thread. Threads take the next piece from a shared queue, largest
+first, so layers of uneven cost balance themselves. Shards are merged exactly when the
+engine closes, so no caller can lose counts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import queue
+import threading
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnx_state.count.counter import StateCounter, width_mismatch
+from onnx_state.errors import InputError
+
+__all__ = [
+    "MAX_COUNTING_THREADS",
+    "ParallelCounting",
+    "ThreadPlan",
+    "available_cpus",
+    "count_states",
+    "plan_threads",
+]
+
+# Past ~16 threads the per-batch pieces are too small to share, and every thread keeps a
+# shard (up to 8 MiB) per narrow layer.
+MAX_COUNTING_THREADS = 16
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How one run uses threads.
+
+    Attributes
+    ----------
+    overlap:
+        Count batch *k* on a worker thread while batch *k+1* runs (cores are spare, or the
+        model runs on an accelerator); otherwise count right after each run.
+    counting_threads:
+        Threads that count one batch.
+    on_cpu:
+        Whether onnxruntime computes on the CPU (then its threads must stop spinning when a
+        run returns, or they compete with counting; on an accelerator they must not spin).
+    """
+
+    overlap: bool
+    counting_threads: int
+    on_cpu: bool
+
+    def session_config(self) -> dict[str, str]:
+        """onnxruntime session config entries that fit this plan."""
+        if self.on_cpu:
+            # Idle threads spin between operators (fast), but stop when a run returns:
+            # states are counted between runs and must not compete with spinning threads.
+            return {"session.force_spinning_stop": "1"}
+        # The model runs on the accelerator while states are counted on the CPU cores.
+        return {"session.intra_op.allow_spinning": "0"}
+
+
+def plan_threads(providers: Sequence[str] | None, threads: int | None) -> ThreadPlan:
+    """The plan for a session on *providers* with *threads* intra-op threads (None: all).
+
+    When onnxruntime computes on every core, counting beside it only preempts its threads
+    (a parallel section waits for its slowest thread), so batches are counted between runs
+    on all cores. When cores are left over, or the model runs on an accelerator, counting
+    overlaps the next batch on the spare cores.
+    """
+    cpus = available_cpus()
+    on_cpu = not providers or providers[0] == "CPUExecutionProvider"
+    busy = min(threads or cpus, cpus) if on_cpu else 1
+    spare = cpus - busy
+    if spare >= 1:
+        return ThreadPlan(True, min(spare, MAX_COUNTING_THREADS), on_cpu)
+    return ThreadPlan(False, min(busy, MAX_COUNTING_THREADS), on_cpu)
+
+
+def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (containers)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path(cpu_max).read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2, or a format we do not know
+        pass
+    return cpus
+
+
+# A piece below this many values is not worth a hand-off between threads.
+_MIN_PIECE_VALUES = 1 << 17
+
+
+def _guided_edges(n: int, workers: int, smallest: int) -> list[int]:
+    """Cut n samples into pieces of shrinking size: each takes 1/(2 * workers) of what is
+    left, but at least *smallest*, so the threads finish together (guided scheduling)."""
+    edges = [0]
+    while edges[-1] < n:
+        left = n - edges[-1]
+        edges.append(edges[-1] + min(left, max(smallest, left // (2 * workers))))
+    return edges
+
+
+class ParallelCounting:
+    """Count batches of captured tensors into one StateCounter per (tensor, neuron axis).
+
+    A consumer for ``Instrumented.stream``: call it with (batch, captured tensors by name).
+    Use it as a context manager: when the block ends without an error, every shard has
+    been merged into *counters*, which are complete from then on. *fingerprint*, when
+    given, is updated with every batch.
+
+    Parameters
+    ----------
+    counters:
+        The counter of each (tensor name, neuron axis).
+    workers:
+        Counting threads (``ThreadPlan.counting_threads``); results are identical for any.
+    fingerprint:
+        An object with ``update(batch)``, e.g. ``capture.data.Fingerprint``.
+    """
+
+    def __init__(
+        self,
+        counters: Mapping[tuple[str, int], StateCounter],
+        workers: int = 1,
+        fingerprint: Any = None,
+    ) -> None:
+        if workers < 1:
+            raise InputError(f"workers must be at least 1, got {workers}")
+        self.counters = counters
+        self.workers = workers
+        self.fingerprint = fingerprint
+        # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
+        self._shards: list[dict[Hashable, StateCounter]] = [{} for _ in range(workers)]
+        self._width: dict[Hashable, int] = {}  # neurons of each layer, from its first batch
+        self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
+
+    def __enter__(self) -> ParallelCounting:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.close(merge=exc_type is None)
+
+    def close(self, merge: bool = True) -> None:
+        """Stop the threads and (with *merge*) fold every shard into its layer's counter."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if merge:
+            self._merge()
+
+    def __call__(self, batch: Mapping[str, np.ndarray], captured: Mapping[str, Any]) -> None:
+        if self._pool is None:
+            for piece in self._pieces(captured, batch):
+                self._count(0, piece)
+            return
+        work: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for piece in self._pieces(captured, batch):
+            work.put(piece)
+        for _ in range(self.workers):
+            work.put(None)  # one stop mark per thread, after every piece
+        # Wake the other threads only now: woken earlier, they would take the GIL from the
+        # thread cutting the pieces.
+        failed = threading.Event()
+        futures = [self._pool.submit(self._work, k, work, failed) for k in range(1, self.workers)]
+        try:
+            self._work(0, work, failed)
+        finally:
+            errors = [f.exception() for f in futures]
+        for err in errors:
+            if err is not None:
+                raise err
+
+    def _pieces(
+        self, captured: Mapping[str, Any], batch: Mapping[str, np.ndarray] | None = None
+    ) -> list[tuple[Any, Any, int, bool]]:
+        """(counter key, array, axis, split?) per piece, largest first; the fingerprint of
+        *batch* last, as (None, batch, 0, False)."""
+        pieces: list[tuple[Any, Any, int, bool]] = []
+        alone = len(self.counters) == 1
+        for key, counter in self.counters.items():
+            tensor, axis = key
+            x = np.asarray(captured[tensor])
+            n = x.shape[0] if x.ndim else 0
+            valid = x.ndim >= 2 and -x.ndim <= axis < x.ndim
+            if valid:
+                # One width per layer, checked here for every batch: the thread that takes a
+                # piece may hold a shard, or a counter that has not seen a batch yet.
+                width = self._width.setdefault(key, counter.neurons or x.shape[axis])
+                if x.shape[axis] != width:
+                    raise width_mismatch(width, x.shape[axis], axis)
+                if not counter.neurons:  # start its table, so that the split rule sees it
+                    counter.update(x[:0], axis=axis)
+            splittable = (
+                valid
+                and self.workers > 1
+                and (counter.shards_cheaply or (alone and counter.shardable))
+                and n > 1
+                and x.size >= 2 * _MIN_PIECE_VALUES
+            )
+            if not splittable:
+                pieces.append((key, x, axis, False))  # the counter reports any other problem
+                continue
+            edges = _guided_edges(n, self.workers, max(1, n * _MIN_PIECE_VALUES // x.size))
+            pieces += [(key, x[a:b], axis, True) for a, b in itertools.pairwise(edges)]
+        # Whole layers first (they cannot be shared out), then split pieces, large to small.
+        pieces.sort(key=lambda p: (p[3], -p[1].size))
+        if self.fingerprint is not None and batch is not None:
+            pieces.append((None, batch, 0, False))
+        return pieces
+
+    def _work(self, worker: int, work: queue.SimpleQueue[Any], failed: threading.Event) -> None:
+        try:
+            while (piece := work.get()) is not None:
+                if not failed.is_set():  # after a failure, drain to the stop mark
+                    self._count(worker, piece)
+        except BaseException:
+            failed.set()
+            raise
+
+    def _count(self, worker: int, piece: tuple[Any, Any, int, bool]) -> None:
+        key, x, axis, split = piece
+        if key is None:
+            self.fingerprint.update(x)
+            return
+        counter = self.counters[key]
+        if split and worker:
+            shards = self._shards[worker]
+            if key not in shards:
+                shards[key] = StateCounter(self._width[key])
+            counter = shards[key]
+        counter.update(x, axis=axis)
+
+    def _merge(self) -> None:
+        """Merge every worker's shards into the layers' counters (exact)."""
+        for shards in self._shards[1:]:
+            for key, shard in shards.items():
+                self.counters[key].merge(shard)
+            shards.clear()
+
+
+def count_states(
+    x: Any,
+    axis: int = 1,
+    *,
+    threads: int | None = None,
+    counter: StateCounter | None = None,
+) -> StateCounter:
+    """Count every state of one array on several threads, in one call.
+
+    Parameters
+    ----------
+    x:
+        A captured tensor of rank >= 2 (float16/32/64 or bool), samples on axis 0.
+    axis:
+        Its neuron axis.
+    threads:
+        Counting threads; None takes every available CPU (at most MAX_COUNTING_THREADS).
+    counter:
+        The counter to add to; a new one by default. A recording counter is counted on one
+        thread, since its states must stay in order.
+
+    Returns the counter; its results are identical for any number of threads.
+    """
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
+    counter = StateCounter() if counter is None else counter
+    workers = threads or min(available_cpus(), MAX_COUNTING_THREADS)
+    with ParallelCounting({("x", axis): counter}, workers) as engine:
+        engine({}, {"x": x})
+    return counter

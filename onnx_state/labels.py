@@ -1,0 +1,83 @@
+"""Class labels and top-1 accuracy, for every command that takes labels."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from onnx_state.capture.data import load_array
+from onnx_state.errors import InputError
+
+__all__ = ["Accuracy", "accuracy_of", "count_correct", "labels_array", "predicted_classes"]
+
+
+def labels_array(labels: Any) -> np.ndarray:
+    """Class indices from indices (N,) or (N, 1), or one-hot / score rows (N, K).
+
+    *labels* is an array or a .npy/.npz/zarr path (``PATH:KEY`` picks one array).
+    """
+    if isinstance(labels, (str, os.PathLike)):
+        labels = load_array(labels)
+    y = np.asarray(labels)
+    if y.ndim == 2 and y.shape[1] == 1:  # a column of indices, e.g. Keras CIFAR labels
+        y = y[:, 0]
+    elif y.ndim == 2:  # one-hot
+        y = y.argmax(axis=1)
+    if y.ndim != 1:
+        raise InputError(f"labels must be class indices or one-hot rows, got shape {y.shape}")
+    return y
+
+
+def predicted_classes(outputs: np.ndarray) -> np.ndarray:
+    """argmax over the class axis of (N, K) scores (trailing axes of size 1 are ignored)."""
+    n = len(outputs)
+    axes = [d for d in outputs.shape[1:] if d != 1]
+    if len(axes) != 1 or axes[0] < 2:
+        raise InputError(
+            f"accuracy needs class scores of shape (N, K) with K >= 2 as the first model "
+            f"output, got {outputs.shape}; drop the labels for this model"
+        )
+    return np.argmax(outputs.reshape(n, -1), axis=1)
+
+
+def count_correct(outputs: np.ndarray, y: np.ndarray, start: int) -> int:
+    """Correct top-1 predictions of one batch whose first sample is sample *start*."""
+    n = len(outputs)
+    if start + n > len(y):
+        raise InputError(f"got {len(y)} labels but the data holds more samples")
+    return int(np.sum(predicted_classes(outputs) == y[start : start + n]))
+
+
+class Accuracy:
+    """Top-1 accuracy of a model's first output, batch after batch.
+
+    Parameters
+    ----------
+    labels:
+        Class indices or one-hot rows, or a path to them (see ``labels_array``).
+    """
+
+    def __init__(self, labels: Any) -> None:
+        self.labels = labels_array(labels)
+        self.seen = 0
+        self.correct = 0
+
+    def update(self, outputs: np.ndarray) -> None:
+        """Score the next batch of class scores (N, K)."""
+        self.correct += count_correct(outputs, self.labels, self.seen)
+        self.seen += len(outputs)
+
+    def result(self, n_samples: int) -> float:
+        """The accuracy over *n_samples*, which must be every label."""
+        if len(self.labels) != n_samples:
+            raise InputError(
+                f"got {len(self.labels)} labels for {n_samples} samples; they must match"
+            )
+        return self.correct / n_samples
+
+
+def accuracy_of(labels: Any) -> Accuracy | None:
+    """An Accuracy for *labels*, or None without labels."""
+    return None if labels is None else Accuracy(labels)
