@@ -4,11 +4,12 @@
 A state is stored as ``nwords`` little-endian uint64 words, neuron c at bit c % 64 of word
 c // 64. On a little-endian machine the bytes of those words are exactly
 ``np.packbits(bits, bitorder='little')`` padded to a multiple of 8 bytes.
-The public, validating wrapper is ``onnx_state.counter.StateCounter``.
+The public, validating wrapper is ``onnx_state.count.counter.StateCounter``.
 """
 
 import numpy as np
 
+cimport cython
 cimport numpy as cnp
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -84,8 +85,7 @@ cdef inline uint64_t _hash(const uint64_t* key, Py_ssize_t nwords) noexcept nogi
 
 
 cdef inline bint _same(const uint64_t* a, const uint64_t* b, Py_ssize_t nwords) noexcept nogil:
-    if nwords == 1:
-        return a[0] == b[0]
+    # Only the wide table compares keys this way, and its keys have nwords >= 2.
     return memcmp(a, b, nwords * sizeof(uint64_t)) == 0
 
 
@@ -105,6 +105,12 @@ cdef struct Narrow:
     Py_ssize_t last
 
 
+cdef inline Py_ssize_t _narrow_slot(uint64_t key, int shift) noexcept nogil:
+    # Fibonacci hashing: the top bits of key * 2**64 / golden ratio. Lookups, growth and the
+    # prefetches in _narrow_add_block must all agree on it.
+    return <Py_ssize_t>((key * 0x9E3779B97F4A7C15ULL) >> shift)
+
+
 cdef int _narrow_init(Narrow* t) noexcept nogil:
     t.n = 0
     t.mask = 127
@@ -122,7 +128,7 @@ cdef int _narrow_grow(Narrow* t) noexcept nogil:
         return -1
     for k in range(t.mask + 1):
         if t.entries[k].count:
-            i = <Py_ssize_t>((t.entries[k].key * 0x9E3779B97F4A7C15ULL) >> shift)
+            i = _narrow_slot(t.entries[k].key, shift)
             while entries[i].count:
                 i = (i + 1) & (size - 1)
             entries[i] = t.entries[k]
@@ -141,7 +147,7 @@ cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nog
         return 0
     if t.n >= t.mask:  # growth failed earlier: a full table would probe forever
         return -1
-    i = <Py_ssize_t>((key * 0x9E3779B97F4A7C15ULL) >> t.shift)
+    i = _narrow_slot(key, t.shift)
     while t.entries[i].count:
         if t.entries[i].key == key:
             t.entries[i].count += count
@@ -154,6 +160,20 @@ cdef inline int _narrow_add(Narrow* t, uint64_t key, int64_t count) noexcept nog
     t.last, t.last_key = i, key
     if 2 * t.n > t.mask + 1:  # keep the load factor at most one half
         return _narrow_grow(t)
+    return 0
+
+
+cdef inline int _narrow_add_block(Narrow* t, const uint64_t* block, Py_ssize_t nb) noexcept nogil:
+    cdef Py_ssize_t j
+    # Large tables miss the cache: ask for every entry of the block first, so the lookups
+    # below overlap their memory latency.
+    for j in range(min(nb, <Py_ssize_t>PREFETCH)):
+        _prefetch(&t.entries[_narrow_slot(block[j], t.shift)])
+    for j in range(nb):
+        if j + PREFETCH < nb:
+            _prefetch(&t.entries[_narrow_slot(block[j + PREFETCH], t.shift)])
+        if _narrow_add(t, block[j], 1) != 0:
+            return -1
     return 0
 
 
@@ -200,9 +220,19 @@ cdef inline void _dense_add_block(Dense* d, const uint64_t* block, Py_ssize_t pn
     _dense_add(d, key, run)
 
 
+# Which of the three tables a Table is; fixed by the neuron count in _table_init.
+cdef enum Kind:
+    KIND_DENSE              # <= DENSE_BITS neurons: Table.dense
+    KIND_NARROW             # <= 64 neurons: Table.narrow
+    KIND_WIDE               # more: the rows and slots of Table itself
+
+
 cdef struct Table:
-    Dense dense             # used when dense.counts != NULL (few neurons)
-    Py_ssize_t nwords       # uint64 words per state
+    Kind kind
+    Dense dense             # KIND_DENSE
+    Narrow narrow           # KIND_NARROW
+    Py_ssize_t nwords       # uint64 words per state, for every kind
+    # KIND_WIDE:
     Py_ssize_t n            # unique states stored
     Py_ssize_t capacity     # rows allocated
     Py_ssize_t mask         # slot count - 1 (a power of two)
@@ -210,7 +240,6 @@ cdef struct Table:
     uint64_t* hashes        # [capacity], so growing never rehashes keys
     uint64_t* slots         # [mask + 1]: row + 1 in the low 32 bits (0 = empty), hash tag high
     Py_ssize_t last         # row of the previous state: runs of one state skip the probe
-    Narrow narrow           # used instead of the above when nwords == 1
 
 
 cdef inline uint64_t* _row(Table* t, Py_ssize_t row) noexcept nogil:
@@ -228,9 +257,12 @@ cdef int _table_init(Table* t, Py_ssize_t neurons) noexcept nogil:
     t.narrow.entries = NULL
     t.dense.counts = NULL
     if neurons <= DENSE_BITS:
+        t.kind = KIND_DENSE
         return _dense_init(&t.dense, neurons)
     if nwords == 1:
+        t.kind = KIND_NARROW
         return _narrow_init(&t.narrow)
+    t.kind = KIND_WIDE
     t.capacity = 64
     t.mask = 127
     t.last = -1
@@ -243,22 +275,36 @@ cdef int _table_init(Table* t, Py_ssize_t neurons) noexcept nogil:
 
 
 cdef void _table_free(Table* t) noexcept nogil:
-    free(t.rows)
-    free(t.hashes)
-    free(t.slots)
-    if t.narrow.entries != NULL:
-        os_zfree(t.narrow.entries, (t.narrow.mask + 1) * sizeof(Entry))
-    if t.dense.counts != NULL:
+    # Safe to call twice, after a failed _table_init, and on a never-initialised (zeroed)
+    # Table: every pointer is NULL or owned, and is NULL afterwards.
+    if t.kind == KIND_DENSE:
         os_zfree(t.dense.counts, t.dense.size * sizeof(int64_t))
-    t.narrow.entries = NULL
-    t.dense.counts = NULL
-    t.rows = NULL
-    t.hashes = NULL
-    t.slots = NULL
+        t.dense.counts = NULL
+    elif t.kind == KIND_NARROW:
+        os_zfree(t.narrow.entries, (t.narrow.mask + 1) * sizeof(Entry))
+        t.narrow.entries = NULL
+    else:
+        free(t.rows)
+        free(t.hashes)
+        free(t.slots)
+        t.rows = NULL
+        t.hashes = NULL
+        t.slots = NULL
 
 
-cdef inline uint64_t _slot(Py_ssize_t row, uint64_t h) noexcept nogil:
-    return <uint64_t>(row + 1) | (h & 0xFFFFFFFF00000000ULL)
+cdef inline Py_ssize_t _wide_slot(uint64_t h, Py_ssize_t mask) noexcept nogil:
+    # Home slot of hash h among mask + 1 slots. Lookups, growth and the prefetches in
+    # _wide_add_block must all agree on it.
+    return <Py_ssize_t>(h & <uint64_t>mask)
+
+
+cdef inline uint64_t _tag(uint64_t h) noexcept nogil:
+    # The high half of the hash, kept in the slot so most mismatches skip reading the row.
+    return h & 0xFFFFFFFF00000000ULL
+
+
+cdef inline uint64_t _slot_value(Py_ssize_t row, uint64_t h) noexcept nogil:
+    return <uint64_t>(row + 1) | _tag(h)
 
 
 cdef int _table_grow_slots(Table* t) noexcept nogil:
@@ -268,10 +314,10 @@ cdef int _table_grow_slots(Table* t) noexcept nogil:
     if slots == NULL:
         return -1
     for row in range(t.n):
-        i = <Py_ssize_t>(t.hashes[row] & <uint64_t>(size - 1))
+        i = _wide_slot(t.hashes[row], size - 1)
         while slots[i] != 0:
             i = (i + 1) & (size - 1)
-        slots[i] = _slot(row, t.hashes[row])
+        slots[i] = _slot_value(row, t.hashes[row])
     free(t.slots)
     t.slots = slots
     t.mask = size - 1
@@ -297,16 +343,16 @@ cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
                                   uint64_t h) noexcept nogil:
     """Add *count* observations of a multi-word *key* whose hash is *h*; -1 if out of memory."""
     cdef Py_ssize_t i, row
-    cdef uint64_t s, tag = h & 0xFFFFFFFF00000000ULL
+    cdef uint64_t s, tag = _tag(h)
     cdef uint64_t* r
     if t.n >= t.mask:  # growth failed earlier: a full table would probe forever
         return -1
-    i = <Py_ssize_t>(h & <uint64_t>t.mask)
+    i = _wide_slot(h, t.mask)
     while True:
         s = t.slots[i]
         if s == 0:
             break
-        if (s & 0xFFFFFFFF00000000ULL) == tag:
+        if _tag(s) == tag:
             row = <Py_ssize_t>(s & 0xFFFFFFFFULL) - 1
             r = _row(t, row)
             if _same(r + 1, key, t.nwords):
@@ -323,7 +369,7 @@ cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
     r[0] = <uint64_t>count
     memcpy(r + 1, key, t.nwords * sizeof(uint64_t))
     t.hashes[row] = h
-    t.slots[i] = _slot(row, h)
+    t.slots[i] = _slot_value(row, h)
     t.n += 1
     t.last = row
     if 2 * t.n > t.mask + 1:  # keep the load factor at most one half
@@ -331,17 +377,47 @@ cdef inline int _table_add_hashed(Table* t, const uint64_t* key, int64_t count,
     return 0
 
 
-cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
-    """Add *count* observations of *key*; -1 when out of memory."""
-    if t.dense.counts != NULL:
-        _dense_add(&t.dense, key[0], count)
-        return 0
-    if t.nwords == 1:
-        return _narrow_add(&t.narrow, key[0], count)
+cdef inline int _wide_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
     if t.last >= 0 and _same(_row(t, t.last) + 1, key, t.nwords):
         _row(t, t.last)[0] += <uint64_t>count
         return 0
     return _table_add_hashed(t, key, count, _hash(key, t.nwords))
+
+
+cdef inline int _wide_add_block(Table* t, const uint64_t* block, Py_ssize_t nb) noexcept nogil:
+    cdef uint64_t hashes[BLOCK]
+    cdef Py_ssize_t nwords = t.nwords, j
+    # Hash the whole block first, prefetching each home slot, so the probes below overlap
+    # their memory latency.
+    for j in range(nb):
+        hashes[j] = _hash(block + j * nwords, nwords)
+        _prefetch(&t.slots[_wide_slot(hashes[j], t.mask)])
+    for j in range(nb):
+        if t.last >= 0 and _same(_row(t, t.last) + 1, block + j * nwords, nwords):
+            _row(t, t.last)[0] += 1
+        elif _table_add_hashed(t, block + j * nwords, 1, hashes[j]) != 0:
+            return -1
+    return 0
+
+
+cdef inline int _table_add(Table* t, const uint64_t* key, int64_t count) noexcept nogil:
+    """Add *count* observations of *key*; -1 when out of memory."""
+    if t.kind == KIND_DENSE:
+        _dense_add(&t.dense, key[0], count)
+        return 0
+    if t.kind == KIND_NARROW:
+        return _narrow_add(&t.narrow, key[0], count)
+    return _wide_add(t, key, count)
+
+
+cdef inline int _table_add_block(Table* t, const uint64_t* block, Py_ssize_t nb) noexcept nogil:
+    """Add one observation of each of the *nb* packed states in *block*; -1 when out of memory."""
+    if t.kind == KIND_DENSE:
+        _dense_add_block(&t.dense, block, nb)
+        return 0
+    if t.kind == KIND_NARROW:
+        return _narrow_add_block(&t.narrow, block, nb)
+    return _wide_add_block(t, block, nb)
 
 
 cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
@@ -360,7 +436,6 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
     cdef const value_t* row
     cdef uint32_t lanes[BLOCK]
     cdef uint32_t nan_lanes[BLOCK]  # 32-bit like lanes, so both vectorise together
-    cdef uint64_t hashes[BLOCK]
     cdef uint32_t* half
     cdef Py_ssize_t o, rows, p0, pn, nb, r, j, c, w, g, gn
     cdef uint64_t bit
@@ -420,28 +495,8 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                             v = x[o + r, c, p0 + j]
                             nans += _isnan(v)
                             block[(r * pn + j) * nwords + w] |= (<uint64_t>_fires(v)) << bit
-            if t.dense.counts != NULL:
-                _dense_add_block(&t.dense, block, nb)
-            elif nwords == 1:
-                # Large tables miss the cache: ask for every entry of the block first, so
-                # the lookups below overlap their memory latency.
-                for j in range(min(nb, <Py_ssize_t>PREFETCH)):
-                    _prefetch(&t.narrow.entries[(block[j] * 0x9E3779B97F4A7C15ULL) >> t.narrow.shift])
-                for j in range(nb):
-                    if j + PREFETCH < nb:
-                        _prefetch(&t.narrow.entries[
-                            (block[j + PREFETCH] * 0x9E3779B97F4A7C15ULL) >> t.narrow.shift])
-                    if _narrow_add(&t.narrow, block[j], 1) != 0:
-                        return -1
-            else:
-                for j in range(nb):
-                    hashes[j] = _hash(block + j * nwords, nwords)
-                    _prefetch(&t.slots[hashes[j] & <uint64_t>t.mask])
-                for j in range(nb):
-                    if t.last >= 0 and _same(_row(t, t.last) + 1, block + j * nwords, nwords):
-                        _row(t, t.last)[0] += 1
-                    elif _table_add_hashed(t, block + j * nwords, 1, hashes[j]) != 0:
-                        return -1
+            if _table_add_block(t, block, nb) != 0:
+                return -1
             if record != NULL:
                 memcpy(record, block, nb * nwords * sizeof(uint64_t))
                 record += nb * nwords
@@ -449,6 +504,15 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
         o += rows
     nan_count[0] += nans
     return 0
+
+
+cdef int _add_typed(const value_t[:, :, :] x, Table* t, uint64_t* block, uint64_t* rec,
+                    int64_t* nans):
+    # Typed entry for StateTable.add: the memoryview is taken with the GIL, the work without.
+    cdef int rc
+    with nogil:
+        rc = _pack_count(x, t, block, rec, nans)
+    return rc
 
 
 cdef class StateTable:
@@ -493,9 +557,11 @@ cdef class StateTable:
     @property
     def n_unique(self) -> int:
         self._check()
-        if self.t.dense.counts != NULL:
+        if self.t.kind == KIND_DENSE:
             return self.t.dense.n
-        return self.t.narrow.n if self.t.nwords == 1 else self.t.n
+        if self.t.kind == KIND_NARROW:
+            return self.t.narrow.n
+        return self.t.n
 
     def add(self, x, record=None):
         """Count every state of x, shaped (outer, neurons, inner), of a supported dtype.
@@ -520,13 +586,13 @@ cdef class StateTable:
             return
         dt = x.dtype
         if dt == np.float32:
-            rc = self._add_f32(x, rec, &nans)
+            rc = _add_typed[cython.float](x, &self.t, self.block, rec, &nans)
         elif dt == np.float64:
-            rc = self._add_f64(x, rec, &nans)
+            rc = _add_typed[cython.double](x, &self.t, self.block, rec, &nans)
         elif dt == np.uint8:
-            rc = self._add_u8(x, rec, &nans)
+            rc = _add_typed[uint8_t](x, &self.t, self.block, rec, &nans)
         elif dt == np.uint16:
-            rc = self._add_u16(x, rec, &nans)
+            rc = _add_typed[uint16_t](x, &self.t, self.block, rec, &nans)
         else:
             raise TypeError(f"unsupported kernel dtype {dt}")
         if rc != 0:
@@ -534,30 +600,6 @@ cdef class StateTable:
             raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")
         self.state_count += x.shape[0] * x.shape[2]
         self.nan_count += nans
-
-    cdef int _add_f32(self, const float[:, :, :] x, uint64_t* rec, int64_t* nans):
-        cdef int rc
-        with nogil:
-            rc = _pack_count(x, &self.t, self.block, rec, nans)
-        return rc
-
-    cdef int _add_f64(self, const double[:, :, :] x, uint64_t* rec, int64_t* nans):
-        cdef int rc
-        with nogil:
-            rc = _pack_count(x, &self.t, self.block, rec, nans)
-        return rc
-
-    cdef int _add_u8(self, const uint8_t[:, :, :] x, uint64_t* rec, int64_t* nans):
-        cdef int rc
-        with nogil:
-            rc = _pack_count(x, &self.t, self.block, rec, nans)
-        return rc
-
-    cdef int _add_u16(self, const uint16_t[:, :, :] x, uint64_t* rec, int64_t* nans):
-        cdef int rc
-        with nogil:
-            rc = _pack_count(x, &self.t, self.block, rec, nans)
-        return rc
 
     def add_counts(self, const uint64_t[:, ::1] keys, const int64_t[::1] counts,
                    int64_t nan_count=0):
@@ -599,13 +641,13 @@ cdef class StateTable:
         cdef int64_t[::1] cv = counts
         cdef Entry* entries = self.t.narrow.entries
         cdef int64_t* dense = self.t.dense.counts
-        if dense != NULL:  # ascending state order for free
+        if self.t.kind == KIND_DENSE:  # ascending state order for free
             for i in range(self.t.dense.size):
                 if dense[i]:
                     kv[row, 0] = <uint64_t>i
                     cv[row] = dense[i]
                     row += 1
-        elif nw == 1:
+        elif self.t.kind == KIND_NARROW:
             for i in range(self.t.narrow.mask + 1):
                 if entries[i].count:
                     kv[row, 0] = entries[i].key
