@@ -94,7 +94,7 @@ def export_model(
     tmp = target.with_name(f".{target.name}.partial")
     try:
         if source.endswith(".keras"):
-            from exporters.from_keras import export
+            from exporters.from_keras import export as export_keras
 
             try:
                 import keras
@@ -110,7 +110,7 @@ def export_model(
                 raise InputError(
                     f"cannot load {source} as a Keras model: {first_line(exc)}"
                 ) from None
-            export(model, tmp, opset=opset)
+            export_keras(model, tmp, opset=opset)
         else:
             if input_shape is None:
                 raise InputError("a PyTorch module needs --input-shape (without the batch axis)")
@@ -118,9 +118,9 @@ def export_model(
             module = load_torch_module(source, weights)
             import torch
 
-            from exporters.from_torch import export
+            from exporters.from_torch import export as export_torch
 
-            export(module, torch.zeros((2, *shape)), tmp, opset=opset)
+            export_torch(module, torch.zeros((2, *shape)), tmp, opset=opset)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ __all__ = ["annotate", "export", "keras_layers"]
 _SUFFIX = re.compile(r"_\d+$")
 
 
-def _import_tf():
+def _import_tf() -> tuple[Any, Any]:
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
@@ -81,7 +81,9 @@ def annotate(proto: onnx.ModelProto, model: Any) -> onnx.ModelProto:
     return proto
 
 
-def export(model: Any, path: str | os.PathLike | None = None, opset: int = 18) -> onnx.ModelProto:
+def export(
+    model: Any, path: str | os.PathLike[str] | None = None, opset: int = 18
+) -> onnx.ModelProto:
     """Export Keras 3 *model* to ONNX (dynamic batch) with layer metadata; save to *path*."""
     if opset > 18:
         raise InputError(f"tf2onnx exports opsets up to 18, got --opset {opset}; use 18 or lower")
@@ -91,10 +93,11 @@ def export(model: Any, path: str | os.PathLike | None = None, opset: int = 18) -
         for t in model.inputs
     )
 
-    @tf.function(input_signature=specs)
-    def forward(*xs):
+    @tf.function(input_signature=specs)  # type: ignore[untyped-decorator]
+    def forward(*xs: Any) -> Any:
         return model(xs[0] if len(xs) == 1 else list(xs), training=False)
 
+    proto: onnx.ModelProto
     proto, _ = tf2onnx.convert.from_function(forward, input_signature=specs, opset=opset)
     annotate(proto, model)
     if path is not None:

@@ -37,7 +37,7 @@ def module_axis(cls: str) -> int | None:
     return None
 
 
-def _import_torch():
+def _import_torch() -> Any:
     try:
         import torch
     except ImportError as exc:
@@ -81,7 +81,7 @@ def annotate(model: onnx.ModelProto) -> onnx.ModelProto:
 def export(
     module: Any,
     sample_input: Any,
-    path: str | os.PathLike | None = None,
+    path: str | os.PathLike[str] | None = None,
     opset: int = 18,
     dynamic_batch: bool = True,
 ) -> onnx.ModelProto:

@@ -157,9 +157,8 @@ class Audit:
                 f"{100 * la.coverage:6.2f}% {100 * la.topk_coverage:6.2f}%"
             )
             if ref:
-                row += (
-                    f" {100 * la.novelty:7.3f}% {la.js_divergence:7.4f} {la.efficiency_drift:+8.4f}"
-                )
+                row += f" {_figure(la.novelty, '7.3f', 100)}% {_figure(la.js_divergence, '7.4f')}"
+                row += f" {_figure(la.efficiency_drift, '+8.4f')}"
             lines.append(row)
         lines.append("")
         lines.append(f"samples: {self.n_samples}, top-k coverage with k={self.k}")
@@ -173,6 +172,13 @@ class Audit:
         if self.accuracy is not None:
             lines.append(f"accuracy: {100 * self.accuracy:.2f}%")
         return "\n".join(lines)
+
+
+def _figure(value: float | None, spec: str, scale: float = 1) -> str:
+    """*value* (times *scale*) formatted by *spec*, or a dash of its width when missing."""
+    if value is None:
+        return "-".rjust(int(spec.strip("+").split(".")[0]))
+    return format(scale * value, spec)
 
 
 def _short(items: Sequence[int], n: int = 20) -> str:
@@ -299,7 +305,7 @@ def audit(
             dead=np.flatnonzero(fired == 0).tolist(),
             always_on=np.flatnonzero(fired == res.state_count).tolist(),
             coverage=float(np.mean(fired > 0)),
-            topk_coverage=float(np.mean(w.topk)),
+            topk_coverage=float(np.mean(w.topk)) if w.topk is not None else 0.0,
         )
         ref_layer = ref_layers.get(res.name)
         if ref_layer is not None:

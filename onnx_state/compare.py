@@ -153,16 +153,18 @@ class _PairStats:
         self.counter_b.update(xb, axis=1)
 
     def result(self, rule: str) -> PairResult | RefusedPair:
-        base = {"a": self.a.name, "b": self.b.name, "rule": rule, "neurons": self.counter_a.neurons}
+        a, b, neurons = self.a.name, self.b.name, self.counter_a.neurons
         if self.refused or not self.states or self.neuron_agree is None:
-            return RefusedPair(**base, refused=self.refused or "no states")
+            return RefusedPair(a, b, rule, neurons, refused=self.refused or "no states")
         ids_a, counts_a = self.counter_a.state_table()
         ids_b, counts_b = self.counter_b.state_table()
-        neurons = self.counter_a.neurons
         per_neuron = self.neuron_agree / self.states
         denom = np.sqrt(self.norm_a * self.norm_b)
         return PairResult(
-            **base,
+            a=a,
+            b=b,
+            rule=rule,
+            neurons=neurons,
             states=self.states,
             state_agreement=self.identical / self.states,
             neuron_agreement_mean=float(per_neuron.mean()),
@@ -218,10 +220,15 @@ class RefusedPair:
         return {**figures, "states": 0, **vars(self)}
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
 def _pair_from_dict(d: dict[str, Any]) -> PairResult | RefusedPair:
     if d.get("refused"):
         return RefusedPair(d["a"], d["b"], d["rule"], d["neurons"], d["refused"])
-    return PairResult(**{f.name: d[f.name] for f in fields(PairResult)})
+    values: dict[str, Any] = {f.name: d[f.name] for f in fields(PairResult)}
+    return PairResult(**values)
 
 
 @dataclass
@@ -332,7 +339,7 @@ class Comparison:
             f"{100 * self.top1_agreement:.2f}%"
         )
         if self.accuracy_a is not None:
-            lines.append(f"accuracy A {100 * self.accuracy_a:.2f}%, B {100 * self.accuracy_b:.2f}%")
+            lines.append(f"accuracy A {_percent(self.accuracy_a)}, B {_percent(self.accuracy_b)}")
         if self.unmatched_a or self.unmatched_b:
             lines.append(f"unmatched in A: {', '.join(self.unmatched_a) or '-'}")
             lines.append(f"unmatched in B: {', '.join(self.unmatched_b) or '-'}")
@@ -464,15 +471,14 @@ def compare(
     if mapping:  # mapped layers are captured on both sides, whatever the types say
         a_select = [*(a_select or _default_types(model_a)), *map(_layer_name, mapping)]
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
-    session = {"providers": providers, "threads": threads, "optimization": optimization}
     inst_a = Instrumented(
         model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        **session,
+        providers=providers, threads=threads, optimization=optimization,
     )  # fmt: skip
     inst_b = Instrumented(
         model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
         method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
-        **session,
+        providers=providers, threads=threads, optimization=optimization,
     )  # fmt: skip
     pairs, left, right = match_captures(inst_a.captures, inst_b.captures, mapping)
     if not pairs:

@@ -10,7 +10,7 @@ own methods, and Keras models go to ``exporters.from_keras`` only when given.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.capture import METHODS, BatchRun, Instrumented, Side, capture_name
+from onnx_state.capture import METHODS, BatchRun, Instrumented, Method, Side, capture_name
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
 from onnx_state.results import StateMetrics
@@ -69,7 +69,7 @@ class EfficiencyLayer(StateMetrics):
         return self._counter.state_bytes() if as_bytes else self._counter.state_ids()
 
     @property
-    def raw_states(self):
+    def raw_states(self) -> Any:
         """Recorded packed states (zarr), when built with ``storage_path``."""
         return self._counter.raw_states
 
@@ -96,7 +96,7 @@ class EfficiencyModel:
 
     def predict(self, x: Any, batch_size: int = 32, verbose: int = 0) -> np.ndarray:
         """Run *x* in batches, count states, return the first output (like Keras)."""
-        return self._runner(x, batch_size)
+        return np.asarray(self._runner(x, batch_size))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the wrapped torch module (its hooks count the states)."""
@@ -139,8 +139,8 @@ def build_efficiency_model(
     model: Any,
     attach_to: Sequence[str] | str = ("Conv2d",),
     exclude: Sequence[str] | str = (),
-    method: str = "after",
-    storage_path: str | os.PathLike | None = None,
+    method: Method = "after",
+    storage_path: str | os.PathLike[str] | None = None,
     neuron_axes: Mapping[str, int] | None = None,
     **session: Any,
 ) -> EfficiencyModel:
@@ -172,7 +172,14 @@ def _layer(name: str, side: Side, axis: int, storage: Path | None) -> Efficiency
     return EfficiencyLayer(full, axis, None if storage is None else storage / f"{full}.zarr")
 
 
-def _torch_model(module, attach, exclude, method, storage, axes) -> EfficiencyModel:
+def _torch_model(
+    module: Any,
+    attach: list[str],
+    exclude: list[str],
+    method: str,
+    storage: Path | None,
+    axes: Mapping[str, int],
+) -> EfficiencyModel:
     modules = dict(module.named_modules())
     modules.pop("", None)
 
@@ -207,18 +214,18 @@ def _to_numpy(t: Any) -> np.ndarray:
     t = t.detach()
     if str(t.dtype) == "torch.bfloat16":  # numpy has no bfloat16
         t = t.float()
-    return t.cpu().numpy()
+    return np.asarray(t.cpu().numpy())
 
 
-def _pre_hook(layer: EfficiencyLayer):
-    def hook(module, args):
+def _pre_hook(layer: EfficiencyLayer) -> Callable[[Any, Any], None]:
+    def hook(module: Any, args: Any) -> None:
         layer.update(_to_numpy(args[0]))
 
     return hook
 
 
-def _post_hook(layer: EfficiencyLayer):
-    def hook(module, args, output):
+def _post_hook(layer: EfficiencyLayer) -> Callable[[Any, Any, Any], None]:
+    def hook(module: Any, args: Any, output: Any) -> None:
         layer.update(_to_numpy(output[0] if isinstance(output, tuple) else output))
 
     return hook
@@ -243,7 +250,15 @@ class _TorchRunner:
         return np.concatenate(outs)
 
 
-def _onnx_model(model, attach, exclude, method, storage, axes, session) -> EfficiencyModel:
+def _onnx_model(
+    model: str | os.PathLike[str] | ModelProto,
+    attach: list[str],
+    exclude: list[str],
+    method: Method,
+    storage: Path | None,
+    axes: Mapping[str, int] | None,
+    session: dict[str, Any],
+) -> EfficiencyModel:
     inst = Instrumented(
         model, attach_to=attach, exclude=exclude, method=method, neuron_axes=axes, **session
     )
@@ -264,7 +279,9 @@ def _onnx_model(model, attach, exclude, method, storage, axes, session) -> Effic
     return EfficiencyModel(layers, run, [])
 
 
-def _report_unknown(attach, exclude, modules, classes) -> None:
+def _report_unknown(
+    attach: list[str], exclude: list[str], modules: Mapping[str, Any], classes: set[str]
+) -> None:
     """Every attach/exclude entry that names no module class or path, at once."""
     vocab = set(modules) | classes
     lowered = {c.lower() for c in classes}

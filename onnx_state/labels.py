@@ -39,7 +39,7 @@ def predicted_classes(outputs: np.ndarray) -> np.ndarray:
             f"accuracy needs class scores of shape (N, K) with K >= 2 as the first model "
             f"output, got {outputs.shape}; drop the labels for this model"
         )
-    return np.argmax(outputs.reshape(n, -1), axis=1)
+    return np.asarray(np.argmax(outputs.reshape(n, -1), axis=1))
 
 
 def count_correct(outputs: np.ndarray, y: np.ndarray, start: int) -> int:

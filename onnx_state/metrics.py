@@ -118,7 +118,7 @@ def aIQ(network_efficiency: float, accuracy: float, weight: float = 2) -> float:
 def miller_madow_entropy(counts: Iterable[float] | np.ndarray) -> float:
     """Plug-in Shannon entropy plus the Miller–Madow correction (K - 1) / (2N), in bits."""
     c = _observed(counts)
-    return entropy(c, 1) + (c.size - 1) / (2.0 * c.sum() * _LN2)
+    return float(entropy(c, 1) + (c.size - 1) / (2.0 * c.sum() * _LN2))
 
 
 def chao_shen_entropy(counts: Iterable[float] | np.ndarray) -> float:

@@ -9,6 +9,8 @@ distance exactly 0 and stay edges of the tree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from onnx_state.errors import InputError
@@ -45,7 +47,7 @@ def squared_distances(x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-def _prim(n: int, row_of, groups: np.ndarray) -> np.ndarray:
+def _prim(n: int, row_of: Callable[[int], np.ndarray], groups: np.ndarray) -> np.ndarray:
     """Prim's algorithm; row_of(v) gives squared distances from v to all points.
 
     Returns the parent of each vertex (parent[0] = -1) of the unique MST under the order
@@ -81,7 +83,9 @@ def _prim(n: int, row_of, groups: np.ndarray) -> np.ndarray:
     return parent
 
 
-def mst_edges(x: np.ndarray, max_matrix_bytes: int = 1 << 30, d2: np.ndarray | None = None):
+def mst_edges(
+    x: np.ndarray, max_matrix_bytes: int = 1 << 30, d2: np.ndarray | None = None
+) -> np.ndarray:
     """Edges (parent[v], v) of the exact Euclidean MST of the rows of *x*.
 
     With *d2* (squared distances) given, it is used; otherwise the matrix is built when it
@@ -105,7 +109,7 @@ def mst_edges(x: np.ndarray, max_matrix_bytes: int = 1 << 30, d2: np.ndarray | N
         norms = np.einsum("ij,ij->i", xf, xf)
 
         def row_of(v: int) -> np.ndarray:
-            return np.maximum(norms + norms[v] - 2 * (xf @ xf[v]), 0)
+            return np.asarray(np.maximum(norms + norms[v] - 2 * (xf @ xf[v]), 0))
 
         parent = _prim(n, row_of, groups)
     v = np.arange(1, n)

@@ -5,16 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from onnx_state.errors import MissingExtraError
-from onnx_state.separation import SeparationResult
+from onnx_state.separation import Formula, SeparationResult
 
 __all__ = ["plot_separation"]
 
 
-def _pyplot():
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -31,9 +32,9 @@ def _safe(name: str) -> str:
 
 def plot_separation(
     results: Sequence[SeparationResult] | SeparationResult,
-    out_dir: str | os.PathLike,
+    out_dir: str | os.PathLike[str],
     stages: Sequence[str] | None = None,
-    formula: str = "friedman_rafsky",
+    formula: Formula = "friedman_rafsky",
     fmt: str = "png",
 ) -> list[Path]:
     """Histograms per layer and stage, mean per layer, class×class heatmaps, PCA scatters.
@@ -47,7 +48,7 @@ def plot_separation(
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
-    def save(fig, name: str) -> None:
+    def save(fig: Any, name: str) -> None:
         path = out / f"{_safe(name)}.{fmt}"
         fig.savefig(path, bbox_inches="tight", dpi=110)
         plt.close(fig)

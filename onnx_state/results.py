@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +25,10 @@ _LAYER_ATTRS = (
 class StateMetrics:
     """Metric methods for anything with ``counts()`` and ``neurons`` (results, live layers)."""
 
-    neurons: int
+    if TYPE_CHECKING:
+
+        @property
+        def neurons(self) -> int: ...
 
     def counts(self) -> np.ndarray:
         raise NotImplementedError
@@ -101,7 +104,7 @@ class States:
         (a, ca), (b, cb) = self.sorted(), other.sorted()
         return np.array_equal(a, b) and np.array_equal(ca, cb)
 
-    __hash__ = None  # mutable arrays inside
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
 
 
 @dataclass

@@ -48,33 +48,38 @@ SCHEMA = "onnx_state.separation"
 SCHEMA_VERSION = 1
 
 
-def henze_penrose(s: np.ndarray | int, n_i: Any, n_j: Any, formula: str = "friedman_rafsky"):
+def henze_penrose(
+    s: np.ndarray | int, n_i: Any, n_j: Any, formula: Formula = "friedman_rafsky"
+) -> np.ndarray:
     """Separation from the cross-edge count S of an MST over n_i + n_j points."""
     s, n_i, n_j = (np.asarray(v, dtype=np.float64) for v in (s, n_i, n_j))
     if formula == "source":
         n = n_i + n_j
-        return 1 - 2 * np.minimum(n / 2, s) / n
+        return np.asarray(1 - 2 * np.minimum(n / 2, s) / n)
     if formula == "friedman_rafsky":
-        return np.maximum(0.0, 1 - (n_i + n_j) / (2 * n_i * n_j) * (s - 1))
+        return np.asarray(np.maximum(0.0, 1 - (n_i + n_j) / (2 * n_i * n_j) * (s - 1)))
     raise InputError(f"unknown formula {formula!r}; use one of {', '.join(FORMULAS)}")
 
 
 def permutation_test(
-    a: Sequence[float], b: Sequence[float], n: int = 10_000, seed: int | None = 0
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    n: int = 10_000,
+    seed: int | None = 0,
 ) -> tuple[float, float]:
     """Fisher's permutation test for a difference of means (two-sided).
 
     Returns (mean(a) - mean(b), p) with p = (1 + #{|t'| >= |t|}) / (n + 1) over *n* random
     relabellings from a seeded generator.
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if len(a) < 1 or len(b) < 1:
+    xa, xb = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(xa) < 1 or len(xb) < 1:
         raise InputError("both groups need at least one value")
     if n < 1:
         raise InputError(f"n must be at least 1, got {n}")
     rng = np.random.default_rng(seed)
-    pooled = np.concatenate([a, b])
-    observed = a.mean() - b.mean()
+    pooled = np.concatenate([xa, xb])
+    observed = xa.mean() - xb.mean()
     hits = 0
     for start in range(0, n, 1000):  # permutations in slabs: bounded memory
         k = min(1000, n - start)
@@ -94,7 +99,9 @@ class SeparationResult:
     sizes: dict[str, list[int]]  # split -> samples per class
     pca: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def matrix(self, layer: str, split: str = "train", formula: str = "friedman_rafsky"):
+    def matrix(
+        self, layer: str, split: str = "train", formula: Formula = "friedman_rafsky"
+    ) -> np.ndarray:
         """K x K separations (NaN on the diagonal)."""
         s = self._get(layer, split)
         n = np.asarray(self.sizes[split], dtype=np.float64)
@@ -102,12 +109,14 @@ class SeparationResult:
         np.fill_diagonal(out, np.nan)
         return out
 
-    def values(self, layer: str, split: str = "train", formula: str = "friedman_rafsky"):
+    def values(
+        self, layer: str, split: str = "train", formula: Formula = "friedman_rafsky"
+    ) -> np.ndarray:
         """Separations of the K(K-1)/2 class pairs (upper triangle, row by row)."""
         m = self.matrix(layer, split, formula)
         return m[np.triu_indices(len(m), k=1)]
 
-    def mean(self, layer: str, split: str = "train", formula: str = "friedman_rafsky") -> float:
+    def mean(self, layer: str, split: str = "train", formula: Formula = "friedman_rafsky") -> float:
         return float(np.mean(self.values(layer, split, formula)))
 
     def _get(self, layer: str, split: str) -> np.ndarray:
@@ -117,7 +126,7 @@ class SeparationResult:
             raise InputError(f"no layer {layer!r}." + did_you_mean(layer, self.layers))
         return self.cross[split][layer]
 
-    def table(self, formula: str = "friedman_rafsky") -> str:
+    def table(self, formula: Formula = "friedman_rafsky") -> str:
         splits = list(self.cross)
         head = f"{'layer':30s}" + "".join(f" {'mean ' + s:>12s}" for s in splits)
         lines = [head, "-" * len(head)]
@@ -159,7 +168,7 @@ class SeparationResult:
         }
         return cls(list(d["classes"]), list(d["layers"]), cross, dict(d["sizes"]))
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """JSON with sorted keys, written to a temporary file and renamed into place."""
         target = Path(path)
         tmp = target.with_name(f".{target.name}.partial")
@@ -167,14 +176,16 @@ class SeparationResult:
         os.replace(tmp, target)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> SeparationResult:
+    def load(cls, path: str | os.PathLike[str]) -> SeparationResult:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"cannot read separation result {path}: {exc}") from None
 
 
-def _choose(y: np.ndarray, classes: list, n: int | None, draw: str, seed: int) -> list[np.ndarray]:
+def _choose(
+    y: np.ndarray, classes: list[int], n: int | None, draw: str, seed: int
+) -> list[np.ndarray]:
     """Sample indices per class: the first n, or a seeded random draw of n."""
     rng = np.random.default_rng(seed)
     chosen = []
@@ -307,7 +318,7 @@ def separation(
         if test_labels is None:
             raise InputError("test_data needs test_labels")
         splits["test"] = (test_data, test_labels)
-    classes: list | None = None
+    classes: list[int] | None = None
     cross: dict[str, dict[str, np.ndarray]] = {}
     sizes: dict[str, list[int]] = {}
     pca: dict[str, Any] = {}
@@ -338,7 +349,7 @@ def separation(
             i, j = (classes.index(c) for c in pca_pair)
             pca = {n: _pca2(f[local[i]], f[local[j]]) for n, f in feats.items()}
             pca["pair"] = list(pca_pair)
-    return SeparationResult(classes, names, cross, sizes, pca)
+    return SeparationResult(classes or [], names, cross, sizes, pca)
 
 
 def separation_tests(
@@ -346,7 +357,7 @@ def separation_tests(
     b: SeparationResult | None = None,
     layers: bool = False,
     split: str = "train",
-    formula: str = "friedman_rafsky",
+    formula: Formula = "friedman_rafsky",
     n: int = 10_000,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
@@ -371,7 +382,9 @@ def separation_tests(
     return rows
 
 
-def _test_row(a: str, b: str, va: np.ndarray, vb: np.ndarray, diff: float, p: float) -> dict:
+def _test_row(
+    a: str, b: str, va: np.ndarray, vb: np.ndarray, diff: float, p: float
+) -> dict[str, Any]:
     return {"a": a, "b": b, "mean_a": float(va.mean()), "mean_b": float(vb.mean()),
             "diff": diff, "p": p, "pairs": len(va)}  # fmt: skip
 

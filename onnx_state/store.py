@@ -116,11 +116,29 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Store
     if attrs.get("complete") is not True:
         raise StoreError(f"{source} is incomplete (the run that wrote it was interrupted)")
     layers = []
-    for i in range(len(attrs["layer_order"])):
+    for i in range(len(_as_list(attrs["layer_order"]))):
         g = root[f"layers/{i}"]
-        ids, counts = np.asarray(g["state_ids"][:]), np.asarray(g["counts"][:])
+        if not isinstance(g, zarr.Group):
+            raise StoreError(f"{source}/layers/{i} is not a layer group")
+        ids, counts = (np.asarray(_array(g, k)[:]) for k in ("state_ids", "counts"))
         layers.append(StoredLayer(dict(g.attrs), ids, counts))
     return attrs, layers
+
+
+def _as_list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise StoreError(f"a results store's layer_order must be a list, not {value!r}")
+    return value
+
+
+def _array(group: Any, name: str) -> Any:
+    """The zarr array *name* of a layer group."""
+    import zarr
+
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise StoreError(f"{group.path}/{name} is not an array")
+    return node
 
 
 def _is_store(path: Path) -> bool:

@@ -52,7 +52,7 @@ def input_specs(model: ModelProto) -> list[InputSpec]:
     return specs
 
 
-def load_array(source: str | os.PathLike, key: str | None = None) -> Any:
+def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
     """Open ``.npy`` (memory-mapped), ``.npz`` or zarr data without unpickling anything.
 
     ``path.npz:key`` (or *key*) picks one array of an npz file or a zarr group.
@@ -84,7 +84,7 @@ def load_array(source: str | os.PathLike, key: str | None = None) -> Any:
         if path.is_dir():
             import zarr
 
-            node = zarr.open(str(path), mode="r")
+            node: Any = zarr.open(str(path), mode="r")
             if key is not None:
                 node = node[key]
             if not hasattr(node, "dtype"):
@@ -241,7 +241,7 @@ class Fingerprint:
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
         for name, a in batch.items():
             self._inputs.setdefault(name, xxhash.xxh3_128()).update(
-                memoryview(np.ascontiguousarray(a)).cast("B")
+                memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
             )
             self._meta[name] = f"{a.dtype.str}{a.shape[1:]}"
 

@@ -68,7 +68,7 @@ def all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
 
 def external_bytes(model: ModelProto, base_dir: Path) -> int:
     """Bytes of external data a model refers to (each file counted once)."""
-    files = set()
+    files: set[str] = set()
     for tensor in all_initializers(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             files.update(e.value for e in tensor.external_data if e.key == "location")

@@ -84,7 +84,7 @@ def _check_request(
     index: GraphIndex, layers: Sequence[Layer], attach_to: Sequence[str], exclude: Sequence[str]
 ) -> None:
     """Report every key that matches nothing, all at once, with suggestions."""
-    vocabulary = set()
+    vocabulary: set[str] = set()
     for layer in layers:
         vocabulary.update(
             (layer.name, layer.layer_type, *layer.op_types, *layer.nodes, layer.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
@@ -13,7 +14,7 @@ from onnx_state.errors import OnnxStateError, first_line
 class _Group(click.Group):
     """Turn onnx_state's errors into one line on stderr and exit code 2 (``--debug``: trace)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (OnnxStateError, OSError, MemoryError) as exc:

@@ -10,6 +10,7 @@ from onnx_state.cli.options import batch_size_option, echo_json, json_option, se
 from onnx_state.errors import InputError
 from onnx_state.separation import (
     FORMULAS,
+    Formula,
     SeparationResult,
     first_classes,
     separation,
@@ -46,7 +47,7 @@ def separation_command(
     output: str | None,
     plots: str | None,
     pca_pair: tuple[int, int] | None,
-    formula: str,
+    formula: Formula,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -84,7 +85,7 @@ def separation_test_command(
     split: str,
     permutations: int,
     seed: int,
-    formula: Any,
+    formula: Formula,
     as_json: bool,
 ) -> None:
     """Fisher permutation tests of mean separation: RESULT_A vs RESULT_B per layer (e.g.

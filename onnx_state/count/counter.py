@@ -66,7 +66,7 @@ def kernel_view(x: Any, axis: int) -> np.ndarray:
     if inner == 1 and outer > 1:
         # Neurons last: make the samples the inner loop so blocks span many states.
         x3 = x3[:, :, 0].T[None]
-    return x3
+    return np.asarray(x3)
 
 
 def sort_states(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -279,7 +279,7 @@ class StateCounter:
             return self._table.export()
 
     @property
-    def raw_states(self):
+    def raw_states(self) -> Any:
         """Recorded packed states as a zarr array [state_count, n_bytes], or None."""
         return self._raw
 
@@ -355,7 +355,7 @@ def _codecs(compressor: str) -> list[Any]:
     return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
 
 
-def _open_raw_store(record: bool | str | Path, n_bytes: int, compressor: str, chunk: int):
+def _open_raw_store(record: bool | str | Path, n_bytes: int, compressor: str, chunk: int) -> Any:
     import zarr
 
     store: Any

@@ -19,7 +19,7 @@ import math
 import os
 import queue
 import threading
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,8 @@ __all__ = [
     "count_states",
     "plan_threads",
 ]
+
+Key = tuple[str, int]  # a captured tensor and its neuron axis
 
 # Past ~16 threads the per-batch pieces are too small to share, and every thread keeps a
 # shard (up to 8 MiB) per narrow layer.
@@ -150,8 +152,8 @@ class ParallelCounting:
         self.workers = workers
         self.fingerprint = fingerprint
         # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
-        self._shards: list[dict[Hashable, StateCounter]] = [{} for _ in range(workers)]
-        self._width: dict[Hashable, int] = {}  # neurons of each layer, from its first batch
+        self._shards: list[dict[Key, StateCounter]] = [{} for _ in range(workers)]
+        self._width: dict[Key, int] = {}  # neurons of each layer, from its first batch
         self._pool = ThreadPoolExecutor(workers - 1) if workers > 1 else None
 
     def __enter__(self) -> ParallelCounting:

@@ -1,0 +1,19 @@
+"""Types of the Cython kernel (``_counter.pyx``)."""
+
+import numpy as np
+
+DENSE_NEURONS: int
+
+class StateTable:
+    neurons: int
+    state_count: int
+    nan_count: int
+    broken: bool
+    def __init__(self, neurons: int) -> None: ...
+    @property
+    def nwords(self) -> int: ...
+    @property
+    def n_unique(self) -> int: ...
+    def add(self, x: np.ndarray, record: np.ndarray | None = None) -> None: ...
+    def add_counts(self, keys: np.ndarray, counts: np.ndarray, nan_count: int = 0) -> None: ...
+    def export(self) -> tuple[np.ndarray, np.ndarray]: ...
