@@ -69,6 +69,7 @@ class LayerAudit:
 
     @property
     def dead_fraction(self) -> float:
+        """The fraction of neurons that never fired."""
         return len(self.dead) / self.neurons
 
 
@@ -146,6 +147,7 @@ class Audit:
         return out
 
     def table(self) -> str:
+        """The per-layer table the CLI prints, then dead, always-on and novel samples."""
         ref = self.reference is not None
         head = f"{'layer':28s} {'neurons':>7s} {'dead':>5s} {'on':>5s} {'cover':>7s} {'top-k':>7s}"
         if ref:

@@ -201,6 +201,7 @@ class PairResult:
     refused: None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``Comparison.to_dict`` lists these)."""
         return dict(vars(self))
 
 
@@ -315,6 +316,7 @@ class Comparison:
         return out
 
     def table(self) -> str:
+        """The per-pair table the CLI prints, then the outputs and unmatched layers."""
         head = (
             f"{'layer A':24s} {'layer B':24s} {'rule':7s} {'states':>9s} {'same':>8s} "
             f"{'hamming':>8s} {'cosine':>8s} {'max|d|':>9s} {'eff A':>7s} {'eff B':>7s} {'JS':>7s}"

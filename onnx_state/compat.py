@@ -20,7 +20,7 @@ from onnx import ModelProto
 from onnx_state import metrics
 from onnx_state.capture import METHODS, BatchRun, Instrumented, Method, Side, capture_name
 from onnx_state.count import StateCounter
-from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
+from onnx_state.errors import ArgumentError, InputError, LayerNotFoundError, did_you_mean
 from onnx_state.results import StateMetrics
 
 __all__ = [
@@ -50,6 +50,7 @@ class EfficiencyLayer(StateMetrics):
 
     @property
     def neurons(self) -> int:
+        """Neurons of the layer (0 before the first batch)."""
         return self._counter.neurons
 
     @property
@@ -59,9 +60,11 @@ class EfficiencyLayer(StateMetrics):
 
     @property
     def nan_count(self) -> int:
+        """NaN values seen (each counted as not firing)."""
         return self._counter.nan_count
 
     def counts(self) -> np.ndarray:
+        """Occurrences of each observed state, in ``state_ids`` order."""
         return self._counter.counts()
 
     def state_ids(self, as_bytes: bool = True) -> np.ndarray | list[bytes]:
@@ -102,10 +105,11 @@ class EfficiencyModel:
         """Call the wrapped torch module (its hooks count the states)."""
         module = getattr(self._runner, "module", None)
         if module is None:
-            raise TypeError("call predict(x, batch_size) on an ONNX or Keras efficiency model")
+            raise ArgumentError("call predict(x, batch_size) on an ONNX or Keras efficiency model")
         return module(*args, **kwargs)
 
     def reset_states(self) -> None:
+        """Forget the states of every layer."""
         for layer in self.efficiency_layers:
             layer.reset_states()
 

@@ -22,6 +22,10 @@ class DTypeError(OnnxStateError, TypeError):
     """An array of a dtype that cannot be used here."""
 
 
+class ArgumentError(OnnxStateError, TypeError):
+    """An argument of the wrong kind, or a call that does not apply to this object."""
+
+
 class LayerNotFoundError(OnnxStateError, KeyError):
     """A requested layer, op type or tensor name matched nothing."""
 

@@ -157,6 +157,7 @@ class EntropyInterval:
     estimator: str
 
     def to_dict(self) -> dict[str, float | str]:
+        """JSON-ready fields."""
         return {
             "estimate": self.estimate,
             "low": self.low,

@@ -31,6 +31,7 @@ class StateMetrics:
         def neurons(self) -> int: ...
 
     def counts(self) -> np.ndarray:
+        """Occurrences of each observed state, in ``state_ids`` order."""
         raise NotImplementedError
 
     def _counts_any_order(self) -> np.ndarray:
@@ -138,6 +139,7 @@ class LayerResult(StateMetrics):
 
     @property
     def n_unique(self) -> int:
+        """Distinct states observed."""
         return len(self._counts_any_order())
 
     def counts(self) -> np.ndarray:

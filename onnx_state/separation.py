@@ -117,6 +117,7 @@ class SeparationResult:
         return m[np.triu_indices(len(m), k=1)]
 
     def mean(self, layer: str, split: str = "train", formula: Formula = "friedman_rafsky") -> float:
+        """Mean separation over the class pairs of *layer* in *split*."""
         return float(np.mean(self.values(layer, split, formula)))
 
     def _get(self, layer: str, split: str) -> np.ndarray:
@@ -127,6 +128,7 @@ class SeparationResult:
         return self.cross[split][layer]
 
     def table(self, formula: Formula = "friedman_rafsky") -> str:
+        """Mean separation per layer and split, as the CLI prints it."""
         splits = list(self.cross)
         head = f"{'layer':30s}" + "".join(f" {'mean ' + s:>12s}" for s in splits)
         lines = [head, "-" * len(head)]
@@ -141,6 +143,7 @@ class SeparationResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data (schema ``onnx_state.separation``); ``from_dict`` reads it back."""
         return {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -158,6 +161,7 @@ class SeparationResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeparationResult:
+        """A SeparationResult from ``to_dict``'s output."""
         if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
             raise StoreError(
                 f"not an onnx_state separation result of schema version {SCHEMA_VERSION}"
@@ -177,6 +181,7 @@ class SeparationResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SeparationResult:
+        """Read a result saved by ``save``."""
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:

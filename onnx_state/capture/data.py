@@ -239,6 +239,7 @@ class Fingerprint:
         self._meta: dict[str, str] = {}
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
+        """Hash the next batch (inputs by name, batch axis first)."""
         for name, a in batch.items():
             self._inputs.setdefault(name, xxhash.xxh3_128()).update(
                 memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
@@ -246,6 +247,7 @@ class Fingerprint:
             self._meta[name] = f"{a.dtype.str}{a.shape[1:]}"
 
     def hexdigest(self) -> str:
+        """``xxh3_128:<hex>`` of every batch so far, independent of their sizes."""
         total = xxhash.xxh3_128()
         for name in sorted(self._inputs):
             total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())

@@ -121,6 +121,7 @@ def json_option(f: F) -> F:
 
 
 def echo_json(data: Any) -> None:
+    """Print *data* as indented JSON with sorted keys."""
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 

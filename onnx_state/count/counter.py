@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from onnx_state.count._counter import DENSE_NEURONS, StateTable
-from onnx_state.errors import DTypeError, InputError
+from onnx_state.errors import ArgumentError, DTypeError, InputError
 
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes
     raise ImportError("onnx_state's state counter needs a little-endian machine")
@@ -162,7 +162,7 @@ class StateCounter:
     def merge(self, other: StateCounter) -> StateCounter:
         """Add *other*'s counts (and recorded states, appended after ours) to this counter."""
         if not isinstance(other, StateCounter):
-            raise TypeError(f"can only merge a StateCounter, not {type(other).__name__}")
+            raise ArgumentError(f"can only merge a StateCounter, not {type(other).__name__}")
         if other._table is None:
             return self
         if self._table is not None and other.neurons != self.neurons:
