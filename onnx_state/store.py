@@ -1,4 +1,5 @@
-"""The results store: an Analysis as a zarr group on disk, written atomically.
+"""Everything zarr: the results store (an Analysis as a zarr group, written atomically), and
+the arrays that keep a counter's recorded states.
 
 Layout (schema version 1; also in the README):
 
@@ -26,7 +27,15 @@ import numpy as np
 
 from onnx_state.errors import InputError, StoreError
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "StoredLayer", "read_store", "write_store"]
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "StoredLayer",
+    "open_raw_states",
+    "read_store",
+    "remove_raw_states",
+    "write_store",
+]
 
 SCHEMA = "onnx_state.analysis"
 SCHEMA_VERSION = 1
@@ -159,3 +168,43 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
+
+
+# -- recorded states (StateCounter(record=...)) ------------------------------------------
+def _codecs(compressor: str) -> list[Any]:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if compressor == "zstd":
+        return [ZstdCodec(level=3)]
+    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
+
+
+def open_raw_states(record: bool | str | Path, n_bytes: int, compressor: str, chunk: int) -> Any:
+    """An empty zarr array for a counter's recorded states: in memory for ``record=True``,
+    else a new folder at *record*; chunks of *chunk* states (at most ~8 MiB)."""
+    import zarr
+
+    store: Any
+    if isinstance(record, (str, Path)):
+        path = Path(record)
+        if path.exists():
+            raise InputError(f"{path} already exists; choose a new path for recorded states")
+        store = zarr.storage.LocalStore(str(path))
+    else:
+        store = zarr.storage.MemoryStore()
+    return zarr.create_array(
+        store=store,
+        shape=(0, n_bytes),
+        # At most ~8 MiB per chunk: wide layers would otherwise get chunks of gigabytes.
+        chunks=(max(1, min(chunk, (8 << 20) // n_bytes)), n_bytes),
+        dtype="uint8",
+        compressors=_codecs(compressor),
+        fill_value=0,
+    )
+
+
+def remove_raw_states(path: Path) -> None:
+    """Delete a recorded-states folder (a counter's reset)."""
+
+    if path.exists():
+        shutil.rmtree(path)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from onnx_state import store
 from onnx_state.count._counter import DENSE_NEURONS, StateTable
 from onnx_state.errors import ArgumentError, DTypeError, InputError
 
@@ -132,7 +133,7 @@ class StateCounter:
             raise InputError(f"a layer needs at least one neuron, got {neurons}")
         self._table = StateTable(neurons)
         if self.records:
-            self._raw = _open_raw_store(
+            self._raw = store.open_raw_states(
                 self._record, self.n_bytes, self._compressor, self._chunk_states
             )
         return self._table
@@ -193,7 +194,7 @@ class StateCounter:
             self._raw = None
             if neurons is not None:
                 if isinstance(self._record, (str, Path)):
-                    _remove_raw_store(Path(self._record))
+                    store.remove_raw_states(Path(self._record))
                 self._start(neurons)
 
     # -- results ----------------------------------------------------------------------------
@@ -323,7 +324,9 @@ class StateCounter:
         self._table = StateTable(state["neurons"])
         self._table.add_counts(state["keys"], state["counts"], state["nan_count"])
         if self._record:
-            self._raw = _open_raw_store(True, self.n_bytes, self._compressor, self._chunk_states)
+            self._raw = store.open_raw_states(
+                True, self.n_bytes, self._compressor, self._chunk_states
+            )
             if state["raw"] is not None and len(state["raw"]):
                 self._raw.append(state["raw"], axis=0)
 
@@ -345,40 +348,3 @@ def width_mismatch(neurons: int, got: int, axis: int) -> InputError:
 def ids_from_words(words: np.ndarray, n_bytes: int) -> np.ndarray:
     """uint64 state words [n, nwords] -> uint8 rows [n, n_bytes] (little-endian bytes)."""
     return np.ascontiguousarray(words.view(np.uint8)[:, :n_bytes])
-
-
-def _codecs(compressor: str) -> list[Any]:
-    from zarr.codecs import BloscCodec, ZstdCodec
-
-    if compressor == "zstd":
-        return [ZstdCodec(level=3)]
-    return [BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")]
-
-
-def _open_raw_store(record: bool | str | Path, n_bytes: int, compressor: str, chunk: int) -> Any:
-    import zarr
-
-    store: Any
-    if isinstance(record, (str, Path)):
-        path = Path(record)
-        if path.exists():
-            raise InputError(f"{path} already exists; choose a new path for recorded states")
-        store = zarr.storage.LocalStore(str(path))
-    else:
-        store = zarr.storage.MemoryStore()
-    return zarr.create_array(
-        store=store,
-        shape=(0, n_bytes),
-        # At most ~8 MiB per chunk: wide layers would otherwise get chunks of gigabytes.
-        chunks=(max(1, min(chunk, (8 << 20) // n_bytes)), n_bytes),
-        dtype="uint8",
-        compressors=_codecs(compressor),
-        fill_value=0,
-    )
-
-
-def _remove_raw_store(path: Path) -> None:
-    import shutil
-
-    if path.exists():
-        shutil.rmtree(path)
