@@ -1,4 +1,4 @@
-"""TensorState's tutorial LeNet-5 in PyTorch and Keras 3, weight transfer, offline digits.
+"""TensorState's tutorial LeNet-5 in PyTorch and Keras 3, its training, offline digits.
 
 conv_1 20@5x5 ELU → BatchNorm → 2x2 max-pool → conv_2 50@5x5 ELU → BatchNorm → max-pool →
 conv_3 100@4x4 ELU → BatchNorm → flatten → dense 10. Frameworks are imported inside the
@@ -78,23 +78,6 @@ def keras_lenet5() -> Any:
     x = keras.layers.Flatten(name="flatten")(x)
     out = keras.layers.Dense(10, name="pred")(x)
     return keras.Model(inp, out, name="lenet")
-
-
-def copy_torch_to_keras(net: Any, model: Any) -> None:
-    """Give the Keras LeNet-5 the torch one's weights (kernels transposed to HWIO)."""
-
-    def arr(t):
-        return t.detach().cpu().numpy()
-
-    for name in ("conv_1", "conv_2", "conv_3"):
-        conv = getattr(net, name)
-        model.get_layer(name).set_weights([arr(conv.weight).transpose(2, 3, 1, 0), arr(conv.bias)])
-    for name in ("norm_1", "norm_2", "norm_3"):
-        bn = getattr(net, name)
-        model.get_layer(name).set_weights(
-            [arr(bn.weight), arr(bn.bias), arr(bn.running_mean), arr(bn.running_var)]
-        )
-    model.get_layer("pred").set_weights([arr(net.pred.weight).T, arr(net.pred.bias)])
 
 
 def train_torch(net: Any, x: np.ndarray, y: np.ndarray, epochs: int = 8, seed: int = 0) -> None:

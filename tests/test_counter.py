@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -12,15 +13,9 @@ from hypothesis import strategies as st
 
 from onnx_state.count import StateCounter, count_states
 from onnx_state.errors import DTypeError, InputError
-from tests.reference import reference_counts, reference_states, unique_rows
+from tests.reference import assert_states, reference_counts, reference_states, unique_rows
 
 DTYPES = [np.float16, np.float32, np.float64, np.bool_]
-
-
-def assert_matches(counter: StateCounter, ids: np.ndarray, counts: np.ndarray) -> None:
-    np.testing.assert_array_equal(counter.state_ids(), ids)
-    np.testing.assert_array_equal(counter.counts(), counts)
-    assert counter.state_count == counts.sum()
 
 
 @st.composite
@@ -53,7 +48,7 @@ def test_counter_equals_reference(case, threads):
     if x.size == 0:
         assert counter.state_count == 0
         return
-    assert_matches(counter, ids, counts)
+    assert_states(counter, ids, counts)
     expected_nans = int(np.isnan(x).sum()) if x.dtype != np.bool_ else 0
     assert counter.nan_count == expected_nans
 
@@ -69,7 +64,7 @@ def test_any_split_into_batches_gives_the_same_counts(case, cuts):
     counter.update(x[:0], axis=axis)  # an empty batch changes nothing
     ids, counts = reference_counts(x, axis)
     if len(x):
-        assert_matches(counter, ids, counts)
+        assert_states(counter, ids, counts)
 
 
 @settings(max_examples=40, deadline=None)
@@ -86,7 +81,7 @@ def test_merge_is_exact_and_order_independent(cases, rnd):
         merged.merge(pickle.loads(pickle.dumps(counters[i])))
     ids, counts = unique_rows(np.concatenate([reference_states(p, 1) for p in parts]))
     if len(ids):
-        assert_matches(merged, ids, counts)
+        assert_states(merged, ids, counts)
     assert merged.nan_count == sum(c.nan_count for c in counters)
 
 
@@ -96,7 +91,7 @@ def test_wide_and_narrow_layers(neurons):
     x = rng.standard_normal((3, neurons, 2)).astype(np.float32)
     x[1] = x[0]  # repeated states
     counter = StateCounter().update(x)
-    assert_matches(counter, *reference_counts(x, 1))
+    assert_states(counter, *reference_counts(x, 1))
     assert counter.state_ids().shape[1] == (neurons + 7) // 8
 
 
@@ -120,8 +115,7 @@ def test_counts_states_of_real_conv_layout_without_copy():
     nchw_view = nhwc.transpose(0, 3, 1, 2)  # the neuron axis is not innermost in memory
     a = StateCounter().update(nchw_view, axis=1)
     b = StateCounter().update(nhwc, axis=-1)
-    np.testing.assert_array_equal(a.state_ids(), b.state_ids())
-    np.testing.assert_array_equal(a.counts(), b.counts())
+    assert_states(a, b.state_ids(), b.counts())
     assert a.state_count == 4 * 6 * 6
 
 
@@ -158,13 +152,46 @@ def test_raw_states_round_trip_for_any_batch_sizes(tmp_path, compressor, on_disk
     assert counter.state_count == 0 and counter.raw_states.shape[0] == 0
 
 
+def test_wide_layers_record_in_small_chunks(tmp_path):
+    x = np.random.default_rng(1).standard_normal((4, 65_536)).astype(np.float32)
+    counter = StateCounter(record=tmp_path / "raw.zarr")
+    for _ in range(3):
+        counter.update(x, axis=1)
+    assert counter.raw_states.chunks[0] * counter.raw_states.chunks[1] <= 8 << 20
+    np.testing.assert_array_equal(np.asarray(counter.raw_states[:4]), reference_states(x, 1))
+
+
+def test_a_pickled_disk_recorder_does_not_share_the_disk_array(tmp_path):
+    x = np.random.default_rng(2).standard_normal((5, 9)).astype(np.float32)
+    original = StateCounter(record=tmp_path / "raw.zarr").update(x)
+    copy = pickle.loads(pickle.dumps(original))
+    copy.update(x[:2])
+    original.update(x[3:])
+    assert copy.raw_states.shape[0] == 7 and original.raw_states.shape[0] == 7
+    np.testing.assert_array_equal(np.asarray(original.raw_states[5:]), reference_states(x[3:], 1))
+    with pytest.raises(InputError, match="records states but the other does not"):
+        original.merge(StateCounter().update(x))
+
+
 def test_threads_do_not_change_results_on_large_batches():
     rng = np.random.default_rng(4)
     x = (rng.standard_normal((64, 20, 30, 30)) > 0.8).astype(np.float32)
     one = StateCounter().update(x)
     two = count_states(x, threads=2)
-    np.testing.assert_array_equal(one.state_ids(), two.state_ids())
-    np.testing.assert_array_equal(one.counts(), two.counts())
+    assert_states(two, one.state_ids(), one.counts())
+
+
+def test_one_counter_updated_from_many_threads():
+    rng = np.random.default_rng(0)
+    parts = [(rng.standard_normal((50, 70, 6, 6)) > 0.5).astype(np.float32) for _ in range(8)]
+    counter = StateCounter()
+    threads = [threading.Thread(target=counter.update, args=(p,)) for p in parts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids, counts = reference_counts(np.concatenate(parts), 1)
+    assert_states(counter, ids, counts)
 
 
 @pytest.mark.parametrize(
@@ -194,6 +221,7 @@ def test_states_without_recording_is_an_error():
         StateCounter().update(np.ones((2, 3), np.float32)).states()
 
 
+# -- the Cython kernel itself (onnx_state.count._counter): no public API reaches these --------
 def test_dense_tables_refuse_states_with_bits_above_the_last_neuron():
     from onnx_state.count._counter import StateTable
 

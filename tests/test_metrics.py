@@ -44,6 +44,17 @@ def test_renyi_equals_textbook_formula(counts, alpha):
     )
 
 
+@pytest.mark.parametrize("alpha", [1 + 1e-12, 1 - 1e-12, 50.0, 2000.0])
+def test_renyi_is_stable_near_one_and_for_large_orders(alpha):
+    counts = [5, 3, 1, 1]
+    h = metrics.entropy(counts, alpha)
+    if abs(alpha - 1) < 1e-6:
+        assert h == pytest.approx(reference_renyi(counts, 1), abs=1e-9)
+    else:
+        assert math.isfinite(h) and metrics.entropy(counts, math.inf) <= h
+        assert h == pytest.approx(reference_renyi(counts, math.inf), abs=0.05)
+
+
 def test_efficiency_uses_neurons_as_max_entropy():
     assert metrics.efficiency([1, 1, 1, 1], neurons=4) == pytest.approx(0.5, abs=1e-12)
     assert metrics.efficiency([1, 1, 1, 1], neurons=4, alpha2=0) == pytest.approx(1.0, abs=1e-12)
@@ -111,3 +122,27 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     assert a.estimate == pytest.approx(reference_renyi(counts, 1), abs=1e-12)
     with pytest.raises(InputError, match="estimator"):
         metrics.bootstrap_entropy(counts, estimator="nope")
+
+
+def test_metrics_do_not_depend_on_the_order_of_the_counts():
+    # Hash tables export in an order that depends on history and threads.
+    from onnx_state import metrics
+
+    rng = np.random.default_rng(3)
+    counts = rng.geometric(0.2, 300)
+    shuffles = [rng.permutation(counts) for _ in range(20)]
+    for f in (metrics.entropy, metrics.miller_madow_entropy, metrics.chao_shen_entropy,
+              lambda c: metrics.entropy(c, 2), lambda c: metrics.efficiency(c, 12)):  # fmt: skip
+        assert len({f(c) for c in shuffles}) == 1
+    intervals = {metrics.bootstrap_entropy(c, n_boot=50, seed=1) for c in shuffles[:3]}
+    assert len(intervals) == 1
+
+
+def test_firing_counts_equal_a_numpy_reference():
+    rng = np.random.default_rng(3)
+    bits = rng.random((300, 77)) > 0.6
+    counts = rng.integers(1, 9, 300)
+    ids = np.packbits(bits, axis=1, bitorder="little")
+    np.testing.assert_array_equal(
+        metrics.firing_counts(ids, counts, 77), (bits * counts[:, None]).sum(axis=0)
+    )

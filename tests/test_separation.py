@@ -1,4 +1,4 @@
-"""Henze–Penrose separation: exact MSTs, formulas, permutation tests, API, CLI, plots."""
+"""Henze–Penrose separation: formulas, permutation tests, the API, save/load, CLI, plots."""
 
 from __future__ import annotations
 
@@ -6,13 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from onnx_state.cli import main
 from onnx_state.errors import InputError
-from onnx_state.mst import cross_edges, mst_edges
+from onnx_state.mst import cross_edges
 from onnx_state.separation import (
     SeparationResult,
     henze_penrose,
@@ -20,51 +16,7 @@ from onnx_state.separation import (
     separation,
     separation_tests,
 )
-from tests.reference import kruskal_cross_edges
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.integers(2, 25), st.integers(1, 25), st.integers(1, 5), st.integers(0, 2**31))
-def test_cross_edges_equal_kruskal_with_duplicates_and_ties(na, nb, dim, seed):
-    # Small integers: many exact ties and duplicate points, all distances exact in float64.
-    rng = np.random.default_rng(seed)
-    a = rng.integers(0, 3, (na, dim)).astype(np.float32)
-    b = rng.integers(0, 3, (nb, dim)).astype(np.float32)
-    side = np.r_[np.zeros(na, bool), np.ones(nb, bool)]
-    s_ref, _ = kruskal_cross_edges(np.concatenate([a, b]), side)
-    assert cross_edges(a, b) == s_ref
-    assert cross_edges(a, b, max_matrix_bytes=0) == s_ref  # the row-by-row path
-
-
-def test_mst_is_a_spanning_tree_of_minimum_weight_like_networkx():
-    import networkx as nx
-
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((60, 7))
-    x[5] = x[9]  # a duplicate: distance 0 must stay an edge
-    edges = mst_edges(x)
-    g = nx.Graph()
-    for i in range(60):
-        for j in range(i + 1, 60):
-            g.add_edge(i, j, weight=float(np.linalg.norm(x[i] - x[j])))
-    t = nx.minimum_spanning_tree(g)
-    ours = sum(np.linalg.norm(x[i] - x[j]) for i, j in edges)
-    assert len(edges) == 59 and nx.is_tree(nx.Graph([tuple(e) for e in edges]))
-    assert ours == pytest.approx(t.size(weight="weight"), rel=1e-12)
-    # with continuous data the MST is unique: same edges as networkx
-    assert {frozenset(e) for e in edges.tolist()} == {frozenset(e) for e in t.edges()}
-
-
-def test_scipy_agrees_on_s_without_duplicates():
-    from scipy.sparse.csgraph import minimum_spanning_tree
-    from scipy.spatial.distance import cdist
-
-    rng = np.random.default_rng(2)
-    a, b = rng.standard_normal((80, 30)), rng.standard_normal((70, 30)) + 0.3
-    x = np.concatenate([a, b])
-    t = minimum_spanning_tree(cdist(x, x)).tocoo()
-    side = np.r_[np.zeros(80, bool), np.ones(70, bool)]
-    assert cross_edges(a, b) == int(np.sum(side[t.row] != side[t.col]))
+from tests.cli import run_cli
 
 
 def test_formulas_by_hand():
@@ -140,27 +92,22 @@ def test_save_load_tests_cli_and_plots(bundled, tmp_path):
         "separation", model, "--data", str(tmp_path / "x.npy"), "--labels",
         str(tmp_path / "y.npy"), "--attach-to", "Conv2d", "--samples-per-class", "8",
     ]  # fmt: skip
-    r = CliRunner().invoke(
-        main, [*args, "-o", str(tmp_path / "a.json"), "--plots", str(tmp_path / "p")]
-    )
+    r = run_cli(*args, "-o", tmp_path / "a.json", "--plots", tmp_path / "p")
     assert r.exit_code == 0, r.output
     assert "conv_3_post_states" in r.output
     files = sorted(p.name for p in (tmp_path / "p").iterdir())
     assert "mean_per_layer.png" in files and "heatmap_conv_1_post_states.png" in files
     assert "pca_conv_1_post_states.png" in files and "hist_conv_2_post_states.png" in files
     a = SeparationResult.load(tmp_path / "a.json")
-    r2 = CliRunner().invoke(main, [*args, "--draw", "random", "-o", str(tmp_path / "b.json")])
+    r2 = run_cli(*args, "--draw", "random", "-o", tmp_path / "b.json")
     assert r2.exit_code == 0
-    t = CliRunner().invoke(
-        main, ["separation-test", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-n", "200",
-               "--json"],
-    )  # fmt: skip
+    t = run_cli("separation-test", tmp_path / "a.json", tmp_path / "b.json", "-n", "200", "--json")
     rows = json.loads(t.output)
     assert [row["a"] for row in rows] == a.layers
-    t = CliRunner().invoke(main, ["separation-test", str(tmp_path / "a.json"), "--layers"])
+    t = run_cli("separation-test", tmp_path / "a.json", "--layers")
     assert t.exit_code == 0 and "not independent" in t.output
     assert len(separation_tests(a, layers=True, n=50)) == len(a.layers) - 1
-    bad = CliRunner().invoke(main, ["separation-test", str(tmp_path / "x.npy")])
+    bad = run_cli("separation-test", tmp_path / "x.npy")
     assert bad.exit_code == 2 and "cannot read separation result" in bad.output
 
 

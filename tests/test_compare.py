@@ -1,0 +1,127 @@
+"""compare(): agreement figures equal numpy references; layer matching; layouts; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_state.compare import compare
+from onnx_state.errors import InputError, LayerNotFoundError
+from tests.models import conv_net, int_data, make_model, numpy_conv
+
+
+def test_model_against_itself_agrees_completely(bundled):
+    model, x, y = bundled
+    c = compare(model, model, x[:300], labels=y[:300])
+    for p in c.pairs:
+        assert p.rule == "name" and p.state_agreement == 1.0 and p.mean_hamming == 0
+        assert p.js_divergence == 0 and p.cosine == pytest.approx(1.0) and p.max_abs_diff == 0
+    assert c.top1_agreement == 1.0 and c.accuracy_a == c.accuracy_b and c.first_divergent is None
+
+
+def perturbed(seed=0):
+    model, params = conv_net(seed)
+    w2 = params["W"].copy()
+    w2[2] = -w2[2]  # flip one output channel
+    b = make_model(
+        list(model.graph.node), list(model.graph.input), list(model.graph.output),
+        [("W", w2), ("G", params["G"])],
+    )  # fmt: skip
+    return model, params, b, w2
+
+
+def test_agreement_figures_equal_a_numpy_reference():
+    a, params, b, w2 = perturbed()
+    x = int_data(30)
+    c = compare(a, b, x, attach_to=["Conv"], batch_size=7)
+    (p,) = c.pairs
+    ca = np.moveaxis(numpy_conv(x, params["W"]), 1, -1).reshape(-1, 4)
+    cb = np.moveaxis(numpy_conv(x, w2), 1, -1).reshape(-1, 4)
+    fa, fb = ca > 0, cb > 0
+    assert p.state_agreement == pytest.approx(np.mean(np.all(fa == fb, axis=1)), abs=1e-15)
+    assert p.mean_hamming == pytest.approx(np.mean(np.sum(fa != fb, axis=1)), abs=1e-12)
+    assert p.neuron_agreement_min == pytest.approx(np.min(np.mean(fa == fb, axis=0)), abs=1e-12)
+    assert p.max_abs_diff == pytest.approx(np.max(np.abs(ca - cb)), abs=1e-6)
+    cos = np.sum(ca * cb) / np.sqrt(np.sum(ca * ca) * np.sum(cb * cb))
+    assert p.cosine == pytest.approx(cos, abs=1e-9)
+    # Jensen–Shannon divergence by scipy, which returns its square root
+    from scipy.spatial.distance import jensenshannon
+
+    ids_a = [r.tobytes() for r in np.packbits(fa, axis=1, bitorder="little")]
+    ids_b = [r.tobytes() for r in np.packbits(fb, axis=1, bitorder="little")]
+    keys = sorted(set(ids_a) | set(ids_b))
+    pa = np.array([ids_a.count(k) for k in keys], float)
+    pb = np.array([ids_b.count(k) for k in keys], float)
+    assert p.js_divergence == pytest.approx(jensenshannon(pa, pb, base=2) ** 2, abs=1e-12)
+    assert c.first_divergent == "conv_post_states"
+
+
+def nhwc_twin():
+    """The conv net fed channels-last: Transpose in, the same Conv, Transpose out."""
+    model, params = conv_net()
+    nodes = [
+        helper.make_node("Transpose", ["xl"], ["x"], name="to_nchw", perm=[0, 3, 1, 2]),
+        *model.graph.node,
+    ]
+    return model, make_model(
+        nodes,
+        [helper.make_tensor_value_info("xl", TensorProto.FLOAT, ["N", 8, 8, 3])],
+        list(model.graph.output),
+        [("W", params["W"]), ("G", params["G"])],
+    )
+
+
+def test_layouts_are_aligned_and_inputs_permuted():
+    a, b = nhwc_twin()
+    c = compare(a, b, int_data(20), attach_to=["Conv", "MatMul"])
+    assert [p.state_agreement for p in c.pairs] == [1.0, 1.0]
+
+
+def test_order_rule_and_mapping_rule():
+    a, _params, b, _ = perturbed()
+    for node in b.graph.node:
+        node.name = "renamed_" + node.name
+    c = compare(a, b, int_data(10), attach_to=["Conv", "MatMul"])
+    assert [p.rule for p in c.pairs] == ["order", "order"]
+    c = compare(a, b, int_data(10), attach_to=["Conv"], mapping={"conv": "renamed_conv"})
+    assert [(p.rule, p.b) for p in c.pairs] == [("mapping", "renamed_conv_post_states")]
+
+
+def test_compare_takes_a_string_and_maps_layers_on_both_sides():
+    model, _ = conv_net()
+    c = compare(model, model, int_data(6), attach_to="Conv", mapping={"relu": "relu"})
+    assert [(p.a, p.rule) for p in c.pairs] == [
+        ("conv_post_states", "name"), ("relu_post_states", "mapping"),
+    ]  # fmt: skip
+    with pytest.raises(InputError, match="labels"):
+        compare(model, model, int_data(6), labels=np.zeros(3, int))
+
+
+def test_fp32_vs_int8_qdq_is_measured_per_layer(bundled, tmp_path):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    model, x, y = bundled
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": x[i : i + 100]} for i in range(0, 300, 100)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(model, tmp_path / "q.onnx", Reader(), quant_format=QuantFormat.QDQ)
+    c = compare(model, tmp_path / "q.onnx", x[:400], labels=y[:400])
+    assert [p.rule for p in c.pairs] == ["name"] * 4
+    assert all(0.3 < p.state_agreement < 1 for p in c.pairs)
+    assert c.top1_agreement > 0.95
+
+
+def test_compare_error_paths(bundled):
+    model, x, _ = bundled
+    a, _ = conv_net()
+    with pytest.raises(InputError, match="give B its own data"):
+        compare(a, model, int_data(4))
+    with pytest.raises(LayerNotFoundError, match="match layers of B"):
+        compare(a, model, int_data(4), attach_to=["Relu"], attach_to_b=["Elu"],
+                data_b=x[:4])  # fmt: skip

@@ -1,0 +1,36 @@
+"""labels: label forms, the class scores accuracy needs, label counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_state
+from onnx_state.errors import InputError
+from tests.models import make_model
+
+
+def test_label_columns_are_indices_not_one_hot(bundled):
+    model, x, y = bundled
+    a = onnx_state.analyze(model, x[:300], attach_to="Linear", labels=y[:300])
+    b = onnx_state.analyze(model, x[:300], attach_to="Linear", labels=y[:300, None])
+    assert a.accuracy == b.accuracy > 0.9
+
+
+def test_accuracy_needs_class_scores():
+    model = make_model(
+        [helper.make_node("ReduceSum", ["x"], ["y"], name="s", keepdims=1)],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+    )
+    with pytest.raises(InputError, match="class scores of shape"):
+        onnx_state.analyze(
+            model, np.ones((4, 3), np.float32), attach_to=["s"], labels=np.zeros(4, int)
+        )
+
+
+def test_label_count_mismatch(net):
+    model, _, x, _ = net
+    with pytest.raises(InputError, match="labels"):
+        onnx_state.analyze(model, x, attach_to="Conv", labels=np.zeros(10, int))
