@@ -86,7 +86,7 @@ def export(
 ) -> onnx.ModelProto:
     """Export Keras 3 *model* to ONNX (dynamic batch) with layer metadata; save to *path*."""
     if opset > 18:
-        raise InputError(f"tf2onnx exports opsets up to 18, got --opset {opset}; use 18 or lower")
+        raise InputError(f"tf2onnx exports opsets up to 18, got opset {opset}; use 18 or lower")
     tf, tf2onnx = _import_tf()
     specs = tuple(
         tf.TensorSpec((None, *tuple(t.shape[1:])), t.dtype, name=t.name.split(":")[0])

@@ -91,13 +91,15 @@ def analyze(
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
         runs = inst.stream(data, batch_size, lambda r: counting(r.batch, r.captured), progress)
         for batch, finals in runs:
+            n = len(next(iter(batch.values())))
             if parity and parity_diff is None:
                 parity_diff = inst.parity(batch, finals)
             if accuracy is not None:
-                accuracy.update(finals[0])
+                accuracy.update(finals[0], n)
             if keep_outputs:
                 outputs.append(finals)
-            n_samples += len(next(iter(batch.values())))
+            n_samples += n
+    top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
@@ -109,7 +111,7 @@ def analyze(
         n_samples=n_samples,
         model_sha256=model_sha256(inst.original),
         data_fingerprint=digest.hexdigest(),
-        accuracy=None if accuracy is None else accuracy.result(n_samples),
+        accuracy=top1,
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,

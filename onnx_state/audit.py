@@ -245,7 +245,7 @@ def audit(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
-    progress: bool | None = None,
+    progress: bool | None = False,
 ) -> Audit:
     """Audit the chosen layers of *model* on *data*, optionally against a reference store.
 
@@ -291,9 +291,11 @@ def audit(
     accuracy = accuracy_of(labels)
     n = 0
     for batch, finals in inst.stream(data, batch_size, consume, progress):
+        m = len(next(iter(batch.values())))
         if accuracy is not None:
-            accuracy.update(finals[0])
-        n += len(next(iter(batch.values())))
+            accuracy.update(finals[0], m)
+        n += m
+    top1 = None if accuracy is None else accuracy.result(n)
     layers = []
     novelty_by_layer = {}
     for w in watches:
@@ -331,7 +333,7 @@ def audit(
         layers=layers,
         n_samples=n,
         k=top_k,
-        accuracy=None if accuracy is None else accuracy.result(n),
+        accuracy=top1,
         reference=None if reference is None else _describe(reference),
         sample_novelty=novelty_by_layer,
     )

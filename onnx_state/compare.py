@@ -35,7 +35,7 @@ from onnx_state.capture import (
 )
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
-from onnx_state.labels import accuracy_of
+from onnx_state.labels import accuracy_of, labels_array
 
 __all__ = ["Comparison", "PairResult", "RefusedPair", "compare", "load_mapping"]
 
@@ -406,6 +406,7 @@ class _Outputs:
     def __init__(self) -> None:
         self.max_diff = 0.0
         self.agree = 0
+        self.rows = 0
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         la, lb = a.reshape(len(a), -1), b.reshape(len(b), -1)
@@ -414,6 +415,7 @@ class _Outputs:
         diff = np.abs(la.astype(float) - lb.astype(float))
         self.max_diff = max(self.max_diff, float(np.max(diff)))
         self.agree += int(np.sum(la.argmax(axis=1) == lb.argmax(axis=1)))
+        self.rows += len(la)
 
 
 def compare(
@@ -436,7 +438,7 @@ def compare(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
-    progress: bool | None = None,
+    progress: bool | None = False,
 ) -> Comparison:
     """Run *model_a* and *model_b* on the same batches and compare them layer by layer.
 
@@ -491,7 +493,8 @@ def compare(
     stats = [_PairStats(a, b) for a, b, _ in pairs]
     batches_b = None if data_b is None else iter_batches(data_b, inst_b.specs, batch_size)
     adapt = input_adapter(inst_a.specs, inst_b.specs) if data_b is None else None
-    accuracy_a, accuracy_b = accuracy_of(labels), accuracy_of(labels)
+    y = None if labels is None else labels_array(labels)
+    accuracy_a, accuracy_b = accuracy_of(y), accuracy_of(y)
     outputs = _Outputs()
 
     def consume(run_a: BatchRun) -> None:
@@ -507,12 +510,16 @@ def compare(
             s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
         outputs.update(run_a.outputs[0], run_b.outputs[0])
         if accuracy_a is not None and accuracy_b is not None:
-            accuracy_a.update(run_a.outputs[0])
-            accuracy_b.update(run_b.outputs[0])
+            n = len(next(iter(run_a.batch.values())))
+            accuracy_a.update(run_a.outputs[0], n)
+            accuracy_b.update(run_b.outputs[0], n)
 
     n = 0
-    for batch, _ in inst_a.stream(data, batch_size, consume, progress):
+    # A then B, batch after batch: overlapped, B would compete with A's next run.
+    for batch, _ in inst_a.stream(data, batch_size, consume, progress, overlap=False):
         n += len(next(iter(batch.values())))
+    top1_a = None if accuracy_a is None else accuracy_a.result(n)
+    top1_b = None if accuracy_b is None else accuracy_b.result(n)
     if batches_b is not None and next(batches_b, None) is not None:
         raise InputError("data_b holds more samples than data; they must match")
     return Comparison(
@@ -521,9 +528,9 @@ def compare(
         unmatched_b=[c.name for c in right],
         n_samples=n,
         output_max_abs_diff=outputs.max_diff,
-        top1_agreement=outputs.agree / n,
-        accuracy_a=None if accuracy_a is None else accuracy_a.result(n),
-        accuracy_b=None if accuracy_b is None else accuracy_b.result(n),
+        top1_agreement=outputs.agree / outputs.rows,
+        accuracy_a=top1_a,
+        accuracy_b=top1_b,
         threshold=threshold,
     )
 

@@ -10,7 +10,7 @@ import numpy as np
 from onnx_state.capture.data import load_array
 from onnx_state.errors import InputError
 
-__all__ = ["Accuracy", "accuracy_of", "count_correct", "labels_array", "predicted_classes"]
+__all__ = ["Accuracy", "accuracy_of", "labels_array", "predicted_classes"]
 
 
 def labels_array(labels: Any) -> np.ndarray:
@@ -42,14 +42,6 @@ def predicted_classes(outputs: np.ndarray) -> np.ndarray:
     return np.asarray(np.argmax(outputs.reshape(n, -1), axis=1))
 
 
-def count_correct(outputs: np.ndarray, y: np.ndarray, start: int) -> int:
-    """Correct top-1 predictions of one batch whose first sample is sample *start*."""
-    n = len(outputs)
-    if start + n > len(y):
-        raise InputError(f"got {len(y)} labels but the data holds more samples")
-    return int(np.sum(predicted_classes(outputs) == y[start : start + n]))
-
-
 class Accuracy:
     """Top-1 accuracy of a model's first output, batch after batch.
 
@@ -64,10 +56,19 @@ class Accuracy:
         self.seen = 0
         self.correct = 0
 
-    def update(self, outputs: np.ndarray) -> None:
-        """Score the next batch of class scores (N, K)."""
-        self.correct += count_correct(outputs, self.labels, self.seen)
-        self.seen += len(outputs)
+    def update(self, outputs: np.ndarray, samples: int) -> None:
+        """Score the class scores (N, K) of the next batch of *samples* samples."""
+        predicted = predicted_classes(outputs)
+        if len(predicted) != samples:
+            raise InputError(
+                f"accuracy needs one row of class scores per sample in the first model "
+                f"output, got {len(predicted)} rows for {samples} samples; drop the labels"
+            )
+        if self.seen + samples > len(self.labels):
+            raise InputError(f"got {len(self.labels)} labels but the data holds more samples")
+        truth = self.labels[self.seen : self.seen + samples]
+        self.correct += int(np.sum(predicted == truth))
+        self.seen += samples
 
     def result(self, n_samples: int) -> float:
         """The accuracy over *n_samples*, which must be every label."""

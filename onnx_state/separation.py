@@ -331,7 +331,8 @@ def separation(
     for split, (x, y) in splits.items():
         x = load_array(x) if isinstance(x, (str, os.PathLike)) else x
         y = labels_array(y)
-        n_data = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+        first = next(iter(x.values())) if isinstance(x, Mapping) else x
+        n_data = first.shape[0] if hasattr(first, "shape") else len(first)
         if len(y) != n_data:
             raise InputError(f"{split}: {len(y)} labels for {n_data} samples; they must match")
         found = sorted(np.unique(y).tolist())
@@ -404,9 +405,9 @@ def tests_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def first_classes(labels: Any, n: int = 2) -> tuple[int, int]:
+def first_classes(labels: Any) -> tuple[int, int]:
     """The two smallest class labels in *labels* (the default pair for PCA plots)."""
-    found = sorted(np.unique(labels_array(labels)).tolist())[:n]
+    found = sorted(np.unique(labels_array(labels)).tolist())[:2]
     if len(found) < 2:
         raise InputError(f"separation needs at least two classes, found {found}")
     return found[0], found[1]

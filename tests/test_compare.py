@@ -125,3 +125,24 @@ def test_compare_error_paths(bundled):
     with pytest.raises(LayerNotFoundError, match="match layers of B"):
         compare(a, model, int_data(4), attach_to=["Relu"], attach_to_b=["Elu"],
                 data_b=x[:4])  # fmt: skip
+
+
+def test_the_two_models_run_one_after_the_other(monkeypatch):
+    import threading
+
+    from onnx_state.capture import Instrumented
+    from onnx_state.count import engine
+
+    # A spare core would let counting overlap the next run; B must not overlap A.
+    monkeypatch.setattr(engine, "available_cpus", lambda: 3)
+    threads = set()
+    original = Instrumented.run
+
+    def run(self, batch):
+        threads.add(threading.current_thread() is threading.main_thread())
+        return original(self, batch)
+
+    monkeypatch.setattr(Instrumented, "run", run)
+    model, _ = conv_net()
+    c = compare(model, model, int_data(20), attach_to=["Conv"], batch_size=6, threads=1)
+    assert threads == {True} and c.pairs[0].state_agreement == 1.0

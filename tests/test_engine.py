@@ -210,3 +210,17 @@ def test_available_cpus_follow_a_container_quota(tmp_path, text, cap):
     expected = affinity if cap is None else min(affinity, cap)
     assert engine.available_cpus(str(f)) == expected
     assert engine.available_cpus(str(tmp_path / "missing")) == affinity
+
+
+def test_a_lone_hash_table_layer_is_counted_whole_unless_asked(tiny_pieces, updates):
+    # Shards of a hash table each grow towards all of its distinct states: an analysis of
+    # one wide layer keeps one table; count_states (one array, shard_any) cuts it.
+    x = np.random.default_rng(5).choice([-1.0, 0.0, 1.0], (30, 40, 4))
+    counter = StateCounter()
+    with ParallelCounting({("x", 1): counter}, 2) as counting:
+        counting({}, {"x": x})
+    assert len({c for c, _, _ in updates}) == 1
+    assert_states(counter, *reference_counts(x, 1))
+    updates.clear()
+    assert_states(count_states(x, threads=2), *reference_counts(x, 1))
+    assert len({c for c, _, _ in updates}) > 1

@@ -34,3 +34,31 @@ def test_label_count_mismatch(net):
     model, _, x, _ = net
     with pytest.raises(InputError, match="labels"):
         onnx_state.analyze(model, x, attach_to="Conv", labels=np.zeros(10, int))
+
+
+def test_accuracy_needs_one_row_of_scores_per_sample():
+    # The first output is (classes, N): its rows are not samples, whatever their count.
+    model = make_model(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="r"),
+            helper.make_node("Transpose", ["r"], ["y"], name="t", perm=[1, 0]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "N"])],
+    )
+    with pytest.raises(InputError, match="got 3 rows for 4 samples"):
+        onnx_state.analyze(
+            model, np.ones((4, 3), np.float32), attach_to=["r"], labels=np.zeros(4, int)
+        )
+
+
+def test_the_label_count_is_checked_before_the_results(net):
+    import warnings
+
+    model, _, x, _ = net
+    x = x.copy()
+    x[0] = np.nan  # NaN activations would warn once the layers are summed up
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=f"got {len(x) + 1} labels for {len(x)} samples"):
+            onnx_state.analyze(model, x, attach_to="Conv", labels=np.zeros(len(x) + 1, int))

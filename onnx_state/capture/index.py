@@ -16,6 +16,7 @@ from onnx import ModelProto, NodeProto
 
 from onnx_state.capture.load import all_graphs
 from onnx_state.capture.metadata import META_INPUT_AXES
+from onnx_state.errors import ModelError
 
 __all__ = ["FLOAT_TYPES", "GraphIndex", "Shape", "TensorInfo", "as_index", "node_meta"]
 
@@ -62,7 +63,20 @@ class GraphIndex:
     def input_axes(self) -> dict[str, int]:
         """The model-level ``onnx_state.input_axes`` entry: {input name: neuron axis}."""
         meta = {p.key: p.value for p in self.model.metadata_props}
-        return dict(json.loads(meta.get(META_INPUT_AXES, "{}")))
+        text = meta.get(META_INPUT_AXES, "{}")
+        try:
+            axes = json.loads(text)
+        except ValueError:
+            axes = None
+        if not isinstance(axes, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in axes.items()
+        ):
+            raise ModelError(
+                f"the model's {META_INPUT_AXES} metadata {text[:80]!r} is not a JSON object of "
+                "integer axes; fix or remove it (override axes with neuron_axes)"
+            )
+        return axes
 
     @cached_property
     def nested_names(self) -> dict[str, str]:

@@ -180,19 +180,20 @@ class Instrumented:
         batch_size: int,
         consume: Callable[[BatchRun], None],
         progress: bool | None = None,
+        overlap: bool | None = None,
     ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
         """Run every batch of *data*, call consume(run) for each, yield (batch, outputs).
 
-        With ``plan.overlap``, *consume* runs on a worker thread while the next batch runs
-        (at most two batches of activations alive, and one call of *consume* at a time, in
-        order); otherwise it runs right after each batch, when onnxruntime has handed every
-        core back (see ``count.engine.plan_threads``).
+        With *overlap* (default: ``plan.overlap``), *consume* runs on a worker thread while
+        the next batch runs (at most two batches of activations alive, and one call of
+        *consume* at a time, in order); otherwise it runs right after each batch, when
+        onnxruntime has handed every core back (see ``count.engine.plan_threads``).
         """
         data = open_data(data)  # once, for both the count and the batches
         total = batch_count(data, self.specs, batch_size)
         batches = iter_batches(data, self.specs, batch_size)
         with _progress(total, progress) as bar:
-            if not self.plan.overlap:
+            if not (self.plan.overlap if overlap is None else overlap):
                 for batch in batches:
                     run = self.run(batch)
                     consume(run)

@@ -5,11 +5,15 @@ import numpy as np
 DENSE_NEURONS: int
 
 class StateTable:
-    neurons: int
-    state_count: int
-    nan_count: int
-    broken: bool
     def __init__(self, neurons: int) -> None: ...
+    @property
+    def neurons(self) -> int: ...
+    @property
+    def state_count(self) -> int: ...
+    @property
+    def nan_count(self) -> int: ...
+    @property
+    def broken(self) -> bool: ...
     @property
     def nwords(self) -> int: ...
     @property

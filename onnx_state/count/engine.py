@@ -6,10 +6,11 @@ the next onnxruntime run, and whether onnxruntime's idle threads may spin.
 identical to one: the counting kernel releases the GIL, so threads scale. Each layer's
 counter is touched by one thread at a time. A layer whose counter ``shards_cheaply`` (a
 dense table) is cut by samples into pieces, each counted into the taking thread's own
-shard; so is a lone layer whose counter is ``shardable`` (``count_states``). Any other
-layer goes whole to one thread. Threads take the next piece from a shared queue, largest
-first, so layers of uneven cost balance themselves. Shards are merged exactly when the
-engine closes, so no caller can lose counts.
+shard; with ``shard_any`` (``count_states``: one array, nothing else to share out), so is
+any ``shardable`` counter. Any other layer goes whole to one thread: hash-table shards would
+each grow towards all of the layer's distinct states. Threads take the next piece from a
+shared queue, largest first, so layers of uneven cost balance themselves. Shards are merged
+exactly when the engine's block ends without an error, so no caller can forget it.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ class ParallelCounting:
         Counting threads (``ThreadPlan.counting_threads``); results are identical for any.
     fingerprint:
         An object with ``update(batch)``, e.g. ``capture.data.Fingerprint``.
+    shard_any:
+        Cut every ``shardable`` counter into shards, not only those that shard cheaply
+        (worth it for one big array; memory grows by up to one table per thread).
+
+    After an error the counters hold part of the data, and the shards are dropped.
     """
 
     def __init__(
@@ -145,12 +151,14 @@ class ParallelCounting:
         counters: Mapping[tuple[str, int], StateCounter],
         workers: int = 1,
         fingerprint: Any = None,
+        shard_any: bool = False,
     ) -> None:
         if workers < 1:
             raise InputError(f"workers must be at least 1, got {workers}")
         self.counters = counters
         self.workers = workers
         self.fingerprint = fingerprint
+        self.shard_any = shard_any
         # shards[k][key]: worker k's counter for a split layer; worker 0 uses the layer's own
         self._shards: list[dict[Key, StateCounter]] = [{} for _ in range(workers)]
         self._width: dict[Key, int] = {}  # neurons of each layer, from its first batch
@@ -198,7 +206,6 @@ class ParallelCounting:
         """(counter key, array, axis, split?) per piece, largest first; the fingerprint of
         *batch* last, as (None, batch, 0, False)."""
         pieces: list[tuple[Any, Any, int, bool]] = []
-        alone = len(self.counters) == 1
         for key, counter in self.counters.items():
             tensor, axis = key
             x = np.asarray(captured[tensor])
@@ -215,7 +222,7 @@ class ParallelCounting:
             splittable = (
                 valid
                 and self.workers > 1
-                and (counter.shards_cheaply or (alone and counter.shardable))
+                and (counter.shards_cheaply or (self.shard_any and counter.shardable))
                 and n > 1
                 and x.size >= 2 * _MIN_PIECE_VALUES
             )
@@ -255,9 +262,10 @@ class ParallelCounting:
     def _merge(self) -> None:
         """Merge every worker's shards into the layers' counters (exact)."""
         for shards in self._shards[1:]:
-            for key, shard in shards.items():
-                self.counters[key].merge(shard)
-            shards.clear()
+            while shards:
+                key = next(iter(shards))
+                self.counters[key].merge(shards[key])
+                del shards[key]  # only once merged: a retry after a failure counts it once
 
 
 def count_states(
@@ -287,6 +295,6 @@ def count_states(
         raise InputError(f"threads must be at least 1, got {threads}")
     counter = StateCounter() if counter is None else counter
     workers = threads or min(available_cpus(), MAX_COUNTING_THREADS)
-    with ParallelCounting({("x", axis): counter}, workers) as engine:
+    with ParallelCounting({("x", axis): counter}, workers, shard_any=True) as engine:
         engine({}, {"x": x})
     return counter
