@@ -29,7 +29,9 @@ def analyze(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
-    batch_size: int = 200,
+    batch_size: int | None = None,
+    constants: Mapping[str, Any] | None = None,
+    output_batch_axis: int | None = None,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
@@ -47,8 +49,10 @@ def analyze(
     model:
         A .onnx path or a ModelProto.
     data:
-        An array (one-input models), a dict of arrays by input name, a .npy/.npz/zarr path,
-        or an iterable of batches (arrays or dicts).
+        An array (one-input models), a dict of arrays (or of paths) by input name, a
+        .npy/.npz/zarr path (an .npz file or zarr group with several arrays holds one per
+        input), or an iterable of batches (arrays or dicts). Every input is batched along
+        its first axis.
     labels:
         Class indices or one-hot rows (or a path to them), one per sample: enable accuracy
         and aIQ.
@@ -62,7 +66,14 @@ def analyze(
     neuron_axes:
         Neuron-axis overrides by layer or capture name.
     batch_size:
-        Samples per onnxruntime run.
+        Samples per onnxruntime run; None takes the model's fixed batch dimension when it
+        has one, else 200.
+    constants:
+        Inputs fed whole with every batch, by name (recurrent states, scalars, shared
+        masks): arrays, paths, or Python numbers (which take the input's dtype).
+    output_batch_axis:
+        The axis of the final outputs that holds the samples, when the graph cannot tell
+        (sequence-first outputs; see ``Instrumented.batch_first``).
     providers:
         onnxruntime execution providers; None means the CPU.
     threads:
@@ -74,31 +85,35 @@ def analyze(
         Run the first batch through the original model too and record the largest
         difference of the final outputs (extra outputs can stop fusions).
     keep_outputs:
-        Keep the model's final outputs in ``Analysis.outputs``.
+        Keep the model's final outputs in ``Analysis.outputs``, samples first.
     progress:
         Show a progress bar; None shows one when stderr is a terminal.
     """
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
         providers=providers, threads=threads, optimization=optimization,
+        output_batch_axis=output_batch_axis,
     )  # fmt: skip
     counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
     accuracy = accuracy_of(labels)
-    digest = Fingerprint()
+    fixed = inst.constants(constants)
+    digest = Fingerprint(fixed)
     n_samples = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
-        runs = inst.stream(data, batch_size, lambda r: counting(r.batch, r.captured), progress)
-        for batch, finals in runs:
-            n = len(next(iter(batch.values())))
+        runs = inst.stream(
+            data, batch_size, lambda r: counting(r.batch, r.captured), progress, constants=fixed
+        )
+        for run in runs:
             if parity and parity_diff is None:
-                parity_diff = inst.parity(batch, finals)
+                parity_diff = inst.parity(run.batch, run.outputs)
             if accuracy is not None:
-                accuracy.update(finals[0], n)
+                accuracy.update(inst.class_scores(run), run.samples)
             if keep_outputs:
-                outputs.append(finals)
-            n_samples += n
+                names = inst.output_names
+                outputs.append([inst.batch_first(*o, run.samples) for o in zip(names, run.outputs)])
+            n_samples += run.samples
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)

@@ -199,10 +199,13 @@ class _LayerWatch:
         self.reference_ids = None if reference is None else reference.state_ids()
         self.novel_per_sample: list[np.ndarray] = []
 
-    def update(self, x: np.ndarray) -> None:
+    def update(self, x: np.ndarray, batch_axis: int) -> None:
+        """Count one batch of the capture whose samples lie along *batch_axis*."""
         axis = self.capture.axis
         self.counter.update(x, axis=axis)
-        moved = np.moveaxis(x, axis, -1)
+        if batch_axis == axis % x.ndim:
+            raise InputError(f"{self.capture.name}: its neuron axis {axis} is its batch axis")
+        moved = np.moveaxis(x, (batch_axis, axis), (0, -1))
         n, neurons = moved.shape[0], moved.shape[-1]
         rows = moved.reshape(n, -1, neurons)  # (samples, positions, neurons)
         activity = rows.mean(axis=1, dtype=np.float64)
@@ -240,7 +243,9 @@ def audit(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
-    batch_size: int = 200,
+    batch_size: int | None = None,
+    constants: Mapping[str, Any] | None = None,
+    output_batch_axis: int | None = None,
     top_k: int = 2,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
@@ -260,8 +265,8 @@ def audit(
         Class labels, for accuracy.
     attach_to, exclude, method, neuron_axes:
         The layers to audit (as for ``analyze``).
-    batch_size:
-        Samples per run.
+    batch_size, constants, output_batch_axis:
+        Batching and constant inputs (as for ``analyze``).
     top_k:
         k of DeepGauge's top-k neuron coverage.
     providers, threads, optimization:
@@ -275,6 +280,7 @@ def audit(
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
         providers=providers, threads=threads, optimization=optimization,
+        output_batch_axis=output_batch_axis,
     )  # fmt: skip
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
     watches = [_LayerWatch(c, top_k, ref_layers.get(c.name)) for c in inst.captures]
@@ -286,15 +292,15 @@ def audit(
 
     def consume(run: BatchRun) -> None:
         for w in watches:
-            w.update(run.captured[w.capture.tensor])
+            x = run.captured[w.capture.tensor]
+            w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
 
     accuracy = accuracy_of(labels)
     n = 0
-    for batch, finals in inst.stream(data, batch_size, consume, progress):
-        m = len(next(iter(batch.values())))
+    for run in inst.stream(data, batch_size, consume, progress, constants=constants):
         if accuracy is not None:
-            accuracy.update(finals[0], m)
-        n += m
+            accuracy.update(inst.class_scores(run), run.samples)
+        n += run.samples
     top1 = None if accuracy is None else accuracy.result(n)
     layers = []
     novelty_by_layer = {}

@@ -30,8 +30,12 @@ from onnx_state.capture import (
     Method,
     Optimization,
     check_batch,
+    data_length,
+    data_specs,
     iter_batches,
     load_model,
+    open_data,
+    resolve_batch_size,
 )
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
@@ -406,7 +410,6 @@ class _Outputs:
     def __init__(self) -> None:
         self.max_diff = 0.0
         self.agree = 0
-        self.rows = 0
 
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         la, lb = a.reshape(len(a), -1), b.reshape(len(b), -1)
@@ -415,7 +418,6 @@ class _Outputs:
         diff = np.abs(la.astype(float) - lb.astype(float))
         self.max_diff = max(self.max_diff, float(np.max(diff)))
         self.agree += int(np.sum(la.argmax(axis=1) == lb.argmax(axis=1)))
-        self.rows += len(la)
 
 
 def compare(
@@ -432,8 +434,11 @@ def compare(
     neuron_axes: Mapping[str, int] | None = None,
     neuron_axes_b: Mapping[str, int] | None = None,
     mapping: Mapping[str, str] | None = None,
-    batch_size: int = 200,
+    batch_size: int | None = None,
+    constants: Mapping[str, Any] | None = None,
     data_b: Any = None,
+    constants_b: Mapping[str, Any] | None = None,
+    output_batch_axis: int | None = None,
     threshold: float = 0.99,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
@@ -457,10 +462,12 @@ def compare(
         The layers of B; None means the same as A's.
     mapping:
         {layer or capture name in A: layer, node or tensor name in B}, matched first.
-    batch_size:
-        Samples per run.
+    batch_size, constants, output_batch_axis:
+        Batching, A's constant inputs and the outputs' sample axis (as for ``analyze``).
     data_b:
         B's own data, sample for sample with *data*.
+    constants_b:
+        B's constant inputs; None means A's.
     threshold:
         State agreement below which a layer counts as divergent.
     providers, threads, optimization:
@@ -478,11 +485,13 @@ def compare(
     inst_a = Instrumented(
         model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
         providers=providers, threads=threads, optimization=optimization,
+        output_batch_axis=output_batch_axis,
     )  # fmt: skip
     inst_b = Instrumented(
         model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
         method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
         providers=providers, threads=threads, optimization=optimization,
+        output_batch_axis=output_batch_axis,
     )  # fmt: skip
     pairs, left, right = match_captures(inst_a.captures, inst_b.captures, mapping)
     if not pairs:
@@ -491,7 +500,14 @@ def compare(
             f"({', '.join(c.name for c in inst_b.captures)}); give a mapping file"
         )
     stats = [_PairStats(a, b) for a, b, _ in pairs]
-    batches_b = None if data_b is None else iter_batches(data_b, inst_b.specs, batch_size)
+    fixed_a = inst_a.constants(constants)
+    fixed_b = inst_b.constants(constants if constants_b is None else constants_b)
+    data = open_data(data)  # once: its length sets the batch size B's batches follow
+    batched = data_specs(inst_a.specs, fixed_a)
+    size = resolve_batch_size(batch_size, batched, data_length(data, batched))
+    batches_b = None
+    if data_b is not None:
+        batches_b = iter_batches(data_b, inst_b.specs, size, fixed_b)
     adapt = input_adapter(inst_a.specs, inst_b.specs) if data_b is None else None
     y = None if labels is None else labels_array(labels)
     accuracy_a, accuracy_b = accuracy_of(y), accuracy_of(y)
@@ -502,22 +518,24 @@ def compare(
         if batch_b is None:
             raise InputError("data_b holds fewer samples than data")
         try:
-            check_batch(batch_b, inst_b.specs)
+            check_batch(batch_b, inst_b.specs, fixed_b)
         except InputError as exc:
             raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
-        run_b = inst_b.run(batch_b)
+        run_b = inst_b.run(batch_b, run_a.samples)
         for s in stats:
             s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
-        outputs.update(run_a.outputs[0], run_b.outputs[0])
+        n = run_a.samples
+        out_a = inst_a.batch_first(inst_a.output_names[0], run_a.outputs[0], n)
+        out_b = inst_b.batch_first(inst_b.output_names[0], run_b.outputs[0], n)
+        outputs.update(out_a, out_b)
         if accuracy_a is not None and accuracy_b is not None:
-            n = len(next(iter(run_a.batch.values())))
-            accuracy_a.update(run_a.outputs[0], n)
-            accuracy_b.update(run_b.outputs[0], n)
+            accuracy_a.update(out_a, n)
+            accuracy_b.update(out_b, n)
 
     n = 0
     # A then B, batch after batch: overlapped, B would compete with A's next run.
-    for batch, _ in inst_a.stream(data, batch_size, consume, progress, overlap=False):
-        n += len(next(iter(batch.values())))
+    for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
+        n += run.samples
     top1_a = None if accuracy_a is None else accuracy_a.result(n)
     top1_b = None if accuracy_b is None else accuracy_b.result(n)
     if batches_b is not None and next(batches_b, None) is not None:
@@ -528,7 +546,7 @@ def compare(
         unmatched_b=[c.name for c in right],
         n_samples=n,
         output_max_abs_diff=outputs.max_diff,
-        top1_agreement=outputs.agree / outputs.rows,
+        top1_agreement=outputs.agree / n,
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,

@@ -277,7 +277,7 @@ def _onnx_model(
             layer.update(run.captured[tensor])
 
     def run(x: Any, batch_size: int) -> np.ndarray:
-        outs = [finals[0] for _, finals in inst.stream(x, batch_size, consume, progress=False)]
+        outs = [r.outputs[0] for r in inst.stream(x, batch_size, consume, progress=False)]
         return np.concatenate(outs)
 
     return EfficiencyModel(layers, run, [])

@@ -59,3 +59,12 @@ def first_line(exc: BaseException) -> str:
     """The first line of an exception's message (its class name when it has none)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's whole message folded onto one line (its class name when it has none).
+
+    onnxruntime's messages explain the problem after their first line break.
+    """
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -26,7 +26,16 @@ from typing import Any, Literal
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state.capture import BatchRun, Instrumented, Method, Optimization, Rows, load_array
+from onnx_state.capture import (
+    BatchRun,
+    Instrumented,
+    Method,
+    Optimization,
+    Rows,
+    as_inputs,
+    data_specs,
+    open_data,
+)
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
@@ -208,23 +217,27 @@ def _choose(
 
 
 def _features(
-    inst: Instrumented, data: Any, index: np.ndarray, batch_size: int, with_input: bool
+    inst: Instrumented,
+    mapping: Mapping[str, Any],
+    index: np.ndarray,
+    batch_size: int | None,
+    with_input: bool,
+    constants: Mapping[str, np.ndarray],
 ) -> dict[str, np.ndarray]:
-    """Flattened captured tensors (and the input) of the chosen samples, per capture name."""
-    mapping = data if isinstance(data, Mapping) else {inst.specs[0].name: data}
+    """Flattened captured tensors (and the inputs) of the chosen samples, per capture name."""
     rows = {k: Rows(v, index) for k, v in mapping.items()}
     feats: dict[str, list[np.ndarray]] = {}
 
     def consume(run: BatchRun) -> None:
-        n = len(next(iter(run.batch.values())))
+        n = run.samples
         if with_input:
-            for k, v in run.batch.items():
-                feats.setdefault(f"input:{k}", []).append(v.reshape(n, -1))
+            for k in mapping:
+                feats.setdefault(f"input:{k}", []).append(run.batch[k].reshape(n, -1))
         for c in inst.captures:
-            t = run.captured[c.tensor]
+            t = inst.batch_first(c.tensor, run.captured[c.tensor], n)
             feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
 
-    for _ in inst.stream(rows, batch_size, consume, progress=False):
+    for _ in inst.stream(rows, batch_size, consume, progress=False, constants=constants):
         pass
     return {k: np.concatenate(v) for k, v in feats.items()}
 
@@ -272,7 +285,8 @@ def separation(
     draw: Literal["first", "random"] = "first",
     seed: int = 0,
     include_input: bool = True,
-    batch_size: int = 200,
+    batch_size: int | None = None,
+    constants: Mapping[str, Any] | None = None,
     max_matrix_bytes: int = 1 << 30,
     pca_pair: tuple[int, int] | None = None,
     providers: Sequence[str] | None = None,
@@ -301,8 +315,8 @@ def separation(
         Seed of the random draw.
     include_input:
         Measure the raw input as a layer too.
-    batch_size:
-        Samples per run.
+    batch_size, constants:
+        Batching and constant inputs (as for ``analyze``).
     max_matrix_bytes:
         Largest distance matrix kept in memory (see README, "Class separation").
     pca_pair:
@@ -329,9 +343,13 @@ def separation(
     pca: dict[str, Any] = {}
     names: list[str] = []
     for split, (x, y) in splits.items():
-        x = load_array(x) if isinstance(x, (str, os.PathLike)) else x
+        fixed = inst.constants(constants)
+        batched = [s.name for s in data_specs(inst.specs, fixed)]
+        x = as_inputs(open_data(x), batched)
+        if x is None:
+            raise InputError(f"{split}: separation needs arrays with random access, not batches")
         y = labels_array(y)
-        first = next(iter(x.values())) if isinstance(x, Mapping) else x
+        first = next(iter(x.values()))
         n_data = first.shape[0] if hasattr(first, "shape") else len(first)
         if len(y) != n_data:
             raise InputError(f"{split}: {len(y)} labels for {n_data} samples; they must match")
@@ -342,7 +360,7 @@ def separation(
         if found != classes:
             raise InputError(f"{split} has classes {found} but train has {classes}")
         groups = _choose(y, classes, samples_per_class, draw, seed)
-        feats = _features(inst, x, np.concatenate(groups), batch_size, include_input)
+        feats = _features(inst, x, np.concatenate(groups), batch_size, include_input, fixed)
         names = list(feats)
         offsets = np.cumsum([0] + [len(g) for g in groups])
         local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(groups))]

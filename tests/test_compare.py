@@ -138,9 +138,9 @@ def test_the_two_models_run_one_after_the_other(monkeypatch):
     threads = set()
     original = Instrumented.run
 
-    def run(self, batch):
+    def run(self, batch, samples=None):
         threads.add(threading.current_thread() is threading.main_thread())
-        return original(self, batch)
+        return original(self, batch, samples)
 
     monkeypatch.setattr(Instrumented, "run", run)
     model, _ = conv_net()

@@ -36,8 +36,8 @@ def test_label_count_mismatch(net):
         onnx_state.analyze(model, x, attach_to="Conv", labels=np.zeros(10, int))
 
 
-def test_accuracy_needs_one_row_of_scores_per_sample():
-    # The first output is (classes, N): its rows are not samples, whatever their count.
+def test_accuracy_reads_class_scores_whose_samples_are_not_axis_0():
+    # The first output is (classes, N): the graph says its samples lie along axis 1.
     model = make_model(
         [
             helper.make_node("Relu", ["x"], ["r"], name="r"),
@@ -46,10 +46,14 @@ def test_accuracy_needs_one_row_of_scores_per_sample():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "N"])],
     )
-    with pytest.raises(InputError, match="got 3 rows for 4 samples"):
-        onnx_state.analyze(
-            model, np.ones((4, 3), np.float32), attach_to=["r"], labels=np.zeros(4, int)
-        )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    expected = np.mean(np.argmax(np.maximum(x, 0), axis=1) == y)
+    a = onnx_state.analyze(model, x, attach_to=["r"], labels=y, batch_size=16)
+    assert a.n_samples == 40 and a.accuracy == expected
+    with pytest.raises(InputError, match=r"class scores .* got \(3, 40\) for 40 samples"):
+        onnx_state.analyze(model, x, attach_to=["r"], labels=y, output_batch_axis=0)
 
 
 def test_the_label_count_is_checked_before_the_results(net):

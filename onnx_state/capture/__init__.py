@@ -8,15 +8,23 @@ instrumented model and the one run loop).
 
 from onnx_state.capture.axes import neuron_axis
 from onnx_state.capture.data import (
+    DEFAULT_BATCH_SIZE,
     Fingerprint,
     InputSpec,
     Rows,
+    as_inputs,
     batch_count,
+    batch_samples,
     check_batch,
+    check_constants,
+    data_length,
+    data_specs,
     input_specs,
     iter_batches,
     load_array,
+    load_data,
     open_data,
+    resolve_batch_size,
 )
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.layers import Layer, list_layers
@@ -49,6 +57,7 @@ from onnx_state.capture.session import (
 
 __all__ = [
     "DEFAULT_ATTACH_TO",
+    "DEFAULT_BATCH_SIZE",
     "LARGE_MODEL_BYTES",
     "META_INPUT_AXES",
     "META_LAYER_NAME",
@@ -68,20 +77,27 @@ __all__ = [
     "Rows",
     "Side",
     "add_outputs",
+    "as_inputs",
     "batch_count",
+    "batch_samples",
     "capture_name",
     "check_batch",
+    "check_constants",
     "check_external_data",
+    "data_length",
+    "data_specs",
     "input_specs",
     "instrument",
     "iter_batches",
     "list_layers",
     "load_array",
+    "load_data",
     "load_model",
     "make_session",
     "model_sha256",
     "neuron_axis",
     "open_data",
+    "resolve_batch_size",
     "sanitize_name",
     "select_captures",
 ]

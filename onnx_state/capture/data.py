@@ -13,17 +13,26 @@ import onnx
 import xxhash
 from onnx import ModelProto
 
-from onnx_state.errors import InputError
+from onnx_state.errors import InputError, did_you_mean
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "Fingerprint",
     "InputSpec",
+    "Rows",
+    "as_inputs",
     "batch_count",
+    "batch_samples",
     "check_batch",
+    "check_constants",
+    "data_length",
+    "data_specs",
     "input_specs",
     "iter_batches",
     "load_array",
+    "load_data",
     "open_data",
+    "resolve_batch_size",
 ]
 
 
@@ -34,6 +43,12 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]
+
+    @property
+    def batch(self) -> int | None:
+        """The fixed size of the batch axis (axis 0), or None when it is free."""
+        first = self.shape[0] if self.shape else None
+        return first if isinstance(first, int) and first > 0 else None
 
 
 def input_specs(model: ModelProto) -> list[InputSpec]:
@@ -52,11 +67,8 @@ def input_specs(model: ModelProto) -> list[InputSpec]:
     return specs
 
 
-def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
-    """Open ``.npy`` (memory-mapped), ``.npz`` or zarr data without unpickling anything.
-
-    ``path.npz:key`` (or *key*) picks one array of an npz file or a zarr group.
-    """
+def _split_key(source: str | os.PathLike[str], key: str | None) -> tuple[Path, str | None]:
+    """``PATH:KEY`` into (PATH, KEY) unless the whole text names an existing file."""
     text = os.fspath(source)
     if key is None and ":" in text and not Path(text).exists():
         text, key = text.rsplit(":", 1)
@@ -65,17 +77,39 @@ def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
         raise InputError(f"data file {text!r} does not exist")
     if key is not None and path.suffix == ".npy":
         raise InputError(f"{path} holds one array; drop ':{key}'")
+    return path, key
+
+
+def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
+    """Open one array of ``.npy`` (memory-mapped), ``.npz`` or zarr data, unpickling nothing.
+
+    ``path.npz:key`` (or *key*) picks one array of an npz file or a zarr group.
+    """
+    path, key = _split_key(source, key)
+    found = _load(path, key)
+    if isinstance(found, dict):
+        raise InputError(f"{path} holds {', '.join(found)}; pick one as {path}:NAME")
+    return found
+
+
+def load_data(source: str | os.PathLike[str]) -> Any:
+    """A data file: one array, or a dict of arrays by name for an ``.npz`` file or a zarr
+    group that holds several (one per model input); ``PATH:KEY`` picks one array."""
+    path, key = _split_key(source, None)
+    return _load(path, key)
+
+
+def _load(path: Path, key: str | None) -> Any:
+    """The array *key* of *path*, its only array, or (several and no key) a dict of them."""
     try:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as npz:
                 if key is None:
-                    if len(npz.files) != 1:
-                        raise InputError(
-                            f"{path} holds {', '.join(npz.files)}; pick one as {path}:NAME"
-                        )
-                    key = npz.files[0]
+                    if len(npz.files) == 1:
+                        return npz[npz.files[0]]
+                    return {name: npz[name] for name in npz.files}
                 if key not in npz.files:
                     raise InputError(
                         f"{path} has no array {key!r}; it holds {', '.join(npz.files)}"
@@ -87,9 +121,12 @@ def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
             node: Any = zarr.open(str(path), mode="r")
             if key is not None:
                 node = node[key]
-            if not hasattr(node, "dtype"):
-                raise InputError(f"{path} is a zarr group; pick an array as {path}:NAME")
-            return node
+            if hasattr(node, "dtype"):
+                return node
+            arrays = {name: a for name, a in node.arrays()}
+            if not arrays:
+                raise InputError(f"{path} is a zarr group without arrays")
+            return next(iter(arrays.values())) if len(arrays) == 1 else arrays
     except ValueError as exc:
         if isinstance(exc, InputError):
             raise
@@ -97,22 +134,137 @@ def load_array(source: str | os.PathLike[str], key: str | None = None) -> Any:
     raise InputError(f"unsupported data file {path}; use .npy, .npz or a zarr directory")
 
 
-def _as_mapping(data: Any, names: Sequence[str]) -> Mapping[str, Any] | None:
-    """Whole-dataset form: one array for a one-input model, or a dict of arrays."""
+def as_inputs(data: Any, names: Sequence[str]) -> Mapping[str, Any] | None:
+    """*data* as arrays by input name (one array for a one-input model, or a dict of them),
+    or None when it is not in that form (an iterable of batches). *names*: batched inputs."""
     if isinstance(data, Mapping):
         return data
     if hasattr(data, "shape") and hasattr(data, "dtype"):
         if len(names) != 1:
             raise InputError(
-                f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict of arrays"
+                f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict of "
+                "arrays by input name (CLI: --data NAME=PATH per input, or an .npz / zarr "
+                "group with one array per input)"
             )
         return {names[0]: data}
     return None
 
 
 def open_data(data: Any) -> Any:
-    """A path becomes its array (see load_array); anything else is returned as it is."""
-    return load_array(data) if isinstance(data, (str, os.PathLike)) else data
+    """Paths become arrays: a path its array or dict of arrays (see load_data), and each
+    path in a dict its array (see load_array); anything else is returned as it is."""
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(data)
+    if isinstance(data, Mapping):
+        return {
+            k: load_array(v) if isinstance(v, (str, os.PathLike)) else v for k, v in data.items()
+        }
+    return data
+
+
+def data_specs(specs: Sequence[InputSpec], constants: Mapping[str, Any]) -> list[InputSpec]:
+    """The inputs fed batch by batch: every input that is not a constant."""
+    return [s for s in specs if s.name not in constants]
+
+
+def check_constants(
+    constants: Mapping[str, Any] | None, specs: Sequence[InputSpec]
+) -> dict[str, np.ndarray]:
+    """Constant inputs (fed whole with every batch) as arrays checked against the model.
+
+    A value is an array, a path (see load_array), or a Python number, which takes the
+    input's dtype when it is exactly representable there. Every problem is reported at once.
+    """
+    if not constants:
+        return {}
+    expected = {s.name: s for s in specs}
+    problems = []
+    out: dict[str, np.ndarray] = {}
+    for name, value in constants.items():
+        spec = expected.get(name)
+        if spec is None:
+            problems.append(
+                f"constant {name!r} is not a model input (it takes {', '.join(expected)})."
+                + did_you_mean(name, expected)
+            )
+            continue
+        if isinstance(value, (str, os.PathLike)):
+            value = load_array(value)
+        if isinstance(value, (bool, int, float)):
+            array = np.asarray(value, dtype=spec.dtype)
+            if array.item() != value:
+                problems.append(
+                    f"constant {name!r} = {value!r} does not fit the model's {spec.dtype}"
+                )
+                continue
+        else:
+            array = np.ascontiguousarray(value)
+        if array.ndim != len(spec.shape) or any(
+            isinstance(want, int) and want > 0 and d != want
+            for d, want in zip(array.shape, spec.shape)
+        ):
+            problems.append(
+                f"constant {name!r} has shape {array.shape} but the model expects "
+                f"{_fmt(spec.shape)} (a constant is fed whole, batch axis included)"
+            )
+        if array.dtype != spec.dtype:
+            problems.append(
+                f"constant {name!r} is {array.dtype} but the model expects {spec.dtype} "
+                f"(convert with .astype(np.{spec.dtype.name}))"
+            )
+        out[name] = array
+    if problems:
+        raise InputError("; ".join(problems))
+    return out
+
+
+DEFAULT_BATCH_SIZE = 200
+
+
+def resolve_batch_size(
+    batch_size: int | None, specs: Sequence[InputSpec], n_samples: int | None = None
+) -> int:
+    """The batch size to run: *batch_size*, else the inputs' fixed batch dimension, else 200.
+
+    *specs* are the batched inputs; a size that contradicts a fixed batch dimension, and a
+    sample count that leaves a last batch of another size, are refused.
+    """
+    fixed = {s.name: s.batch for s in specs if s.batch is not None}
+    if len(set(fixed.values())) > 1:
+        raise InputError(f"the model's inputs fix different batch sizes: {fixed}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if not fixed:
+        return DEFAULT_BATCH_SIZE if batch_size is None else batch_size
+    name, size = next(iter(fixed.items()))
+    if batch_size is not None and batch_size != size:
+        raise InputError(
+            f"input {name!r} has a fixed batch dimension of {size}, so batches must hold "
+            f"{size} samples; use batch size {size} (or leave it out), got {batch_size}"
+        )
+    if n_samples is not None and n_samples % size:
+        raise InputError(
+            f"input {name!r} has a fixed batch dimension of {size}, but {n_samples} samples "
+            f"leave a last batch of {n_samples % size}; give a multiple of {size} samples"
+        )
+    return size
+
+
+def _length(array: Any) -> int:
+    return int(array.shape[0]) if hasattr(array, "shape") else len(array)
+
+
+def data_length(data: Any, specs: Sequence[InputSpec]) -> int | None:
+    """Samples in *data* (opened; the batched inputs' *specs*), when known up front."""
+    mapping = as_inputs(data, [s.name for s in specs])
+    if mapping is None:
+        return None
+    if not mapping:
+        raise InputError("the data dict is empty; give one array per model input")
+    first = next(iter(mapping.values()))
+    if getattr(first, "ndim", 1) == 0:
+        raise InputError("a 0-d array cannot be split into samples; pass it as a constant instead")
+    return _length(first)
 
 
 def batch_count(data: Any, specs: Sequence[InputSpec], batch_size: int) -> int | None:
@@ -120,39 +272,55 @@ def batch_count(data: Any, specs: Sequence[InputSpec], batch_size: int) -> int |
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     data = open_data(data)
-    mapping = _as_mapping(data, [s.name for s in specs])
-    if mapping is not None and not mapping:
-        raise InputError("the data dict is empty; give one array per model input")
-    if mapping is None:
+    n = data_length(data, specs)
+    if n is None:
         return len(data) if hasattr(data, "__len__") else None
-    first = next(iter(mapping.values()))
-    n = first.shape[0] if hasattr(first, "shape") else len(first)
     return -(-n // batch_size)
 
 
+def batch_samples(batch: Mapping[str, np.ndarray], constants: Mapping[str, Any] = {}) -> int:
+    """Samples in one batch: the length of its first batched input."""
+    return next(len(v) for k, v in batch.items() if k not in constants)
+
+
 def iter_batches(
-    data: Any, specs: Sequence[InputSpec], batch_size: int
+    data: Any,
+    specs: Sequence[InputSpec],
+    batch_size: int,
+    constants: Mapping[str, np.ndarray] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yield checked input dicts from arrays, dicts of arrays, or an iterable of batches."""
+    """Yield checked input dicts from arrays, dicts of arrays, or an iterable of batches.
+
+    *specs* are all model inputs; *constants* (from check_constants) join every batch.
+    """
     if batch_size < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    names = [s.name for s in specs]
+    constants = dict(constants or {})
+    batched = data_specs(specs, constants)
+    names = [s.name for s in batched]
     data = open_data(data)
-    mapping = _as_mapping(data, names)
+    mapping = as_inputs(data, names)
     if mapping is not None:
         if not mapping:
             raise InputError("the data dict is empty; give one array per model input")
-        check_batch({k: _head(v) for k, v in mapping.items()}, specs)
-        lengths = {k: v.shape[0] if hasattr(v, "shape") else len(v) for k, v in mapping.items()}
+        for k, v in mapping.items():
+            if getattr(v, "ndim", 1) == 0:
+                raise InputError(
+                    f"input {k!r} is a 0-d array, which cannot be split into samples; pass it "
+                    "as a constant instead (constants= / --const)"
+                )
+        check_batch({k: _head(v) for k, v in mapping.items()}, specs, constants, head=True)
+        lengths = {k: _length(v) for k, v in mapping.items()}
         if len(set(lengths.values())) > 1:
             raise InputError(f"inputs differ in length: {lengths}")
         n = next(iter(lengths.values()))
         if n == 0:
             raise InputError("the data holds no samples")
         for start in range(0, n, batch_size):
-            yield {
+            batch = {
                 k: np.ascontiguousarray(v[start : start + batch_size]) for k, v in mapping.items()
             }
+            yield {**batch, **constants}
         return
     if not isinstance(data, Iterable):
         raise InputError(
@@ -161,18 +329,18 @@ def iter_batches(
         )
     empty = True
     for item in data:
-        batch = _as_mapping(item, names)
-        if batch is None:
+        given = as_inputs(item, names)
+        if given is None:
             raise InputError(
                 f"a batch must be an array or a dict of arrays, got {type(item).__name__}"
             )
         # A copy: iterators may refill one buffer while this batch is still being counted.
-        batch = {k: np.array(v, order="C", copy=True) for k, v in batch.items()}
-        check_batch(batch, specs)
+        batch = {k: np.array(v, order="C", copy=True) for k, v in given.items()}
+        check_batch(batch, specs, constants)
         if len(next(iter(batch.values()), ())) == 0:
             continue  # an empty batch holds no states
         empty = False
-        yield batch
+        yield {**batch, **constants}
     if empty:
         raise InputError("the data holds no batches (or only empty ones)")
 
@@ -182,17 +350,32 @@ def _head(array: Any) -> np.ndarray:
     return np.asarray(array[:1])
 
 
-def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> None:
-    """Raise one InputError listing every name, rank, shape and dtype mismatch."""
-    expected = {s.name: s for s in specs}
+def check_batch(
+    batch: Mapping[str, np.ndarray],
+    specs: Sequence[InputSpec],
+    constants: Mapping[str, Any] = {},
+    head: bool = False,
+) -> None:
+    """Raise one InputError listing every name, rank, shape and dtype mismatch.
+
+    *specs* are all model inputs; inputs in *constants* need not be in *batch*. With
+    *head*, *batch* holds only the first sample of each input, so the batch axis is not
+    checked (see resolve_batch_size).
+    """
+    expected = {s.name: s for s in specs if s.name not in constants}
     problems = []
     missing = sorted(set(expected) - set(batch))
     extra = sorted(set(batch) - set(expected))
     if missing:
         problems.append(f"missing input(s) {', '.join(missing)}")
     if extra:
+        unfed = [n for n in expected if n not in batch]
+        hints = "".join(did_you_mean(name, unfed) for name in extra)
+        also = [n for n in extra if n in constants]
+        note = f"; {', '.join(also)} given as constant(s) too" if also else ""
         problems.append(
-            f"unknown input(s) {', '.join(extra)} (the model takes {', '.join(expected)})"
+            f"unknown input(s) {', '.join(extra)} (the model takes {', '.join(expected)}"
+            f"{note}).{hints}"
         )
     for name in sorted(set(expected) & set(batch)):
         spec, array = expected[name], batch[name]
@@ -204,9 +387,14 @@ def check_batch(batch: Mapping[str, np.ndarray], specs: Sequence[InputSpec]) -> 
             continue
         bad = [
             i for i, (d, want) in enumerate(zip(array.shape, spec.shape))
-            if isinstance(want, int) and want > 0 and d != want and not (i == 0 and d == 0)
+            if isinstance(want, int) and want > 0 and d != want and not (i == 0 and head)
         ]  # fmt: skip
-        if bad:
+        if bad == [0]:
+            problems.append(
+                f"input {name!r} has a batch of {array.shape[0]} but the model fixes its batch "
+                f"dimension to {spec.shape[0]}; use batch size {spec.shape[0]}"
+            )
+        elif bad:
             problems.append(
                 f"input {name!r} has samples of shape {array.shape[1:]} but the model expects "
                 f"{_fmt(spec.shape)} (the first axis is the batch)"
@@ -230,17 +418,24 @@ class Fingerprint:
     One hash per input over its bytes, then one over names, dtypes, sample shapes and those
     hashes; the digest reads ``xxh3_128:<hex>``. XXH3 runs near memory speed (BLAKE2b took a
     third of the counting time); it identifies data sets, it is not tamper-proof.
+    *constants* (fed whole with every batch) are hashed once, with their whole shape.
     """
 
     ALGORITHM = "xxh3_128"
 
-    def __init__(self) -> None:
+    def __init__(self, constants: Mapping[str, np.ndarray] | None = None) -> None:
         self._inputs: dict[str, Any] = {}
         self._meta: dict[str, str] = {}
+        self._constants = {
+            name: f"{a.dtype.str}{a.shape}:{_xxh3(a).hexdigest()}"
+            for name, a in (constants or {}).items()
+        }
 
     def update(self, batch: Mapping[str, np.ndarray]) -> None:
         """Hash the next batch (inputs by name, batch axis first)."""
         for name, a in batch.items():
+            if name in self._constants:
+                continue
             self._inputs.setdefault(name, xxhash.xxh3_128()).update(
                 memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
             )
@@ -251,7 +446,15 @@ class Fingerprint:
         total = xxhash.xxh3_128()
         for name in sorted(self._inputs):
             total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())
+        for name in sorted(self._constants):
+            total.update(f"constant {name}:{self._constants[name]};".encode())
         return f"{self.ALGORITHM}:{total.hexdigest()}"
+
+
+def _xxh3(array: np.ndarray) -> Any:
+    h = xxhash.xxh3_128()
+    h.update(np.ascontiguousarray(array).tobytes())  # constants are small; 0-d ones too
+    return h
 
 
 class Rows:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,12 +17,23 @@ import onnx
 from onnx import ModelProto
 
 from onnx_state.capture import load
-from onnx_state.capture.data import InputSpec, batch_count, input_specs, iter_batches, open_data
+from onnx_state.capture.data import (
+    InputSpec,
+    batch_count,
+    batch_samples,
+    check_constants,
+    data_length,
+    data_specs,
+    input_specs,
+    iter_batches,
+    open_data,
+    resolve_batch_size,
+)
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs
 from onnx_state.capture.select import Capture, Method, select_captures
 from onnx_state.count.engine import ThreadPlan, plan_threads
-from onnx_state.errors import InputError, ModelError, first_line
+from onnx_state.errors import InputError, ModelError, one_line
 
 __all__ = [
     "OPTIMIZATION_LEVELS",
@@ -105,7 +117,7 @@ def make_session(
     except Exception as exc:
         if isinstance(exc, InputError):
             raise
-        raise ModelError(f"onnxruntime cannot load the model: {first_line(exc)}") from exc
+        raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
 
 
 def _has_external(model: ModelProto) -> bool:
@@ -114,11 +126,13 @@ def _has_external(model: ModelProto) -> bool:
 
 @dataclass(frozen=True)
 class BatchRun:
-    """One batch through the instrumented model: its inputs, final outputs and captures."""
+    """One batch through the instrumented model: its inputs (constants included), final
+    outputs, captured tensors by name, and its number of samples."""
 
     batch: dict[str, np.ndarray]
     outputs: list[np.ndarray]
     captured: dict[str, np.ndarray]
+    samples: int
 
 
 class Instrumented:
@@ -133,6 +147,9 @@ class Instrumented:
     providers, threads, optimization:
         The onnxruntime session (see ``make_session``). *threads* also decides how states
         are counted (``count.engine.plan_threads``).
+    output_batch_axis:
+        The axis of the final outputs that holds the samples, when the graph cannot tell
+        (see ``batch_first``).
     """
 
     def __init__(
@@ -146,6 +163,7 @@ class Instrumented:
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         optimization: Optimization = "all",
+        output_batch_axis: int | None = None,
     ) -> None:
         path = None if isinstance(model, ModelProto) else Path(model)
         # Read through the module: one limit, which tests can lower.
@@ -164,57 +182,142 @@ class Instrumented:
             self.model, *self._session_args, config=self.plan.session_config()
         )
         self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+        if output_batch_axis is not None and not isinstance(output_batch_axis, int):
+            raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
+        self.output_batch_axis = output_batch_axis
+        self._batch_axes: dict[str, int] = {}  # per output or tensor, once decided
 
-    def run(self, batch: Mapping[str, np.ndarray]) -> BatchRun:
-        """Run one checked batch: its final outputs and captured tensors by name."""
+    def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
+        """Run one checked batch: its final outputs and captured tensors by name.
+
+        *samples* defaults to the length of the batch's first input.
+        """
         try:
             values = self.session.run(self.output_names + self.tensors, dict(batch))
         except Exception as exc:  # onnxruntime raises its own classes, one per status code
-            raise ModelError(f"onnxruntime failed on a batch: {first_line(exc)}") from exc
+            raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
         k = len(self.output_names)
-        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])))
+        n = batch_samples(batch) if samples is None else samples
+        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])), n)
 
     def stream(
         self,
         data: Any,
-        batch_size: int,
+        batch_size: int | None,
         consume: Callable[[BatchRun], None],
         progress: bool | None = None,
         overlap: bool | None = None,
-    ) -> Iterator[tuple[dict[str, np.ndarray], list[np.ndarray]]]:
-        """Run every batch of *data*, call consume(run) for each, yield (batch, outputs).
+        constants: Mapping[str, Any] | None = None,
+    ) -> Iterator[BatchRun]:
+        """Run every batch of *data*, call consume(run) for each, and yield each run without
+        its captured tensors.
 
-        With *overlap* (default: ``plan.overlap``), *consume* runs on a worker thread while
-        the next batch runs (at most two batches of activations alive, and one call of
-        *consume* at a time, in order); otherwise it runs right after each batch, when
-        onnxruntime has handed every core back (see ``count.engine.plan_threads``).
+        *batch_size* None takes the inputs' fixed batch dimension, else 200 (see
+        ``data.resolve_batch_size``). *constants* are fed whole with every batch (see
+        ``data.check_constants``). With *overlap* (default: ``plan.overlap``), *consume*
+        runs on a worker thread while the next batch runs (at most two batches of
+        activations alive, and one call of *consume* at a time, in order); otherwise it
+        runs right after each batch, when onnxruntime has handed every core back (see
+        ``count.engine.plan_threads``).
         """
-        data = open_data(data)  # once, for both the count and the batches
-        total = batch_count(data, self.specs, batch_size)
-        batches = iter_batches(data, self.specs, batch_size)
+        fixed = self.constants(constants)
+        batched = data_specs(self.specs, fixed)
+        data = open_data(data)  # once, for the length, the count and the batches
+        size = resolve_batch_size(batch_size, batched, data_length(data, batched))
+        total = batch_count(data, batched, size)
+        batches = iter_batches(data, self.specs, size, fixed)
         with _progress(total, progress) as bar:
             if not (self.plan.overlap if overlap is None else overlap):
                 for batch in batches:
-                    run = self.run(batch)
+                    run = self.run(batch, batch_samples(batch, fixed))
                     consume(run)
-                    outputs = run.outputs
+                    done = BatchRun(run.batch, run.outputs, {}, run.samples)
                     del run  # onnxruntime can reuse the captured buffers for the next batch
-                    yield batch, outputs
+                    yield done
                     bar.update(1)
                 return
             pending: Future[None] | None = None
             with ThreadPoolExecutor(1) as pool:
                 for batch in batches:
-                    run = self.run(batch)
+                    run = self.run(batch, batch_samples(batch, fixed))
                     if pending is not None:
                         pending.result()
                     pending = pool.submit(consume, run)
-                    outputs = run.outputs
+                    done = BatchRun(run.batch, run.outputs, {}, run.samples)
                     del run
-                    yield batch, outputs
+                    yield done
                     bar.update(1)
                 if pending is not None:
                     pending.result()
+
+    def constants(self, constants: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        """*constants* checked against this model's inputs (see ``data.check_constants``)."""
+        return check_constants(constants, self.specs)
+
+    def class_scores(self, run: BatchRun) -> np.ndarray:
+        """The first final output of *run*, samples first: the class scores of accuracy."""
+        name, scores = self.output_names[0], run.outputs[0]
+        try:
+            return self.batch_first(name, scores, run.samples)
+        except InputError:
+            raise InputError(
+                f"accuracy needs class scores of shape (N, K) with K >= 2 as the first model "
+                f"output, got {scores.shape} for {run.samples} samples; drop the labels for "
+                "this model (or give output_batch_axis)"
+            ) from None
+
+    def batch_first(self, name: str, array: np.ndarray, samples: int) -> np.ndarray:
+        """*array* (the output or captured tensor *name* of a batch of *samples*) with its
+        sample axis (see ``batch_axis``) first."""
+        axis = self.batch_axis(name, array, samples)
+        return array if axis == 0 else np.moveaxis(array, axis, 0)
+
+    def batch_axis(self, name: str, array: np.ndarray, samples: int) -> int:
+        """The axis of *array* (the output or captured tensor *name* of a batch of
+        *samples*) that holds the samples, in 0 .. ndim - 1.
+
+        The axis is the one whose declared dimension is the inputs' batch dimension; where
+        the graph cannot tell, the one whose size is the number of samples; for final
+        outputs, ``output_batch_axis`` when given. A tensor with several candidate axes is
+        refused rather than guessed.
+        """
+        axis = self._batch_axes.get(name)
+        if axis is None:
+            axis = self._batch_axis(name, array.shape, samples)
+            self._batch_axes[name] = axis
+        if not -array.ndim <= axis < array.ndim or array.shape[axis] != samples:
+            raise InputError(
+                f"axis {axis} of {name!r} (shape {array.shape}) does not hold the batch's "
+                f"{samples} samples; give output_batch_axis (--output-batch-axis)"
+            )
+        return axis % array.ndim
+
+    def _batch_axis(self, name: str, shape: tuple[int, ...], samples: int) -> int:
+        if self.output_batch_axis is not None and name in self.output_names:
+            return self.output_batch_axis
+        batch_dims = {s.shape[0] for s in self.specs if s.shape and s.shape[0]}
+        declared = self.index.shape(name)
+        if declared is not None and len(declared) == len(shape):
+            named = [i for i, d in enumerate(declared) if isinstance(d, str) and d in batch_dims]
+            if len(named) == 1:
+                return named[0]
+        sized = [i for i, d in enumerate(shape) if d == samples]
+        if len(sized) == 1 or (sized and samples == 1):
+            return sized[0]  # a size-1 axis moved first changes no element's order
+        if sized and sized[0] == 0:
+            warnings.warn(
+                f"cannot tell which axis of {name!r} (shape {shape}) holds the {samples} "
+                f"samples (axes {sized} fit); assumed axis 0. Give output_batch_axis "
+                "(CLI --output-batch-axis) for final outputs if that is wrong",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return 0
+        raise InputError(
+            f"cannot tell which axis of {name!r} (shape {shape}) holds the batch's {samples} "
+            f"samples (candidates {sized or 'none'}); give output_batch_axis "
+            "(CLI --output-batch-axis)"
+        )
 
     def parity(
         self, batch: Mapping[str, np.ndarray], finals: Sequence[np.ndarray] | None = None

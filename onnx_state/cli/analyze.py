@@ -7,17 +7,17 @@ from typing import Any
 import click
 
 from onnx_state.analysis import analyze
-from onnx_state.cli.options import batch_size_option, echo_json, selection, session
+from onnx_state.cli.options import data_option, echo_json, feeding, selection, session
 from onnx_state.errors import InputError
 
 
 @click.command("analyze")
 @click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--data", metavar="PATH[:KEY]", help=".npy, .npz or zarr input data.")
+@data_option(help=".npy, .npz or zarr input data.")
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy and aIQ.")
 @click.option("--example", is_flag=True, help="Analyse the bundled LeNet-5 on digits.")
 @selection
-@batch_size_option
+@feeding()
 @session
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output store.")
@@ -26,7 +26,7 @@ from onnx_state.errors import InputError
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_command(
     model: str | None,
-    data: str | None,
+    data: Any,
     labels: str | None,
     example: bool,
     output: str | None,

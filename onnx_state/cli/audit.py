@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from onnx_state.audit import RULES, audit, load_rules
-from onnx_state.cli.options import batch_size_option, json_option, print_gated, selection, session
+from onnx_state.cli.options import (
+    data_option,
+    feeding,
+    json_option,
+    print_gated,
+    selection,
+    session,
+)
 
 
 def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float]:
@@ -16,11 +23,11 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 
 @click.command("audit")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, metavar="PATH[:KEY]", help="Data to audit.")
+@data_option(required=True, help="Data to audit.")
 @click.option("--reference", type=click.Path(file_okay=False), help="Reference results store.")
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy.")
 @selection
-@batch_size_option
+@feeding()
 @click.option("--top-k", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--rules", type=click.Path(dir_okay=False), callback=_rules,
               help="JSON file of thresholds.")  # fmt: skip
@@ -31,7 +38,7 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--max-efficiency-drift", type=float, help="Gate (with --reference): |drift| above.")
 @session
 @json_option
-def audit_command(model: str, data: str, rules: dict[str, float], as_json: bool,
+def audit_command(model: str, data: Any, rules: dict[str, float], as_json: bool,
                   **options: Any) -> None:  # fmt: skip
     """Find dead and always-on neurons, coverage, and drift of MODEL on --data.
 

@@ -7,7 +7,8 @@ from typing import Any
 import click
 
 from onnx_state.cli.options import (
-    batch_size_option,
+    data_option,
+    feeding,
     json_option,
     list_or_none,
     print_gated,
@@ -24,15 +25,15 @@ def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.command("compare")
 @click.argument("model_a", type=click.Path(dir_okay=False))
 @click.argument("model_b", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, metavar="PATH[:KEY]", help="Input data for both models.")
-@click.option("--data-b", metavar="PATH[:KEY]", help="B's own data, when its inputs differ.")
+@data_option(required=True, help="Input data for both models.")
+@data_option("--data-b", help="B's own data, when its inputs differ.")
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for each model's accuracy.")
 @selection
 @click.option("--attach-to-b", multiple=True, metavar="TYPE|NAME", callback=list_or_none,
               help="B's layers, if different.")  # fmt: skip
 @click.option("--mapping", type=click.Path(dir_okay=False), callback=_mapping,
               help="JSON {layer of A: layer of B}.")  # fmt: skip
-@batch_size_option
+@feeding()
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.99, show_default=True,
               help="State agreement below which a layer is flagged.")  # fmt: skip
 @click.option("--min-state-agreement", type=click.FloatRange(0, 1), help="Gate: exit 1 below.")
@@ -44,7 +45,7 @@ def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 def compare_command(
     model_a: str,
     model_b: str,
-    data: str,
+    data: Any,
     min_state_agreement: float | None,
     min_top1_agreement: float | None,
     max_js: float | None,

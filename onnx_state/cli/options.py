@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -108,11 +110,113 @@ def session(f: F) -> F:
     return f
 
 
-def batch_size_option(f: F) -> F:
-    """--batch-size."""
-    return click.option("--batch-size", type=click.IntRange(min=1), default=200, show_default=True)(
-        f
+def parse_data(values: tuple[str, ...], option: str = "--data") -> Any:
+    """``--data PATH[:KEY]`` once, or ``--data NAME=PATH[:KEY]`` per model input.
+
+    Returns None, a path, or {input name: path}.
+    """
+    if not values:
+        return None
+    named = [_named(v) for v in values]
+    if len(values) == 1 and named[0] is None:
+        return values[0]
+    if any(n is None for n in named):
+        raise InputError(
+            f"give {option} once as PATH[:KEY], or once per model input as NAME=PATH[:KEY]; "
+            f"got {' '.join(values)}"
+        )
+    out: dict[str, str] = {}
+    for name, path in (n for n in named if n is not None):
+        if name in out:
+            raise InputError(f"{option} names input {name!r} twice")
+        out[name] = path
+    return out
+
+
+def _named(text: str) -> tuple[str, str] | None:
+    """(NAME, VALUE) for ``NAME=VALUE`` (NAME free of path separators), else None."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value or "/" in name or os.sep in name or Path(text).exists():
+        return None
+    return name, value
+
+
+def parse_constants(values: tuple[str, ...]) -> dict[str, Any] | None:
+    """``NAME=PATH[:KEY]`` or ``NAME=NUMBER`` pairs into {input name: path or number}."""
+    out: dict[str, Any] = {}
+    for item in values:
+        pair = _named(item)
+        if pair is None:
+            raise InputError(f"--const {item!r} is not NAME=PATH[:KEY] or NAME=NUMBER")
+        name, value = pair
+        if name in out:
+            raise InputError(f"--const names input {name!r} twice")
+        out[name] = _number(value)
+    return out or None
+
+
+def _number(text: str) -> Any:
+    """An int or float when *text* spells one (and is not a file), else *text* itself."""
+    if Path(text).exists():
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def data_option(
+    name: str = "--data", required: bool = False, help: str = "Input data."
+) -> Callable[[F], F]:
+    """--data PATH[:KEY] (one array, or an .npz / zarr group with one array per input), or
+    --data NAME=PATH[:KEY] repeated, one per model input."""
+
+    def convert(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+        return parse_data(values, name)
+
+    return click.option(
+        name,
+        multiple=True,
+        required=required,
+        metavar="PATH[:KEY]|NAME=PATH[:KEY]",
+        callback=convert,
+        help=help + " Repeat as NAME=PATH[:KEY] for several inputs.",
     )
+
+
+def feeding(output_axis: bool = True) -> Callable[[F], F]:
+    """--batch-size, --const (repeatable) and, with *output_axis*, --output-batch-axis."""
+
+    def constants(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> Any:
+        return parse_constants(values)
+
+    def decorate(f: F) -> F:
+        if output_axis:
+            f = click.option(
+                "--output-batch-axis",
+                type=int,
+                default=None,
+                help="Axis of the model's outputs that holds the samples (default: from the "
+                "graph).",
+            )(f)
+        f = click.option(
+            "--const",
+            "constants",
+            multiple=True,
+            metavar="NAME=PATH[:KEY]|NAME=NUMBER",
+            callback=constants,
+            help="An input fed whole with every batch (a state, a scalar); repeatable.",
+        )(f)
+        return click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Samples per run (default: the model's fixed batch size, else 200).",
+        )(f)
+
+    return decorate
 
 
 def json_option(f: F) -> F:

@@ -6,7 +6,14 @@ from typing import Any
 
 import click
 
-from onnx_state.cli.options import batch_size_option, echo_json, json_option, selection, session
+from onnx_state.cli.options import (
+    data_option,
+    echo_json,
+    feeding,
+    json_option,
+    selection,
+    session,
+)
 from onnx_state.errors import InputError
 from onnx_state.separation import (
     FORMULAS,
@@ -24,15 +31,15 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 
 @click.command("separation")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True, metavar="PATH[:KEY]", help="Training inputs.")
+@data_option(required=True, help="Training inputs.")
 @click.option("--labels", required=True, metavar="PATH[:KEY]", help="Training labels.")
-@click.option("--test-data", metavar="PATH[:KEY]", help="Test inputs.")
+@data_option("--test-data", help="Test inputs.")
 @click.option("--test-labels", metavar="PATH[:KEY]", help="Test labels.")
 @selection
 @click.option("--samples-per-class", type=click.IntRange(min=2), default=100, show_default=True)
 @click.option("--draw", type=click.Choice(["first", "random"]), default="first", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@batch_size_option
+@feeding(output_axis=False)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Save the result (JSON).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots to this folder.")
 @click.option("--pca-pair", nargs=2, type=int, help="Two classes for the PCA scatter plots.")
@@ -41,7 +48,7 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 @json_option
 def separation_command(
     model: str,
-    data: str,
+    data: Any,
     labels: str,
     neuron_axes: dict[str, int],
     output: str | None,
