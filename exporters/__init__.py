@@ -1,4 +1,5 @@
-"""Framework exporters: PyTorch and Keras models to ONNX with onnx_state layer metadata.
+"""Framework exporters: PyTorch, Keras and TensorFlow (SavedModel, TFLite) models to ONNX
+with onnx_state layer metadata.
 
 This package imports no framework; each exporter imports its framework when called and
 says which extra to install when it is missing.

@@ -1,4 +1,4 @@
-"""Export a saved model to ONNX with layer metadata: a Keras file or a PyTorch module.
+"""Export a saved model to ONNX with layer metadata: TensorFlow, Keras or a PyTorch module.
 
 The ``onnx-state export`` command calls ``export_model``; frameworks are imported only here,
 inside the functions, and a missing one names the extra to install.
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from exporters.from_tf import export_saved_model, export_tflite, is_tflite
 from onnx_state.errors import InputError, MissingExtraError, first_line
 
 __all__ = ["export_model", "load_torch_module", "parse_shape"]
@@ -74,13 +75,16 @@ def export_model(
     weights: str | os.PathLike[str] | None = None,
     input_shape: str | Sequence[int] | None = None,
     opset: int = 18,
+    signature: str = "serving_default",
 ) -> None:
-    """Export a .keras file, or a torch module spec (with weights and input shape), to *output*.
+    """Export a SavedModel, a TFLite or Keras file, or a torch module spec to *output*.
 
     Parameters
     ----------
     source:
-        A ``.keras`` file (loaded with ``safe_mode``) or ``package.module:ClassOrFactory``.
+        A TensorFlow SavedModel directory (or its ``saved_model.pb``), a ``.tflite`` file
+        (any file holding a TFLite flatbuffer), a ``.keras`` file (loaded with
+        ``safe_mode``) or ``package.module:ClassOrFactory``.
     output:
         The .onnx file to write; it appears only once the export has succeeded.
     weights:
@@ -88,12 +92,22 @@ def export_model(
     input_shape:
         PyTorch only: the shape of one sample without the batch axis (``1,28,28``).
     opset:
-        ONNX opset; Keras exports (tf2onnx) support up to 18, and a higher one is refused.
+        ONNX opset; TensorFlow and Keras exports (tf2onnx) support up to 18, and a higher one
+        is refused.
+    signature:
+        SavedModel only: the signature to export.
     """
     target = Path(output)
     tmp = target.with_name(f".{target.name}.partial")
+    path = Path(source)
+    if path.name == "saved_model.pb" and path.is_file():
+        path = path.parent
     try:
-        if source.endswith(".keras"):
+        if path.is_dir():
+            export_saved_model(path, tmp, opset=opset, signature=signature)
+        elif source.endswith(".tflite") or (not source.endswith(".keras") and is_tflite(path)):
+            export_tflite(path, tmp, opset=opset)
+        elif source.endswith(".keras"):
             from exporters.from_keras import export as export_keras
 
             try:
@@ -111,6 +125,14 @@ def export_model(
                     f"cannot load {source} as a Keras model: {first_line(exc)}"
                 ) from None
             export_keras(model, tmp, opset=opset)
+        elif ":" not in source:  # not package.module:ClassOrFactory, so meant as a path
+            what = "is not a SavedModel directory, nor a .tflite or .keras file"
+            if not path.exists():
+                what = "does not exist"
+            raise InputError(
+                f"{source!r} {what} (SOURCE: a SavedModel directory, a .tflite or .keras file, "
+                "or package.module:ClassOrFactory)"
+            )
         else:
             if input_shape is None:
                 raise InputError("a PyTorch module needs --input-shape (without the batch axis)")

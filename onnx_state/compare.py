@@ -508,13 +508,19 @@ def compare(
     batches_b = None
     if data_b is not None:
         batches_b = iter_batches(data_b, inst_b.specs, size, fixed_b)
-    adapt = input_adapter(inst_a.specs, inst_b.specs) if data_b is None else None
+    adapt = None
+    if data_b is None:
+        adapt = input_adapter(batched, data_specs(inst_b.specs, fixed_b))
     y = None if labels is None else labels_array(labels)
     accuracy_a, accuracy_b = accuracy_of(y), accuracy_of(y)
     outputs = _Outputs()
 
     def consume(run_a: BatchRun) -> None:
-        batch_b = adapt(run_a.batch) if adapt else next(batches_b, None)  # type: ignore[arg-type]
+        if adapt:
+            data_a = {k: v for k, v in run_a.batch.items() if k not in fixed_a}
+            batch_b: dict[str, np.ndarray] | None = {**adapt(data_a), **fixed_b}
+        else:
+            batch_b = next(batches_b, None)  # type: ignore[arg-type]
         if batch_b is None:
             raise InputError("data_b holds fewer samples than data")
         try:

@@ -198,7 +198,9 @@ def check_constants(
                 )
                 continue
         else:
-            array = np.ascontiguousarray(value)
+            array = np.asarray(value)  # (ascontiguousarray would make a 0-d array 1-d)
+            if not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array)
         if array.ndim != len(spec.shape) or any(
             isinstance(want, int) and want > 0 and d != want
             for d, want in zip(array.shape, spec.shape)
@@ -365,17 +367,14 @@ def check_batch(
     expected = {s.name: s for s in specs if s.name not in constants}
     problems = []
     missing = sorted(set(expected) - set(batch))
-    extra = sorted(set(batch) - set(expected))
+    extra = sorted(set(batch) - set(expected) - set(constants))  # constants join batches
     if missing:
         problems.append(f"missing input(s) {', '.join(missing)}")
     if extra:
         unfed = [n for n in expected if n not in batch]
         hints = "".join(did_you_mean(name, unfed) for name in extra)
-        also = [n for n in extra if n in constants]
-        note = f"; {', '.join(also)} given as constant(s) too" if also else ""
         problems.append(
-            f"unknown input(s) {', '.join(extra)} (the model takes {', '.join(expected)}"
-            f"{note}).{hints}"
+            f"unknown input(s) {', '.join(extra)} (the model takes {', '.join(expected)}).{hints}"
         )
     for name in sorted(set(expected) & set(batch)):
         spec, array = expected[name], batch[name]

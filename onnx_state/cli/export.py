@@ -1,4 +1,4 @@
-"""``onnx-state export``: a Keras .keras file or a PyTorch module + state dict -> ONNX."""
+"""``onnx-state export``: a SavedModel, a .tflite or .keras file, or a PyTorch module -> ONNX."""
 
 from __future__ import annotations
 
@@ -11,12 +11,23 @@ import click
 @click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch state-dict file.")
 @click.option("--input-shape", metavar="C,H,W", help="PyTorch sample shape without batch.")
 @click.option("--opset", type=int, default=18, show_default=True,
-              help="ONNX opset (Keras: at most 18).")  # fmt: skip
+              help="ONNX opset (TensorFlow and Keras: at most 18).")  # fmt: skip
+@click.option("--signature", default="serving_default", show_default=True,
+              help="SavedModel signature to export.")  # fmt: skip
 def export_command(
-    source: str, output: str, weights: str | None, input_shape: str | None, opset: int
+    source: str,
+    output: str,
+    weights: str | None,
+    input_shape: str | None,
+    opset: int,
+    signature: str,
 ) -> None:
-    """Export SOURCE (model.keras, or package.module:ClassOrFactory) to OUTPUT.onnx."""
+    """Export SOURCE to OUTPUT.onnx: a TensorFlow SavedModel directory, a .tflite file, a
+    .keras file, or a PyTorch package.module:ClassOrFactory (with --input-shape)."""
     from exporters.export import export_model  # the exporters are an optional part
 
-    export_model(source, output, weights=weights, input_shape=input_shape, opset=opset)
+    export_model(
+        source, output, weights=weights, input_shape=input_shape, opset=opset,
+        signature=signature,
+    )  # fmt: skip
     click.echo(f"wrote {output}")

@@ -1,0 +1,237 @@
+"""Feeding real models: several inputs by name, constant inputs, fixed batch sizes, outputs
+whose samples are not on axis 0 — each against a numpy reference built here."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import onnx_state
+from onnx_state.audit import audit
+from onnx_state.compare import compare
+from onnx_state.errors import InputError
+from tests.cli import run_cli
+from tests.models import make_model
+from tests.reference import assert_states, reference_counts
+
+RNG = np.random.default_rng(7)
+W = RNG.integers(-2, 3, (3, 6)).astype(np.float32)  # small integers: exact float sums
+U = RNG.integers(-2, 3, (4, 6)).astype(np.float32)
+
+
+def two_inputs(batch=None):
+    """h = Relu(a @ W + b @ U) -> y = h; inputs a (N, 3) and b (N, 4)."""
+    n = batch or "N"
+    nodes = [
+        helper.make_node("MatMul", ["a", "W"], ["p"], name="pa"),
+        helper.make_node("MatMul", ["b", "U"], ["q"], name="pb"),
+        helper.make_node("Add", ["p", "q"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["y"], name="relu"),
+    ]
+    return make_model(
+        nodes,
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, 3]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, 4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, 6])],
+        [("W", W), ("U", U)],
+    )
+
+
+def ints(*shape):
+    return RNG.integers(-3, 4, shape).astype(np.float32)
+
+
+def test_two_inputs_by_name_from_python_and_the_cli(tmp_path):
+    a, b = ints(50, 3), ints(50, 4)
+    ref = reference_counts(np.maximum(a @ W + b @ U, 0), 1)
+    model = two_inputs()
+    r = onnx_state.analyze(model, {"a": a, "b": b}, attach_to="Relu", batch_size=16)
+    assert r.n_samples == 50
+    assert_states(r.layer("relu"), *ref)
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.savez(tmp_path / "ab.npz", a=a, b=b)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    by_file = onnx_state.analyze(path, str(tmp_path / "ab.npz"), attach_to="Relu")
+    by_paths = onnx_state.analyze(path, {"a": tmp_path / "a.npy", "b": tmp_path / "b.npy"},
+                                  attach_to="Relu")  # fmt: skip
+    for other in (by_file, by_paths):
+        assert other.layers == r.layers and other.data_fingerprint == r.data_fingerprint
+    out = run_cli("analyze", path, "--data", tmp_path / "ab.npz", "--attach-to", "Relu", "--json")
+    assert out.exit_code == 0, out.output
+    named = run_cli("analyze", path, "--data", f"a={tmp_path / 'a.npy'}", "--data",
+                    f"b={tmp_path / 'ab.npz'}:b", "--attach-to", "Relu", "--json")  # fmt: skip
+    assert named.exit_code == 0, named.output
+    assert out.output == named.output
+    assert '"unique_states": ' + str(len(ref[0])) in out.output
+
+
+def test_a_recurrent_state_and_a_scalar_as_constants(tmp_path):
+    # y = Relu(x @ W + state @ U) * scale: state (1, 4) and scale () are shared by all samples
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["p"], name="px"),
+        helper.make_node("MatMul", ["state", "U"], ["q"], name="ps"),
+        helper.make_node("Add", ["p", "q"], ["s"], name="add"),
+        helper.make_node("Mul", ["s", "scale"], ["m"], name="mul"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    model = make_model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [("W", W), ("U", U)],
+    )
+    x, state = ints(30, 3), ints(1, 4)
+    ref = reference_counts(np.maximum((x @ W + state @ U) * -1.5, 0), 1)
+    consts = {"state": state, "scale": -1.5}  # a Python number takes the input's dtype
+    r = onnx_state.analyze(model, x, attach_to="Relu", batch_size=7, constants=consts)
+    assert r.n_samples == 30
+    assert_states(r.layer("relu"), *ref)
+    again = onnx_state.analyze(model, x, attach_to="Relu", batch_size=30, constants=consts)
+    assert again.data_fingerprint == r.data_fingerprint  # constants hashed once
+    other = onnx_state.analyze(model, x, attach_to="Relu", constants={**consts, "scale": 2.0})
+    assert other.data_fingerprint != r.data_fingerprint
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "state.npy", state)
+    out = run_cli("analyze", path, "--data", tmp_path / "x.npy", "--attach-to", "Relu",
+                  "--const", f"state={tmp_path / 'state.npy'}", "--const", "scale=-1.5",
+                  "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert f'"unique_states": {len(ref[0])}' in out.output
+    for consts, message in [
+        ({"state": state}, "the model has 2 inputs (x, scale)"),
+        ({"state": ints(2, 4), "scale": 1.0}, "constant 'state' has shape (2, 4)"),
+        ({"state": state.astype(np.float64), "scale": 1.0}, "constant 'state' is float64"),
+        ({"state": state, "scale": 1.0, "stat": state}, "Did you mean: state?"),
+    ]:
+        with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            onnx_state.analyze(model, x, attach_to="Relu", constants=consts)
+    with pytest.raises(InputError, match="0-d array"):
+        onnx_state.analyze(model, {"x": x, "state": state, "scale": np.float32(2)},
+                           attach_to="Relu")  # fmt: skip
+
+
+def test_a_fixed_batch_of_one_runs_at_the_default_batch_size(tmp_path):
+    a, b = ints(9, 3), ints(9, 4)
+    model = two_inputs(batch=1)
+    default = onnx_state.analyze(model, {"a": a, "b": b}, attach_to="Relu")
+    explicit = onnx_state.analyze(model, {"a": a, "b": b}, attach_to="Relu", batch_size=1)
+    assert default.layers == explicit.layers and default.n_samples == 9
+    assert_states(default.layer("relu"), *reference_counts(np.maximum(a @ W + b @ U, 0), 1))
+    with pytest.raises(InputError, match="input 'a' has a fixed batch dimension of 1"):
+        onnx_state.analyze(model, {"a": a, "b": b}, attach_to="Relu", batch_size=4)
+    fixed4 = two_inputs(batch=4)
+    with pytest.raises(InputError, match="9 samples leave a last batch of 1"):
+        onnx_state.analyze(fixed4, {"a": a, "b": b}, attach_to="Relu")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.savez(tmp_path / "ab.npz", a=a, b=b)
+    out = run_cli("analyze", path, "--data", tmp_path / "ab.npz", "--batch-size", "3")
+    assert out.exit_code == 2 and out.output.count("\n") == 1, out.output
+    assert "fixed batch dimension of 1" in out.output
+
+
+def sequence_first():
+    """x (N, T=5, 3) -> Transpose (T, N, 3) -> MatMul W (T, N, 6) -> Relu -> y."""
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], name="tr", perm=[1, 0, 2]),
+        helper.make_node("MatMul", ["t", "W"], ["p"], name="fc"),
+        helper.make_node("Relu", ["p"], ["y"], name="relu"),
+    ]
+    return make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [5, "N", 6])],
+        [("W", W)],
+    )
+
+
+def test_samples_follow_the_data_when_outputs_are_sequence_first():
+    x = ints(8, 5, 3)
+    model = sequence_first()
+    r = onnx_state.analyze(model, x, attach_to="Relu", keep_outputs=True)
+    act = np.maximum(np.transpose(x, (1, 0, 2)) @ W, 0)  # (T, N, 6)
+    assert r.n_samples == 8
+    assert_states(r.layer("relu"), *reference_counts(act, 2))
+    np.testing.assert_array_equal(r.outputs[0], np.transpose(act, (1, 0, 2)))  # samples first
+    c = compare(model, model, x, attach_to="Relu")
+    assert c.n_samples == 8 and c.top1_agreement == 1.0
+    a = audit(model, x, attach_to="Relu", reference=r)
+    assert a.n_samples == 8 and a.sample_novelty["relu_post_states"].shape == (8,)
+
+
+def test_unknown_missing_and_extra_inputs_are_one_line_each(tmp_path):
+    model = two_inputs()
+    a, b = ints(5, 3), ints(5, 4)
+    with pytest.raises(InputError, match=r"unknown input.* bb .*Did you mean: b"):
+        onnx_state.analyze(model, {"a": a, "bb": b}, attach_to="Relu")
+    with pytest.raises(InputError, match=r"missing input.* b"):
+        onnx_state.analyze(model, {"a": a}, attach_to="Relu")
+    with pytest.raises(InputError, match="the model has 2 inputs"):
+        onnx_state.analyze(model, a, attach_to="Relu")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    np.savez(tmp_path / "abc.npz", a=a, b=b, labels=np.zeros(5))
+    for args, message in [
+        (["--data", tmp_path / "abc.npz"], "unknown input(s) labels"),
+        (["--data", f"a={tmp_path / 'abc.npz'}:a"], "missing input(s) b"),
+        (["--data", f"a={tmp_path / 'abc.npz'}:a", "--data", tmp_path / "abc.npz"],
+         "once per model input as NAME=PATH"),
+        (["--data", tmp_path / "abc.npz", "--const", "b"], "--const 'b' is not NAME="),
+    ]:  # fmt: skip
+        out = run_cli("analyze", path, *args)
+        assert out.exit_code == 2, out.output
+        assert out.output.count("\n") == 1 and message in out.output, out.output
+
+
+def test_compare_audit_and_separation_take_named_data_and_constants(tmp_path):
+    import json
+
+    from onnx_state.separation import separation
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["p"], name="px"),
+        helper.make_node("Mul", ["p", "scale"], ["m"], name="mul"),
+        helper.make_node("Relu", ["m"], ["y"], name="relu"),
+    ]
+    model = make_model(
+        nodes,
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6])],
+        [("W", W)],
+    )
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    x = ints(40, 3)
+    y = (x[:, 0] > 0).astype(int)
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    data = ["--data", f"x={tmp_path / 'd.npz'}:x", "--const", "scale=2"]
+    consts = {"scale": 2.0}
+    out = run_cli("compare", path, path, *data, "--attach-to", "Relu", "--json")
+    assert out.exit_code == 0, out.output
+    want = compare(path, path, x, attach_to="Relu", constants=consts).to_dict()
+    assert json.loads(out.output)["pairs"] == json.loads(json.dumps(want["pairs"]))
+    ref = onnx_state.analyze(path, x, attach_to="Relu", constants=consts)
+    ref.save(tmp_path / "ref.zarr")
+    out = run_cli("audit", path, *data, "--reference", tmp_path / "ref.zarr", "--attach-to",
+                  "Relu", "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["layers"][0]["novelty"] == 0.0
+    out = run_cli("separation", path, *data, "--labels", f"{tmp_path / 'd.npz'}:y",
+                  "--attach-to", "Relu", "--samples-per-class", "5", "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    r = separation(path, x, labels=y, attach_to="Relu", samples_per_class=5, constants=consts)
+    assert json.loads(out.output)["cross_edges"] == r.to_dict()["cross_edges"]
