@@ -58,11 +58,11 @@ def entropy(counts: Iterable[float] | np.ndarray, alpha: float = 1) -> float:
     p = _observed(counts)
     p = p / p.sum()
     if abs(alpha - 1) < 1e-9:  # the limit; the general formula divides by ~0 here
-        return float(-np.sum(p * np.log2(p)))
+        return float(-np.sum(p * np.log2(p))) + 0.0  # + 0.0: one state gives 0, not -0
     if alpha == 0:
         return math.log2(p.size)
     if math.isinf(alpha):
-        return float(-np.log2(p.max()))
+        return float(-np.log2(p.max())) + 0.0
     # log(sum p^alpha) by log-sum-exp around the largest term: no overflow or underflow
     # for large alpha (which tends to the min-entropy).
     logp = np.log(p)

@@ -235,3 +235,37 @@ def test_compare_audit_and_separation_take_named_data_and_constants(tmp_path):
     assert out.exit_code == 0, out.output
     r = separation(path, x, labels=y, attach_to="Relu", samples_per_class=5, constants=consts)
     assert json.loads(out.output)["cross_edges"] == r.to_dict()["cross_edges"]
+
+
+def test_the_readme_s_two_input_example(tmp_path):
+    from examples.two_inputs import build
+
+    build(tmp_path)
+    d = tmp_path
+    common = ["--const", f"state={d / 'state.npy'}", "-q"]
+    one = run_cli("analyze", d / "tagger.onnx", "--data", d / "batch.npz", *common, "--attach-to",
+                  "Relu", "--attach-to", "embed_tokens", "--attach-to", "embed_mask",
+                  "--batch-size", "100")  # fmt: skip
+    assert one.exit_code == 0, one.output
+    rows = {line.split()[0]: line.split()[3:5] for line in one.output.splitlines()[2:5]}
+    # states and unique states: exactly what the README shows
+    assert rows == {"embed_tokens_post_states": ["500", "54"],
+                    "embed_mask_post_states": ["500", "11"],
+                    "hidden_post_states": ["500", "28"]}  # fmt: skip
+    per_input = [
+        "--data",
+        f"tokens={d / 'batch.npz'}:tokens",
+        "--data",
+        f"mask={d / 'batch.npz'}:mask",
+    ]
+    named = run_cli("analyze", d / "tagger.onnx", *per_input, *common, "--attach-to", "hidden")
+    assert named.exit_code == 0 and "hidden_post_states" in named.output
+    assert named.output.splitlines()[2] == one.output.splitlines()[4]
+    # and independently of onnx_state: the hidden layer's distinct states, by numpy
+    import onnx
+    from onnx import numpy_helper
+
+    w = {i.name: numpy_helper.to_array(i) for i in onnx.load(d / "tagger.onnx").graph.initializer}
+    batch, state = np.load(d / "batch.npz"), np.load(d / "state.npy")
+    h = batch["tokens"] @ w["W"] + batch["mask"] @ w["U"] + state @ w["V"]
+    assert len(reference_counts(np.maximum(h, 0), 1)[0]) == 28

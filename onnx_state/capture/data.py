@@ -369,7 +369,12 @@ def check_batch(
     missing = sorted(set(expected) - set(batch))
     extra = sorted(set(batch) - set(expected) - set(constants))  # constants join batches
     if missing:
-        problems.append(f"missing input(s) {', '.join(missing)}")
+        # Without a misnamed array, the missing input may be one shared by every sample.
+        hint = "" if extra else (
+            " (an input shared by every sample, such as a recurrent state, goes in "
+            "constants= / --const)"
+        )  # fmt: skip
+        problems.append(f"missing input(s) {', '.join(missing)}{hint}")
     if extra:
         unfed = [n for n in expected if n not in batch]
         hints = "".join(did_you_mean(name, unfed) for name in extra)
