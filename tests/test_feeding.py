@@ -269,3 +269,30 @@ def test_the_readme_s_two_input_example(tmp_path):
     batch, state = np.load(d / "batch.npz"), np.load(d / "state.npy")
     h = batch["tokens"] @ w["W"] + batch["mask"] @ w["U"] + state @ w["V"]
     assert len(reference_counts(np.maximum(h, 0), 1)[0]) == 28
+
+
+def test_a_zarr_group_holds_one_array_per_input(tmp_path):
+    import zarr
+
+    a, b = ints(20, 3), ints(20, 4)
+    g = zarr.open_group(str(tmp_path / "ab.zarr"), mode="w")
+    g.create_array("a", data=a, chunks=(7, 3))
+    g.create_array("b", data=b, chunks=(7, 4))
+    r = onnx_state.analyze(two_inputs(), str(tmp_path / "ab.zarr"), attach_to="Relu")
+    assert_states(r.layer("relu"), *reference_counts(np.maximum(a @ W + b @ U, 0), 1))
+
+
+def test_onnxruntime_s_message_reaches_the_user_whole(capfd):
+    # Reshape to (2, -1) fails at run time on a batch of 3; the reason comes after the status.
+    model = make_model(
+        [helper.make_node("Reshape", ["x", "shape"], ["r"], name="rs"),
+         helper.make_node("Relu", ["r"], ["y"], name="relu")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, "M"])],
+        [("shape", np.array([2, -1], np.int64))],
+    )  # fmt: skip
+    with pytest.raises(onnx_state.OnnxStateError) as err:
+        onnx_state.analyze(model, np.ones((3, 3), np.float32), attach_to="Relu")
+    text = str(err.value)
+    assert "\n" not in text and "requested shape:{2,-1}" in text
+    assert "ExecuteKernel" not in capfd.readouterr().err  # onnxruntime's own log stays quiet

@@ -52,6 +52,10 @@ def test_accuracy_reads_class_scores_whose_samples_are_not_axis_0():
     expected = np.mean(np.argmax(np.maximum(x, 0), axis=1) == y)
     a = onnx_state.analyze(model, x, attach_to=["r"], labels=y, batch_size=16)
     assert a.n_samples == 40 and a.accuracy == expected
+    from onnx_state.compare import compare
+
+    c = compare(model, model, x, attach_to=["r"], labels=y, batch_size=16)
+    assert c.n_samples == 40 and c.accuracy_a == c.accuracy_b == expected
     with pytest.raises(InputError, match=r"class scores .* got \(3, 40\) for 40 samples"):
         onnx_state.analyze(model, x, attach_to=["r"], labels=y, output_batch_axis=0)
 

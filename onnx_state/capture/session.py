@@ -76,7 +76,7 @@ def make_session(
     """
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # errors reach the user as one line, not a log dump
+    ort.set_default_logger_severity(4)  # errors reach the user as one line, not a log dump
     if optimization not in OPTIMIZATION_LEVELS:
         raise InputError(
             f"optimization must be one of {', '.join(OPTIMIZATION_LEVELS)}, got {optimization!r}"
@@ -92,7 +92,7 @@ def make_session(
         if threads < 1:
             raise InputError(f"threads must be at least 1, got {threads}")
         options.intra_op_num_threads = threads
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # fatal only: the raised error carries the message
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     available = ort.get_available_providers()
