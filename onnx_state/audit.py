@@ -47,6 +47,12 @@ def load_rules(path: str | os.PathLike[str]) -> dict[str, float]:
     unknown = sorted(set(rules) - set(RULES))
     if unknown:
         raise InputError(f"unknown rule(s) {', '.join(unknown)} in {path}; use {', '.join(RULES)}")
+    bad = [k for k, v in rules.items() if isinstance(v, bool) or not isinstance(v, (int, float))]
+    if bad:
+        raise InputError(
+            f"rule(s) {', '.join(bad)} in {path} must be numbers, got "
+            + ", ".join(repr(rules[k]) for k in bad)
+        )
     return {k: float(v) for k, v in rules.items()}
 
 

@@ -29,6 +29,7 @@ from onnx_state.capture import (
     Instrumented,
     Method,
     Optimization,
+    batch_samples,
     check_batch,
     data_length,
     data_specs,
@@ -521,8 +522,10 @@ def compare(
             batch_b: dict[str, np.ndarray] | None = {**adapt(data_a), **fixed_b}
         else:
             batch_b = next(batches_b, None)  # type: ignore[arg-type]
-        if batch_b is None:
-            raise InputError("data_b holds fewer samples than data")
+        if batch_b is None or batch_samples(batch_b, fixed_b) < run_a.samples:
+            raise InputError("data_b holds fewer samples than data; they must match")
+        if batch_samples(batch_b, fixed_b) > run_a.samples:
+            raise InputError("data_b holds more samples than data; they must match")
         try:
             check_batch(batch_b, inst_b.specs, fixed_b)
         except InputError as exc:

@@ -21,13 +21,25 @@ def labels_array(labels: Any) -> np.ndarray:
     if isinstance(labels, (str, os.PathLike)):
         labels = load_array(labels)
     y = np.asarray(labels)
+    if y.dtype.kind not in "biuf":
+        raise InputError(
+            f"labels must be integer class indices or one-hot rows, got {y.dtype} values"
+        )
     if y.ndim == 2 and y.shape[1] == 1:  # a column of indices, e.g. Keras CIFAR labels
         y = y[:, 0]
     elif y.ndim == 2:  # one-hot
         y = y.argmax(axis=1)
     if y.ndim != 1:
         raise InputError(f"labels must be class indices or one-hot rows, got shape {y.shape}")
-    return y
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y))
+        if not whole.all():
+            bad = y[~whole][0]
+            raise InputError(f"labels must be integer class indices, got {bad!r}")
+        y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise InputError(f"labels must be class indices >= 0, got {int(y.min())}")
+    return y.astype(np.int64) if y.dtype.kind == "b" else y
 
 
 def predicted_classes(outputs: np.ndarray) -> np.ndarray:
@@ -59,6 +71,13 @@ class Accuracy:
     def update(self, outputs: np.ndarray, samples: int) -> None:
         """Score the class scores (N, K) of the next batch of *samples* samples."""
         predicted = predicted_classes(outputs)
+        if not self.seen:  # the number of classes is known from the first batch's scores
+            classes = int(np.prod(outputs.shape[1:]))
+            if len(self.labels) and int(self.labels.max()) >= classes:
+                raise InputError(
+                    f"label {int(self.labels.max())} is out of range for the model's {classes} "
+                    f"classes (0 .. {classes - 1})"
+                )
         if len(predicted) != samples:
             raise InputError(
                 f"accuracy needs one row of class scores per sample in the first model "
