@@ -14,6 +14,7 @@ from typing import Any
 
 from exporters.from_tf import export_saved_model, export_tflite, is_tflite
 from onnx_state.errors import InputError, MissingExtraError, first_line
+from onnx_state.outputs import check_output
 
 __all__ = ["export_model", "load_torch_module", "parse_shape"]
 
@@ -76,6 +77,7 @@ def export_model(
     input_shape: str | Sequence[int] | None = None,
     opset: int = 18,
     signature: str = "serving_default",
+    overwrite: bool = False,
 ) -> None:
     """Export a SavedModel, a TFLite or Keras file, or a torch module spec to *output*.
 
@@ -96,8 +98,10 @@ def export_model(
         is refused.
     signature:
         SavedModel only: the signature to export.
+    overwrite:
+        Replace an existing *output* file (see ``onnx_state.outputs.check_output``).
     """
-    target = Path(output)
+    target = check_output(output, overwrite=overwrite, kind="file")
     tmp = target.with_name(f".{target.name}.partial")
     path = Path(source)
     if path.name == "saved_model.pb" and path.is_file():

@@ -45,7 +45,7 @@ def plot_separation(
     results = [results] if isinstance(results, SeparationResult) else list(results)
     stages = list(stages or [f"stage {i + 1}" for i in range(len(results))])
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)  # its folder must exist (see outputs.check_output)
     written: list[Path] = []
 
     def save(fig: Any, name: str) -> None:

@@ -253,7 +253,9 @@ class Analysis:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Analysis:
-        """Read a results store written by ``save``, checking its schema and completeness."""
+        """Read a results store written by ``save``; StoreError (one line naming the store,
+        the layer and the attribute or array) unless every check of ``store.read_store``
+        passes: schema, completeness, attribute types, array dtypes, shapes and consistency."""
         attrs, stored = store.read_store(path)
         layers = [
             LayerResult(**{k: s.attrs[k] for k in _LAYER_ATTRS}, states=States(s.ids, s.counts))

@@ -39,6 +39,8 @@ from onnx_state.capture import (
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
+from onnx_state.outputs import check_output
+from onnx_state.store import MISSING, check_dict, check_int, check_list, shown
 
 __all__ = [
     "FORMULAS",
@@ -170,31 +172,119 @@ class SeparationResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SeparationResult:
-        """A SeparationResult from ``to_dict``'s output."""
-        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"not an onnx_state separation result of schema version {SCHEMA_VERSION}"
-            )
-        cross = {
-            s: {la: np.asarray(m, dtype=np.int64) for la, m in layers.items()}
-            for s, layers in d["cross_edges"].items()
-        }
-        return cls(list(d["classes"]), list(d["layers"]), cross, dict(d["sizes"]))
+        """A SeparationResult from ``to_dict``'s output, every field checked.
 
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """JSON with sorted keys, written to a temporary file and renamed into place."""
-        target = Path(path)
+        Raises StoreError, one line naming the field at fault and what was expected.
+        """
+        return cls._checked(d, "separation result")
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """JSON with sorted keys, written to a temporary file and renamed into place.
+
+        An existing file is replaced only with *overwrite* (see ``outputs.check_output``).
+        """
+        target = check_output(path, overwrite=overwrite, kind="file")
         tmp = target.with_name(f".{target.name}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True))
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SeparationResult:
-        """Read a result saved by ``save``."""
+        """Read a result saved by ``save``; StoreError (naming *path*) if it does not fit."""
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            d = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
             raise StoreError(f"cannot read separation result {path}: {exc}") from None
+        return cls._checked(d, os.fspath(path))
+
+    @classmethod
+    def _checked(cls, d: Any, where: str) -> SeparationResult:
+        """``from_dict`` with messages that start with *where* (a path, or a description)."""
+        check_dict(d, where)
+        version = d.get("schema_version", MISSING)
+        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: not an onnx_state separation result of schema version "
+                f"{SCHEMA_VERSION} (schema {shown(d.get('schema', MISSING))}, schema_version "
+                f"{shown(version)})"
+            )
+        classes = check_list(d.get("classes", MISSING), f"{where}: classes", "int", True)
+        if len(classes) < 2:
+            raise StoreError(f"{where}: classes is {shown(classes)}; expected at least two")
+        layers = check_list(d.get("layers", MISSING), f"{where}: layers", "str", True)
+        sizes_in = check_dict(d.get("sizes", MISSING), f"{where}: sizes")
+        cross_in = check_dict(d.get("cross_edges", MISSING), f"{where}: cross_edges")
+        if not sizes_in or set(sizes_in) != set(cross_in):
+            raise StoreError(
+                f"{where}: sizes has splits {shown(list(sizes_in))} and cross_edges "
+                f"{shown(list(cross_in))}; expected the same splits (one at least) in both"
+            )
+        sizes: dict[str, list[int]] = {}
+        cross: dict[str, dict[str, np.ndarray]] = {}
+        for split, n in sizes_in.items():
+            what = f"{where}: sizes[{json.dumps(split)}]"
+            n = check_list(n, what, "int")
+            if len(n) != len(classes):
+                raise StoreError(
+                    f"{what} has {len(n)} entries but there are {len(classes)} classes; "
+                    "expected one sample size per class"
+                )
+            sizes[split] = [check_int(v, f"{what}[{i}]", minimum=1) for i, v in enumerate(n)]
+        for split in cross_in:
+            at = f"{where}: cross_edges[{json.dumps(split)}]"
+            per_layer = check_dict(cross_in[split], at)
+            missing = [la for la in layers if la not in per_layer]
+            if missing:
+                raise StoreError(
+                    f"{at} has no layer {json.dumps(missing[0])}; expected every layer of "
+                    "layers in every split"
+                )
+            extra = [la for la in per_layer if la not in layers]
+            if extra:
+                raise StoreError(
+                    f"{at} has layer {json.dumps(extra[0])}, which layers does not list"
+                )
+            cross[split] = {
+                la: _cross_matrix(m, f"{at}[{json.dumps(la)}]", sizes[split])
+                for la, m in per_layer.items()
+            }
+        return cls(classes, layers, cross, sizes)
+
+
+def _cross_matrix(value: Any, what: str, sizes: list[int]) -> np.ndarray:
+    """A K x K cross-edge matrix read back: integers, -1 on the diagonal, symmetric, and
+    0 <= S <= n_i + n_j - 1 (an MST over n_i + n_j points has that many edges)."""
+    k = len(sizes)
+    if not isinstance(value, list) or len(value) != k:
+        got = f"has {len(value)} rows" if isinstance(value, list) else f"is {shown(value)}"
+        raise StoreError(f"{what} {got}; expected a {k} x {k} integer matrix (one row per class)")
+    for i, row in enumerate(value):
+        if not isinstance(row, list) or len(row) != k:
+            got = f"has {len(row)} entries" if isinstance(row, list) else f"is {shown(row)}"
+            raise StoreError(f"{what}[{i}] {got}; expected a row of {k} integers")
+        for j, v in enumerate(row):
+            check_int(v, f"{what}[{i}][{j}]")  # its bounds follow
+    m = np.asarray(value, dtype=object)  # exact Python ints until the bounds are known
+    for i in range(k):
+        if m[i, i] != -1:
+            raise StoreError(f"{what}[{i}][{i}] is {m[i, i]}; expected -1 on the diagonal")
+    for i in range(k):
+        for j in range(i + 1, k):
+            if m[i, j] != m[j, i]:
+                raise StoreError(
+                    f"{what}[{i}][{j}] is {m[i, j]} but [{j}][{i}] is {m[j, i]}; expected a "
+                    "symmetric matrix"
+                )
+            top = sizes[i] + sizes[j] - 1
+            if not 0 <= m[i, j] <= top:
+                raise StoreError(
+                    f"{what}[{i}][{j}] is {m[i, j]}; expected 0 to {top} cross edges (an MST "
+                    f"over {sizes[i]} + {sizes[j]} samples)"
+                )
+    return np.asarray(value, dtype=np.int64)
 
 
 def _choose(

@@ -13,10 +13,14 @@ Layout (schema version 1; also in the README):
 
 The group is built in a hidden sibling folder and renamed into place, so an interrupted
 run leaves no store that loads; ``complete`` guards against copies of a partial folder.
+``read_store`` checks everything above and how it fits together; the ``check_*`` helpers
+are the JSON checks every result read back shares (stores here, JSON results elsewhere).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import uuid
@@ -28,12 +32,20 @@ import numpy as np
 from onnx_state.errors import InputError, StoreError
 
 __all__ = [
+    "MISSING",
     "SCHEMA",
     "SCHEMA_VERSION",
     "StoredLayer",
+    "check_dict",
+    "check_int",
+    "check_list",
+    "check_number",
+    "check_str",
+    "label",
     "open_raw_states",
     "read_store",
     "remove_raw_states",
+    "shown",
     "write_store",
 ]
 
@@ -101,8 +113,15 @@ def write_store(
 
 
 def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[StoredLayer]]:
-    """(root attributes, layers) of a store written by write_store, checking its schema
-    and completeness."""
+    """(root attributes, layers) of a store written by write_store, fully checked.
+
+    Checks the schema, completeness, every attribute's JSON type and range, each layer's
+    arrays (dtype, shape, width ``ceil(neurons / 8)``, no bit above the last neuron) and
+    their consistency (one count >= 1 per state id, counts summing to ``state_count``,
+    state ids unique and ascending by their little-endian integer value). Any mismatch is
+    one StoreError whose single line names the store, the layer (index and name), the
+    attribute or array, and what was expected.
+    """
     import zarr
 
     source = Path(path)
@@ -117,43 +136,300 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Store
         ) from exc
     if attrs.get("schema") != SCHEMA:
         raise StoreError(f"{source} is not an onnx_state results store (no schema {SCHEMA!r})")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
+    version = attrs.get("schema_version", MISSING)
+    if not _is_int(version) or version != SCHEMA_VERSION:
         raise StoreError(
-            f"{source} has schema version {attrs.get('schema_version')}; this onnx_state reads "
+            f"{source} has schema version {shown(version)}; this onnx_state reads "
             f"version {SCHEMA_VERSION}"
         )
     if attrs.get("complete") is not True:
         raise StoreError(f"{source} is incomplete (the run that wrote it was interrupted)")
-    layers = []
-    for i in range(len(_as_list(attrs["layer_order"]))):
-        g = root[f"layers/{i}"]
-        if not isinstance(g, zarr.Group):
-            raise StoreError(f"{source}/layers/{i} is not a layer group")
-        ids, counts = (np.asarray(_array(g, k)[:]) for k in ("state_ids", "counts"))
-        layers.append(StoredLayer(dict(g.attrs), ids, counts))
+    order = _check_root(attrs, f"{source}: root attribute")
+    layers = [_read_layer(root, i, name, order, str(source)) for i, name in enumerate(order)]
+    _check_no_extra_layers(root, len(order), str(source))
     return attrs, layers
 
 
-def _as_list(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        raise StoreError(f"a results store's layer_order must be a list, not {value!r}")
+# -- checks shared by every result loaded back (stores here, JSON results elsewhere) ----
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()  # what ``d.get(key, MISSING)`` gives for an absent key
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def shown(value: Any) -> str:
+    """A value as a short JSON-like text for error messages ('missing' for MISSING)."""
+    if value is MISSING:
+        return "missing"
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad(what: str, value: Any, expected: str) -> StoreError:
+    return StoreError(f"{what} is {shown(value)}; expected {expected}")
+
+
+def check_int(value: Any, what: str, minimum: int | None = None) -> int:
+    """*value* if it is a JSON integer (not a bool) >= *minimum*, else a StoreError."""
+    expected = "an integer" + (f" >= {minimum}" if minimum is not None else "")
+    if not _is_int(value) or (minimum is not None and value < minimum):
+        raise _bad(what, value, expected)
+    return int(value)
+
+
+def check_number(
+    value: Any,
+    what: str,
+    low: float | None = None,
+    high: float | None = None,
+    null: bool = False,
+    finite: bool = True,
+) -> float | None:
+    """*value* if it is a JSON number in [low, high] (or null when *null*); NaN and
+    infinities only when not *finite* (an infinity still within the bounds)."""
+    if null and value is None:
+        return None
+    if low is not None and high is not None:
+        expected = f"a number in [{low:g}, {high:g}]"
+    elif low is not None:
+        expected = f"a number >= {low:g}"
+    else:
+        expected = f"a number <= {high:g}" if high is not None else "a finite number"
+        expected = expected if finite or high is not None else "a number"
+    expected = f"null or {expected}" if null else expected
+    expected = expected if finite else f"{expected}, or NaN"
+    if (
+        not _is_number(value)
+        or (finite and not math.isfinite(value))
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        raise _bad(what, value, expected)
+    return value  # type: ignore[no-any-return]
+
+
+def check_str(value: Any, what: str, choices: tuple[str, ...] | None = None) -> str:
+    """*value* if it is a JSON string (one of *choices* when given), else a StoreError."""
+    if choices is not None and value not in choices:
+        raise _bad(what, value, " or ".join(json.dumps(c) for c in choices))
+    if not isinstance(value, str):
+        raise _bad(what, value, "a string")
     return value
 
 
-def _array(group: Any, name: str) -> Any:
-    """The zarr array *name* of a layer group."""
+def check_list(value: Any, what: str, item: str, distinct: bool = False) -> list[Any]:
+    """*value* if it is a JSON list whose entries are all *item* ("str" or "int")."""
+    one, many = ("a string", "strings") if item == "str" else ("an integer", "integers")
+    expected = f"a list of {'distinct ' if distinct else ''}{many}"
+    if not isinstance(value, list):
+        raise _bad(what, value, expected)
+    for i, v in enumerate(value):
+        if not (isinstance(v, str) if item == "str" else _is_int(v)):
+            raise _bad(f"{what}[{i}]", v, one)
+    if distinct:
+        seen: dict[Any, int] = {}
+        for i, v in enumerate(value):
+            if v in seen:
+                raise StoreError(
+                    f"{what}[{i}] repeats entry {seen[v]} ({shown(v)}); expected {expected}"
+                )
+            seen[v] = i
+    return list(value)
+
+
+def check_dict(value: Any, what: str) -> dict[str, Any]:
+    """*value* if it is a JSON object, else a StoreError."""
+    if not isinstance(value, dict):
+        raise _bad(what, value, "an object")
+    return value
+
+
+def label(name: str) -> str:
+    """A name as it can stand in a one-line message."""
+    return name if name.isprintable() and name else repr(name)
+
+
+def _check_root(attrs: dict[str, Any], at: str) -> list[str]:
+    """layer_order, after checking every root attribute the schema defines."""
+    check_int(attrs.get("n_samples", MISSING), f"{at} n_samples", minimum=0)
+    for key in ("model_sha256", "data_fingerprint"):
+        check_str(attrs.get(key, MISSING), f"{at} {key}")
+    if "onnx_state_version" in attrs:
+        check_str(attrs["onnx_state_version"], f"{at} onnx_state_version")
+    check_number(attrs.get("accuracy", MISSING), f"{at} accuracy", 0, 1, null=True)
+    check_number(
+        attrs.get("parity_max_abs_diff", MISSING), f"{at} parity_max_abs_diff", 0, null=True
+    )
+    for key in ("network_efficiency", "aiq_beta2"):  # derived, not read back: type only
+        if key in attrs:
+            check_number(attrs[key], f"{at} {key}", 0, null=True)
+    return check_list(attrs.get("layer_order", MISSING), f"{at} layer_order", "str", True)
+
+
+def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> StoredLayer:
+    """Layer *i* of a store, every attribute and array checked."""
     import zarr
 
-    node = group[name]
+    at = f"{source}: layer {i} ({label(name)})"
+    try:
+        group = root[f"layers/{i}"]
+    except KeyError:
+        raise StoreError(
+            f"{at} is missing: no group layers/{i} (layer_order names {len(order)} layers)"
+        ) from None
+    except Exception as exc:
+        raise StoreError(f"{at}: cannot open layers/{i} ({_why(exc)})") from exc
+    if not isinstance(group, zarr.Group):
+        raise StoreError(f"{at}: layers/{i} is an array; expected a layer group")
+    attrs = dict(group.attrs)
+    attr = f"{at}: attribute"
+    got = attrs.get("name", MISSING)
+    if got != name:
+        raise _bad(f"{attr} name", got, f"{json.dumps(name)} (layer_order[{i}])")
+    for key in ("tensor", "layer", "layer_type", "op_type"):
+        check_str(attrs.get(key, MISSING), f"{attr} {key}")
+    check_str(attrs.get("kind", MISSING), f"{attr} kind", ("post", "pre"))
+    neurons = check_int(attrs.get("neurons", MISSING), f"{attr} neurons", minimum=1)
+    check_int(attrs.get("axis", MISSING), f"{attr} axis")
+    state_count = check_int(attrs.get("state_count", MISSING), f"{attr} state_count", 0)
+    check_int(attrs.get("nan_count", MISSING), f"{attr} nan_count", minimum=0)
+
+    width = (neurons + 7) // 8
+    ids = _read_array(group, "state_ids", at, np.uint8, f"[unique states, {width}]")
+    counts = _read_array(group, "counts", at, np.int64, "[unique states]")
+    if ids.shape[1] != width:
+        raise StoreError(
+            f"{at}: state_ids has {ids.shape[1]} bytes per row but {neurons} neurons need "
+            f"ceil({neurons} / 8) = {width}"
+        )
+    if len(counts) != len(ids):
+        raise StoreError(
+            f"{at}: counts has {len(counts)} entries but state_ids has {len(ids)} rows"
+        )
+    low = np.flatnonzero(counts < 1)
+    if len(low):
+        raise StoreError(f"{at}: counts[{low[0]}] is {counts[low[0]]}; expected every count >= 1")
+    total = _exact_sum(counts)
+    if total != state_count:
+        raise StoreError(f"{at}: counts sum to {total} but attribute state_count is {state_count}")
+    spare = neurons % 8
+    if spare and len(ids):
+        stray = np.flatnonzero(ids[:, -1] >> spare)
+        if len(stray):
+            r = int(stray[0])
+            raise StoreError(
+                f"{at}: state_ids row {r} sets bits above neuron {neurons - 1} (the last) in "
+                f"its last byte (0x{int(ids[r, -1]):02x}); expected bits {spare}-7 of byte "
+                f"{width - 1} clear"
+            )
+    disorder = _first_disorder(ids)
+    if disorder is not None:
+        r, repeated = disorder
+        if repeated:
+            raise StoreError(f"{at}: state_ids row {r} repeats row {r - 1}; expected unique states")
+        raise StoreError(
+            f"{at}: state_ids row {r} is below row {r - 1}; expected rows ascending by their "
+            "little-endian integer value"
+        )
+    return StoredLayer(attrs, ids, counts)
+
+
+def _read_array(group: Any, name: str, at: str, dtype: type[Any], shape: str) -> np.ndarray:
+    """Array *name* of a layer group, checked for its dtype and number of dimensions
+    (*shape* describes them: ``[rows]`` or ``[rows, columns]``)."""
+    import zarr
+
+    want = np.dtype(dtype)
+    ndim = shape.count(",") + 1
+    expected = f"{'an' if want.name.startswith('i') else 'a'} {want} array {shape}"
+    try:
+        node = group[name]
+    except KeyError:
+        raise StoreError(f"{at}: {name} is missing; expected {expected}") from None
+    except Exception as exc:
+        raise StoreError(f"{at}: cannot open {name} ({_why(exc)})") from exc
     if not isinstance(node, zarr.Array):
-        raise StoreError(f"{group.path}/{name} is not an array")
-    return node
+        raise StoreError(f"{at}: {name} is a group; expected {expected}")
+    found = np.dtype(node.dtype)
+    if found.kind != want.kind or found.itemsize != want.itemsize:  # either byte order
+        raise StoreError(f"{at}: {name} has dtype {found}; expected {want}")
+    if len(node.shape) != ndim:
+        raise StoreError(
+            f"{at}: {name} has shape {tuple(node.shape)}; expected {ndim} dimension"
+            f"{'s' if ndim > 1 else ''} {shape}"
+        )
+    try:
+        data = np.asarray(node[...])
+    except Exception as exc:
+        raise StoreError(f"{at}: cannot read {name} ({_why(exc)})") from exc
+    return np.ascontiguousarray(data, dtype=want)
+
+
+def _why(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
+
+
+def _exact_sum(counts: np.ndarray) -> int:
+    """The exact sum of non-negative int64 counts (in 32-bit halves: no wrap-around)."""
+    u = counts.view(np.uint64)
+    high = int(np.sum(u >> np.uint64(32), dtype=np.uint64))
+    low = int(np.sum(u & np.uint64(0xFFFFFFFF), dtype=np.uint64))
+    return (high << 32) + low
+
+
+def _first_disorder(ids: np.ndarray) -> tuple[int, bool] | None:
+    """(row, repeats) of the first row of *ids* not above the row before it, comparing
+    rows as little-endian integers (the order of count.counter.sort_states), or None."""
+    if len(ids) < 2:
+        return None
+    prev, cur = ids[:-1, ::-1], ids[1:, ::-1]  # most significant byte first
+    differ = prev != cur
+    top = differ.argmax(axis=1)  # the most significant byte that differs
+    rows = np.arange(len(prev))
+    bad = ~differ[rows, top] | (prev[rows, top] > cur[rows, top])
+    if not bad.any():
+        return None
+    r = int(bad.argmax())
+    return r + 1, not bool(differ[r].any())
+
+
+def _check_no_extra_layers(root: Any, n: int, source: str) -> None:
+    """No layer group beyond the n that layer_order names."""
+    import zarr
+
+    try:
+        layers = root["layers"]
+    except KeyError:
+        return
+    if not isinstance(layers, zarr.Group):
+        raise StoreError(f"{source}: layers is an array; expected a group of layer groups")
+    extra = sorted(set(layers.keys()) - {str(i) for i in range(n)})
+    if extra:
+        raise StoreError(
+            f"{source}: layers/{extra[0]} is not one of the {n} layers layer_order names; "
+            f"expected only layers/0 to layers/{n - 1}"
+            if n
+            else f"{source}: layers/{extra[0]} is there but layer_order names no layers"
+        )
 
 
 def _is_store(path: Path) -> bool:
     """A folder whose zarr root says it is an onnx_state results store (complete or not)."""
-    import json
-
     meta = path / "zarr.json"
     try:
         return path.is_dir() and json.loads(meta.read_text())["attributes"]["schema"] == SCHEMA

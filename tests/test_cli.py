@@ -197,6 +197,10 @@ def test_export_cli_for_keras_and_torch(tmp_path, keras_pair, torch_net, monkeyp
     r = run_cli(*args)
     assert r.exit_code == 0, r.output
     assert next(la.name for la in list_layers(onnx.load(tmp_path / "t.onnx"))) == "conv_1"
-    bad = run_cli(*args[:3], "--input-shape", "1,28,28", "--weights", tmp_path / "m.keras")
+    bad = run_cli(*args[:3], "--input-shape", "1,28,28", "--weights", tmp_path / "m.keras",
+                  "--overwrite")  # fmt: skip
     assert bad.exit_code == 2 and "cannot load" in bad.output
     assert not (tmp_path / "t.onnx.partial").exists()
+    assert next(la.name for la in list_layers(onnx.load(tmp_path / "t.onnx"))) == "conv_1"
+    again = run_cli(*args)  # an existing output is replaced only with --overwrite
+    assert again.exit_code == 2 and "already exists" in again.output

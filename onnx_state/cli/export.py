@@ -14,6 +14,7 @@ import click
               help="ONNX opset (TensorFlow and Keras: at most 18).")  # fmt: skip
 @click.option("--signature", default="serving_default", show_default=True,
               help="SavedModel signature to export.")  # fmt: skip
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT file.")
 def export_command(
     source: str,
     output: str,
@@ -21,6 +22,7 @@ def export_command(
     input_shape: str | None,
     opset: int,
     signature: str,
+    overwrite: bool,
 ) -> None:
     """Export SOURCE to OUTPUT.onnx: a TensorFlow SavedModel directory, a .tflite file, a
     .keras file, or a PyTorch package.module:ClassOrFactory (with --input-shape)."""
@@ -28,6 +30,6 @@ def export_command(
 
     export_model(
         source, output, weights=weights, input_shape=input_shape, opset=opset,
-        signature=signature,
+        signature=signature, overwrite=overwrite,
     )  # fmt: skip
     click.echo(f"wrote {output}")

@@ -15,6 +15,7 @@ from onnx_state.cli.options import (
     session,
 )
 from onnx_state.errors import InputError
+from onnx_state.outputs import check_output
 from onnx_state.separation import (
     FORMULAS,
     Formula,
@@ -42,6 +43,7 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 @feeding(output_axis=False)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Save the result (JSON).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots to this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output or --plots.")
 @click.option("--pca-pair", nargs=2, type=int, help="Two classes for the PCA scatter plots.")
 @_FORMULA
 @session
@@ -53,6 +55,7 @@ def separation_command(
     neuron_axes: dict[str, int],
     output: str | None,
     plots: str | None,
+    overwrite: bool,
     pca_pair: tuple[int, int] | None,
     formula: Formula,
     as_json: bool,
@@ -61,11 +64,15 @@ def separation_command(
     """Separation of every pair of classes at each layer of MODEL (MST-based)."""
     if neuron_axes:
         raise InputError("--neuron-axis does not apply: separation flattens each layer output")
+    if output:
+        check_output(output, overwrite=overwrite, kind="file")
+    if plots:
+        check_output(plots, overwrite=overwrite, kind="folder")
     if not pca_pair and plots:
         pca_pair = first_classes(labels)
     result = separation(model, data, labels=labels, pca_pair=pca_pair or None, **options)
     if output:
-        result.save(output)
+        result.save(output, overwrite=overwrite)
     if plots:
         from onnx_state.plots import plot_separation
 

@@ -1,0 +1,68 @@
+"""One rule for every command that writes, checked before any work is done.
+
+The folder that will hold the output must exist (nothing is created on the way, so a typo
+in a path is caught before a long run); an existing path is replaced only when asked
+(``overwrite=True``, CLI ``--overwrite``), and only when it is of the kind being written —
+a results store for a store, a regular file for a file, a folder for a folder — so that no
+command ever deletes something it did not make. Messages name the path as the user gave it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from onnx_state.errors import InputError
+
+__all__ = ["check_output"]
+
+Kind = Literal["store", "file", "folder"]
+
+
+def check_output(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    kind: Kind = "file",
+    is_ours: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Check that *path* can be written; return it as a Path.
+
+    Parameters
+    ----------
+    path:
+        Where the output goes.
+    overwrite:
+        Allow replacing an existing output of the same kind.
+    kind:
+        ``store`` (a results store folder), ``file`` or ``folder``.
+    is_ours:
+        For stores: whether an existing folder is a results store (anything else is never
+        replaced).
+    """
+    target = Path(path)
+    shown = os.fspath(path)
+    parent = target.absolute().parent
+    if not parent.is_dir():
+        raise InputError(
+            f"the folder of {shown!r} ({parent}) does not exist; create it first or choose "
+            "another path"
+        )
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not overwrite:
+        raise InputError(
+            f"{shown} already exists; choose another path or replace it with --overwrite "
+            "(overwrite=True)"
+        )
+    if target.is_symlink():
+        raise InputError(f"{shown} is a symbolic link; not replacing it")
+    if kind == "file" and not target.is_file():
+        raise InputError(f"{shown} exists and is not a regular file; not replacing it")
+    if kind == "folder" and not target.is_dir():
+        raise InputError(f"{shown} exists and is not a folder; not replacing it")
+    if kind == "store" and not (target.is_dir() and (is_ours is None or is_ours(target))):
+        raise InputError(f"{shown} exists and is not an onnx_state results store; not replacing it")
+    return target
