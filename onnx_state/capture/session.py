@@ -104,7 +104,7 @@ def make_session(
             f"{', '.join(available)} (install onnxruntime-gpu for CUDA)"
         )
     try:
-        if model.ByteSize() < load.LARGE_MODEL_BYTES and not _has_external(model):
+        if model.ByteSize() < load.LARGE_MODEL_BYTES and not load.has_external_data(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         folder = Path(model_dir or ".")
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".onnx_state-")
@@ -118,10 +118,6 @@ def make_session(
         if isinstance(exc, InputError):
             raise
         raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
-
-
-def _has_external(model: ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 @dataclass(frozen=True)
