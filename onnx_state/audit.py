@@ -11,6 +11,7 @@ state distributions, and the change of efficiency.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -27,6 +28,16 @@ from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult
+from onnx_state.store import (
+    MISSING,
+    check_dict,
+    check_int,
+    check_list,
+    check_number,
+    check_str,
+    label,
+    shown,
+)
 
 __all__ = ["RULES", "Audit", "LayerAudit", "audit", "load_rules"]
 
@@ -54,6 +65,93 @@ def load_rules(path: str | os.PathLike[str]) -> dict[str, float]:
             + ", ".join(repr(rules[k]) for k in bad)
         )
     return {k: float(v) for k, v in rules.items()}
+
+
+_SLACK = 1e-9  # rounding may carry an efficiency an ulp past its bound
+# Figures that only an audit against a reference has: (field, lowest, highest).
+_REFERENCE_FIGURES = (
+    ("novelty", 0.0, 1.0),
+    ("js_divergence", 0.0, 1.0),
+    ("efficiency_drift", -1 - _SLACK, 1 + _SLACK),
+)
+
+
+def _check_audit(d: dict[str, Any]) -> None:
+    """StoreError (one line: the field, what it is, what was expected) unless *d* holds
+    every field ``Audit.to_dict`` writes, of the right JSON type, in range and consistent."""
+    n_samples = check_int(d.get("n_samples", MISSING), "audit: n_samples", minimum=0)
+    check_int(d.get("top_k", MISSING), "audit: top_k", minimum=1)
+    check_number(d.get("accuracy", MISSING), "audit: accuracy", 0, 1, null=True)
+    reference = d.get("reference", MISSING)
+    if reference is not None:
+        check_str(reference, "audit: reference")
+    layers = d.get("layers", MISSING)
+    if not isinstance(layers, list):
+        raise StoreError(f"audit: layers is {shown(layers)}; expected a list of layers")
+    first: dict[str, int] = {}
+    for i, la in enumerate(layers):
+        check_dict(la, f"audit: layers[{i}]")
+        name = check_str(la.get("name", MISSING), f"audit: layers[{i}] name")
+        at = f"audit: layers[{i}] ({label(name)})"
+        if name in first:
+            raise StoreError(f"{at}: name repeats layers[{first[name]}]; expected distinct layers")
+        first[name] = i
+        neurons = check_int(la.get("neurons", MISSING), f"{at}: neurons", minimum=1)
+        state_count = check_int(la.get("state_count", MISSING), f"{at}: state_count", 0)
+        check_number(la.get("efficiency", MISSING), f"{at}: efficiency", 0, 1 + _SLACK)
+        dead = _neuron_indices(la.get("dead", MISSING), f"{at}: dead", neurons)
+        always_on = _neuron_indices(la.get("always_on", MISSING), f"{at}: always_on", neurons)
+        coverage = check_number(la.get("coverage", MISSING), f"{at}: coverage", 0, 1)
+        check_number(la.get("topk_coverage", MISSING), f"{at}: topk_coverage", 0, 1)
+        live = 1 - len(dead) / neurons
+        if not math.isclose(coverage or 0.0, live, rel_tol=0, abs_tol=1e-9):
+            raise StoreError(
+                f"{at}: coverage is {coverage} but {len(dead)} of {neurons} neurons are dead; "
+                f"expected {live:.6g}"
+            )
+        both = sorted(set(dead) & set(always_on))
+        if state_count and both:
+            raise StoreError(f"{at}: neuron {both[0]} is both dead and always on")
+        fraction = la.get("dead_fraction")  # derived again from dead; checked if present
+        if fraction is not None and not (
+            isinstance(fraction, (int, float))
+            and math.isclose(fraction, len(dead) / neurons, rel_tol=0, abs_tol=1e-9)
+        ):
+            raise StoreError(
+                f"{at}: dead_fraction is {shown(fraction)}; expected {len(dead)} / {neurons}"
+            )
+        for key, low, high in _REFERENCE_FIGURES:
+            value = la.get(key, MISSING)
+            if reference is not None:
+                check_number(value, f"{at}: {key}", low, high)
+            elif value is not None:
+                raise StoreError(
+                    f"{at}: {key} is {shown(value)}; expected null (the audit has no reference)"
+                )
+        novel = check_list(
+            la.get("most_novel_samples", MISSING), f"{at}: most_novel_samples", "int", True
+        )
+        outside = [s for s in novel if not 0 <= s < n_samples]
+        if outside:
+            raise StoreError(
+                f"{at}: most_novel_samples has sample {outside[0]}; expected indices below "
+                f"n_samples ({n_samples})"
+            )
+        if novel and reference is None:
+            raise StoreError(
+                f"{at}: most_novel_samples is {shown(novel)}; expected [] (no reference)"
+            )
+
+
+def _neuron_indices(value: Any, what: str, neurons: int) -> list[int]:
+    """Ascending neuron indices below *neurons* (dead, always-on), else a StoreError."""
+    indices = check_list(value, what, "int")
+    for j, v in enumerate(indices):
+        if not 0 <= v < neurons or (j and v <= indices[j - 1]):
+            raise StoreError(
+                f"{what}[{j}] is {v}; expected ascending neuron indices in [0, {neurons - 1}]"
+            )
+    return indices
 
 
 @dataclass
@@ -112,15 +210,21 @@ class Audit:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Audit:
-        """An Audit from ``to_dict``'s output."""
-        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"not an onnx_state audit of schema version {SCHEMA_VERSION}")
+        """An Audit from ``to_dict``'s output, every field checked.
+
+        Raises StoreError, one line naming the field at fault and what was expected.
+        """
+        check_dict(d, "audit")
+        version = d.get("schema_version", MISSING)
+        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
+            raise StoreError(
+                f"audit: not an onnx_state audit of schema version {SCHEMA_VERSION} "
+                f"(schema {shown(d.get('schema', MISSING))}, schema_version {shown(version)})"
+            )
+        _check_audit(d)
         names = [f.name for f in fields(LayerAudit)]
-        try:
-            layers = [LayerAudit(**{k: la[k] for k in names}) for la in d["layers"]]
-            return cls(layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"])
-        except (KeyError, TypeError) as exc:
-            raise StoreError(f"malformed audit: {exc!r}") from None
+        layers = [LayerAudit(**{k: la[k] for k in names}) for la in d["layers"]]
+        return cls(layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"])
 
     def violations(
         self,

@@ -41,6 +41,16 @@ from onnx_state.capture import (
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
+from onnx_state.store import (
+    MISSING,
+    check_dict,
+    check_int,
+    check_list,
+    check_number,
+    check_str,
+    label,
+    shown,
+)
 
 __all__ = ["Comparison", "PairResult", "RefusedPair", "compare", "load_mapping"]
 
@@ -283,16 +293,22 @@ class Comparison:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Comparison:
-        """A Comparison from ``to_dict``'s output."""
-        if d.get("schema") != SCHEMA or d.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(f"not an onnx_state comparison of schema version {SCHEMA_VERSION}")
-        try:
-            return cls(
-                pairs=[_pair_from_dict(p) for p in d["pairs"]],
-                **{k: d[k] for k in _COMPARISON_FIELDS},
+        """A Comparison from ``to_dict``'s output, every field checked.
+
+        Raises StoreError, one line naming the field at fault and what was expected.
+        """
+        check_dict(d, "comparison")
+        version = d.get("schema_version", MISSING)
+        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
+            raise StoreError(
+                f"comparison: not an onnx_state comparison of schema version {SCHEMA_VERSION} "
+                f"(schema {shown(d.get('schema', MISSING))}, schema_version {shown(version)})"
             )
-        except (KeyError, TypeError) as exc:
-            raise StoreError(f"malformed comparison: {exc!r}") from None
+        _check_comparison(d)
+        return cls(
+            pairs=[_pair_from_dict(p) for p in d["pairs"]],
+            **{k: d[k] for k in _COMPARISON_FIELDS},
+        )
 
     def violations(
         self,
@@ -580,3 +596,71 @@ _COMPARISON_FIELDS = (
     "unmatched_a", "unmatched_b", "n_samples", "output_max_abs_diff", "top1_agreement",
     "accuracy_a", "accuracy_b", "threshold",
 )  # fmt: skip
+
+_SLACK = 1e-9  # rounding may carry a cosine or an efficiency an ulp past its bound
+# The figures of a compared pair read back: (field, lowest, highest; None: no bound).
+_PAIR_FIGURES: tuple[tuple[str, float, float | None], ...] = (
+    ("state_agreement", 0, 1),
+    ("neuron_agreement_mean", 0, 1),
+    ("neuron_agreement_min", 0, 1),
+    ("max_abs_diff", 0, None),
+    ("mean_abs_diff", 0, None),
+    ("cosine", -1 - _SLACK, 1 + _SLACK),
+    ("efficiency_a", 0, 1 + _SLACK),
+    ("efficiency_b", 0, 1 + _SLACK),
+    ("js_divergence", 0, 1),
+)
+
+
+def _check_comparison(d: dict[str, Any]) -> None:
+    """StoreError (one line: the field, what it is, what was expected) unless *d* holds
+    every field ``Comparison.to_dict`` writes, of the right JSON type, in range."""
+    pairs = d.get("pairs", MISSING)
+    if not isinstance(pairs, list):
+        raise StoreError(f"comparison: pairs is {shown(pairs)}; expected a list of layer pairs")
+    first: dict[str, int] = {}
+    for i, p in enumerate(pairs):
+        check_dict(p, f"comparison: pairs[{i}]")
+        a = check_str(p.get("a", MISSING), f"comparison: pairs[{i}] a")
+        at = f"comparison: pairs[{i}] ({label(a)})"
+        if a in first:
+            raise StoreError(
+                f"{at}: a repeats pairs[{first[a]}]; expected each layer of A in one pair at most"
+            )
+        first[a] = i
+        check_str(p.get("b", MISSING), f"{at}: b")
+        check_str(p.get("rule", MISSING), f"{at}: rule", ("mapping", "name", "order"))
+        neurons = check_int(p.get("neurons", MISSING), f"{at}: neurons", minimum=1)
+        refused = p.get("refused")
+        if refused is not None:  # a refused pair: its reason, no figures
+            if not isinstance(refused, str) or not refused:
+                raise StoreError(
+                    f"{at}: refused is {shown(refused)}; expected null or the reason (a string)"
+                )
+            continue
+        check_int(p.get("states", MISSING), f"{at}: states", minimum=1)
+        for key, low, high in _PAIR_FIGURES:
+            check_number(p.get(key, MISSING), f"{at}: {key}", low, high)
+        check_number(p.get("mean_hamming", MISSING), f"{at}: mean_hamming", 0, neurons)
+    for key in ("unmatched_a", "unmatched_b"):
+        check_list(d.get(key, MISSING), f"comparison: {key}", "str", distinct=True)
+    check_int(d.get("n_samples", MISSING), "comparison: n_samples", minimum=1)
+    check_number(
+        d.get("output_max_abs_diff", MISSING), "comparison: output_max_abs_diff", 0, finite=False
+    )
+    check_number(d.get("top1_agreement", MISSING), "comparison: top1_agreement", 0, 1)
+    accuracies = [d.get(k, MISSING) for k in ("accuracy_a", "accuracy_b")]
+    for key, value in zip(("accuracy_a", "accuracy_b"), accuracies):
+        check_number(value, f"comparison: {key}", 0, 1, null=True)
+    if (accuracies[0] is None) != (accuracies[1] is None):
+        raise StoreError(
+            f"comparison: accuracy_a is {shown(accuracies[0])} but accuracy_b is "
+            f"{shown(accuracies[1])}; expected both null (no labels) or both numbers"
+        )
+    check_number(d.get("threshold", MISSING), "comparison: threshold")
+    divergent = d.get("first_divergent")  # derived again from the pairs; type only
+    if divergent is not None and not (isinstance(divergent, str) and divergent in first):
+        raise StoreError(
+            f"comparison: first_divergent is {shown(divergent)}; expected null or the A layer "
+            "of one of the pairs"
+        )

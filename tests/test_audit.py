@@ -81,3 +81,19 @@ def test_audit_error_paths(bundled, tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(StoreError):
         audit(model, x[:50], reference=tmp_path / "junk")
+
+
+def test_an_audit_reads_back_from_its_json_and_refuses_a_corrupt_one():
+    import json
+
+    from onnx_state.audit import Audit
+    from onnx_state.errors import StoreError
+    from tests.models import conv_net, int_data
+
+    model, _ = conv_net()
+    a = audit(model, int_data(12), attach_to=["Conv", "Relu"])
+    d = json.loads(json.dumps(a.to_dict()))
+    assert Audit.from_dict(d).to_dict() == a.to_dict()
+    d["layers"][0]["coverage"] = 2
+    with pytest.raises(StoreError, match=r"layers\[0\] .*coverage"):
+        Audit.from_dict(d)

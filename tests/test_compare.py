@@ -146,3 +146,21 @@ def test_the_two_models_run_one_after_the_other(monkeypatch):
     model, _ = conv_net()
     c = compare(model, model, int_data(20), attach_to=["Conv"], batch_size=6, threads=1)
     assert threads == {True} and c.pairs[0].state_agreement == 1.0
+
+
+def test_a_comparison_reads_back_from_its_json_and_refuses_a_corrupt_one():
+    import json
+
+    from onnx_state.compare import Comparison
+    from onnx_state.errors import StoreError
+
+    model, _ = conv_net()
+    c = compare(model, model, int_data(12), attach_to=["Conv", "Relu"], labels=np.arange(12) % 5)
+    d = json.loads(json.dumps(c.to_dict()))
+    back = Comparison.from_dict(d)
+    assert back.to_dict() == c.to_dict()
+    d["pairs"][0]["state_agreement"] = 1.5
+    with pytest.raises(StoreError, match=r"pairs\[0\] .*state_agreement"):
+        Comparison.from_dict(d)
+    with pytest.raises(StoreError, match="schema version"):
+        Comparison.from_dict({**c.to_dict(), "schema_version": 9})
