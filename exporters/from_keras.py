@@ -9,6 +9,7 @@ matches a scope component, so ``after`` captures what the Keras layer outputs.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from typing import Any
@@ -28,6 +29,8 @@ def _import_tf() -> tuple[Any, Any]:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
         import tf2onnx
+
+        logging.getLogger("tf2onnx").setLevel(logging.ERROR)  # our errors say what failed
     except ImportError as exc:
         raise MissingExtraError(
             "TensorFlow/tf2onnx are not installed; install them with: "

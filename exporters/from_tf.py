@@ -135,7 +135,24 @@ def _annotate(
     return proto
 
 
+# Domains onnxruntime runs; tf2onnx keeps an op it could not convert under its TF name.
+_RUNNABLE_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+
+
 def _save(proto: onnx.ModelProto, output: str | os.PathLike[str] | None) -> onnx.ModelProto:
+    unconverted = sorted(
+        {
+            n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            for n in proto.graph.node
+            if n.domain not in _RUNNABLE_DOMAINS
+            or (n.domain in ("", "ai.onnx") and not onnx.defs.has(n.op_type))
+        }
+    )
+    if unconverted:
+        raise InputError(
+            f"tf2onnx could not convert op(s) {', '.join(unconverted)}; the model cannot run in "
+            "onnxruntime (export the model without them, or from its Keras source)"
+        )
     if output is not None:
         onnx.save(proto, os.fspath(output))
     return proto

@@ -11,9 +11,10 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state._version import __version__
-from onnx_state.capture import Capture, Fingerprint, Instrumented, Method, Optimization
+from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
+from onnx_state.errors import InputError
 from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult, States
 
@@ -111,8 +112,7 @@ def analyze(
             if accuracy is not None:
                 accuracy.update(inst.class_scores(run), run.samples)
             if keep_outputs:
-                names = inst.output_names
-                outputs.append([inst.batch_first(*o, run.samples) for o in zip(names, run.outputs)])
+                outputs.append(_kept(inst, run))
             n_samples += run.samples
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
@@ -131,6 +131,23 @@ def analyze(
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
     )
+
+
+def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:
+    """A run's final outputs, samples first; one without a sample axis stays as it is."""
+    kept = []
+    for name, out in zip(inst.output_names, run.outputs):
+        try:
+            kept.append(inst.batch_first(name, out, run.samples))
+        except InputError:
+            warnings.warn(
+                f"output {name!r} (shape {out.shape}) has no axis of the batch's "
+                f"{run.samples} samples; Analysis.outputs joins it along axis 0",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            kept.append(out)
+    return kept
 
 
 def layer_result(capture: Capture, counter: StateCounter) -> LayerResult:

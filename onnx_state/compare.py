@@ -256,7 +256,7 @@ class Comparison:
     unmatched_b: list[str]
     n_samples: int
     output_max_abs_diff: float
-    top1_agreement: float
+    top1_agreement: float | None  # None: the first output has no sample axis
     accuracy_a: float | None = None
     accuracy_b: float | None = None
     threshold: float = 0.99
@@ -326,10 +326,11 @@ class Comparison:
                 )
             if max_js is not None and p.js_divergence > max_js:
                 out.append(f"{p.a}: JS divergence {p.js_divergence:.4g} > {max_js:.4g}")
-        if min_top1_agreement is not None and self.top1_agreement < min_top1_agreement:
-            out.append(
-                f"outputs: top-1 agreement {self.top1_agreement:.4%} < {min_top1_agreement:.4%}"
-            )
+        top1 = self.top1_agreement
+        if min_top1_agreement is not None and top1 is None:
+            out.append("outputs: top-1 agreement unknown (the first output has no sample axis)")
+        elif min_top1_agreement is not None and top1 is not None and top1 < min_top1_agreement:
+            out.append(f"outputs: top-1 agreement {top1:.4%} < {min_top1_agreement:.4%}")
         if max_output_diff is not None and self.output_max_abs_diff > max_output_diff:
             out.append(
                 f"outputs: max |diff| {self.output_max_abs_diff:.4g} > {max_output_diff:.4g}"
@@ -359,7 +360,7 @@ class Comparison:
         lines.append(f"samples: {self.n_samples}")
         lines.append(
             f"outputs: max |diff| {self.output_max_abs_diff:.3g}, top-1 agreement "
-            f"{100 * self.top1_agreement:.2f}%"
+            f"{_percent(self.top1_agreement)}"
         )
         if self.accuracy_a is not None:
             lines.append(f"accuracy A {_percent(self.accuracy_a)}, B {_percent(self.accuracy_b)}")
@@ -422,19 +423,38 @@ def _dims(shape: Sequence[Any]) -> str:
 
 
 class _Outputs:
-    """Streaming agreement of the two models' first outputs."""
+    """Streaming agreement of the two models' first outputs (samples first; None when an
+    output has no sample axis, which leaves the top-1 agreement undefined)."""
 
     def __init__(self) -> None:
         self.max_diff = 0.0
-        self.agree = 0
+        self.agree: int | None = 0
 
-    def update(self, a: np.ndarray, b: np.ndarray) -> None:
-        la, lb = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    def update(
+        self, a: np.ndarray | None, b: np.ndarray | None, ra: np.ndarray, rb: np.ndarray
+    ) -> None:
+        """Add one batch: *a*, *b* samples first (or None), *ra*, *rb* as the models gave them."""
+        if a is None or b is None:
+            if ra.size != rb.size:
+                raise InputError(f"final outputs differ in shape: {ra.shape} vs {rb.shape}")
+            self.agree = None
+            la, lb = ra.reshape(1, -1), rb.reshape(1, -1)
+        else:
+            la, lb = a.reshape(len(a), -1), b.reshape(len(b), -1)
         if la.shape != lb.shape:
             raise InputError(f"final outputs differ in shape: {la.shape} vs {lb.shape}")
         diff = np.abs(la.astype(float) - lb.astype(float))
-        self.max_diff = max(self.max_diff, float(np.max(diff)))
-        self.agree += int(np.sum(la.argmax(axis=1) == lb.argmax(axis=1)))
+        self.max_diff = max(self.max_diff, float(np.max(diff)) if diff.size else 0.0)
+        if self.agree is not None and a is not None:
+            self.agree += int(np.sum(la.argmax(axis=1) == lb.argmax(axis=1)))
+
+
+def _samples_first(inst: Instrumented, output: np.ndarray, samples: int) -> np.ndarray | None:
+    """The first final output with its samples first, or None when it has no sample axis."""
+    try:
+        return inst.batch_first(inst.output_names[0], output, samples)
+    except InputError:
+        return None
 
 
 def compare(
@@ -521,7 +541,9 @@ def compare(
     fixed_b = inst_b.constants(constants if constants_b is None else constants_b)
     data = open_data(data)  # once: its length sets the batch size B's batches follow
     batched = data_specs(inst_a.specs, fixed_a)
-    size = resolve_batch_size(batch_size, batched, data_length(data, batched))
+    # One size for both models: a fixed batch dimension of either one sets it.
+    both = [*batched, *data_specs(inst_b.specs, fixed_b)]
+    size = resolve_batch_size(batch_size, both, data_length(data, batched))
     batches_b = None
     if data_b is not None:
         batches_b = iter_batches(data_b, inst_b.specs, size, fixed_b)
@@ -550,12 +572,16 @@ def compare(
         for s in stats:
             s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
         n = run_a.samples
-        out_a = inst_a.batch_first(inst_a.output_names[0], run_a.outputs[0], n)
-        out_b = inst_b.batch_first(inst_b.output_names[0], run_b.outputs[0], n)
-        outputs.update(out_a, out_b)
+        out_a: np.ndarray | None
+        out_b: np.ndarray | None
         if accuracy_a is not None and accuracy_b is not None:
+            out_a, out_b = inst_a.class_scores(run_a), inst_b.class_scores(run_b)
             accuracy_a.update(out_a, n)
             accuracy_b.update(out_b, n)
+        else:
+            out_a = _samples_first(inst_a, run_a.outputs[0], n)
+            out_b = _samples_first(inst_b, run_b.outputs[0], n)
+        outputs.update(out_a, out_b, run_a.outputs[0], run_b.outputs[0])
 
     n = 0
     # A then B, batch after batch: overlapped, B would compete with A's next run.
@@ -571,7 +597,7 @@ def compare(
         unmatched_b=[c.name for c in right],
         n_samples=n,
         output_max_abs_diff=outputs.max_diff,
-        top1_agreement=outputs.agree / n,
+        top1_agreement=None if outputs.agree is None else outputs.agree / n,
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,
@@ -648,7 +674,7 @@ def _check_comparison(d: dict[str, Any]) -> None:
     check_number(
         d.get("output_max_abs_diff", MISSING), "comparison: output_max_abs_diff", 0, finite=False
     )
-    check_number(d.get("top1_agreement", MISSING), "comparison: top1_agreement", 0, 1)
+    check_number(d.get("top1_agreement", MISSING), "comparison: top1_agreement", 0, 1, null=True)
     accuracies = [d.get(k, MISSING) for k in ("accuracy_a", "accuracy_b")]
     for key, value in zip(("accuracy_a", "accuracy_b"), accuracies):
         check_number(value, f"comparison: {key}", 0, 1, null=True)

@@ -296,3 +296,92 @@ def test_onnxruntime_s_message_reaches_the_user_whole(capfd):
     text = str(err.value)
     assert "\n" not in text and "requested shape:{2,-1}" in text
     assert "ExecuteKernel" not in capfd.readouterr().err  # onnxruntime's own log stays quiet
+
+
+def test_numbers_as_constants_take_the_input_s_dtype_when_they_fit():
+    from onnx_state.capture import InputSpec, check_constants
+
+    specs = [
+        InputSpec("f", np.dtype(np.float32), ()),
+        InputSpec("u", np.dtype(np.uint8), ()),
+        InputSpec("i", np.dtype(np.int64), ()),
+        InputSpec("b", np.dtype(np.bool_), ()),
+    ]
+    got = check_constants({"f": 0.1, "u": 200, "i": 16000, "b": True}, specs)
+    assert got["f"].dtype == np.float32 and got["f"] == np.float32(0.1)
+    assert got["u"] == 200 and got["i"].dtype == np.int64 and got["b"].dtype == np.bool_
+    for value, name in [(300, "u"), (-1, "u"), (2.5, "i"), (1e30, "i"), (float("nan"), "i")]:
+        with pytest.raises(InputError, match=f"constant '{name}' = .* does not fit"):
+            check_constants({name: value}, specs)
+
+
+def test_a_missing_zarr_key_and_an_input_given_twice_are_one_error_each(tmp_path):
+    import zarr
+
+    g = zarr.open_group(str(tmp_path / "ab.zarr"), mode="w")
+    g.create_array("a", data=ints(4, 3))
+    with pytest.raises(InputError, match="has no array 'zz'; it holds a"):
+        onnx_state.analyze(two_inputs(), {"a": f"{tmp_path / 'ab.zarr'}:zz", "b": ints(4, 4)})
+    with pytest.raises(InputError, match="given both as data and as constant"):
+        onnx_state.analyze(two_inputs(), {"a": ints(4, 3), "b": ints(4, 4)}, attach_to="Relu",
+                           constants={"b": ints(1, 4)})  # fmt: skip
+
+
+def test_a_fixed_dimension_is_never_the_free_batch_axis():
+    # class-first (3, M): the output's batch dimension has another name than the input's,
+    # and a batch of 3 samples matches both axes by size; the fixed 3 is the classes.
+    model = make_model(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("Transpose", ["r"], ["y"], name="t", perm=[1, 0])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "M"])],
+    )  # fmt: skip
+    x = np.array([[1, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0]], np.float32)
+    a = onnx_state.analyze(model, x, attach_to="Relu", labels=[0, 2, 1, 0], batch_size=3)
+    assert a.accuracy == 1.0
+
+
+def test_compare_takes_a_fixed_batch_from_either_model_and_copes_without_a_sample_axis():
+    a, b = ints(9, 3), ints(9, 4)
+    c = compare(two_inputs(), two_inputs(batch=1), {"a": a, "b": b}, attach_to="Relu")
+    assert c.n_samples == 9 and c.pairs[0].state_agreement == 1.0 and c.top1_agreement == 1.0
+    # a batch-1 model whose output squeezes the batch axis away: (6,)
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["p"], name="fc"),
+             helper.make_node("Relu", ["p"], ["r"], name="relu"),
+             helper.make_node("Squeeze", ["r", "axes"], ["y"], name="sq")]  # fmt: skip
+    squeezed = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6])],
+        [("W", W), ("axes", np.array([0], np.int64))],
+    )
+    x = ints(5, 3)
+    c = compare(squeezed, squeezed, x, attach_to="Relu")
+    assert c.top1_agreement is None and c.output_max_abs_diff == 0.0 and c.n_samples == 5
+    assert c.pairs[0].state_agreement == 1.0
+    assert "top-1 agreement -" in c.table()
+    assert c.violations(min_top1_agreement=0.9) == [
+        "outputs: top-1 agreement unknown (the first output has no sample axis)"
+    ]
+
+
+def test_compare_gives_b_its_own_constants_from_the_cli(tmp_path):
+    import json
+
+    def scaled(k):  # y = Relu(x * k), k a scalar input named *k*
+        return make_model(
+            [helper.make_node("Mul", ["x", k], ["m"], name="mul"),
+             helper.make_node("Relu", ["m"], ["y"], name="relu")],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3]),
+             helper.make_tensor_value_info(k, TensorProto.FLOAT, [])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        )  # fmt: skip
+
+    onnx_a, onnx_b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    onnx_a.write_bytes(scaled("k").SerializeToString())
+    onnx_b.write_bytes(scaled("scale:0").SerializeToString())
+    np.save(tmp_path / "x.npy", ints(12, 3))
+    out = run_cli("compare", onnx_a, onnx_b, "--data", tmp_path / "x.npy", "--const", "k=-1",
+                  "--const-b", "scale:0=-1", "--attach-to", "Relu", "--json")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["pairs"][0]["state_agreement"] == 1.0

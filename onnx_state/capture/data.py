@@ -25,6 +25,7 @@ __all__ = [
     "batch_samples",
     "check_batch",
     "check_constants",
+    "check_inputs",
     "data_length",
     "data_specs",
     "input_specs",
@@ -120,6 +121,11 @@ def _load(path: Path, key: str | None) -> Any:
 
             node: Any = zarr.open(str(path), mode="r")
             if key is not None:
+                if hasattr(node, "dtype") or key not in node:
+                    held = [] if hasattr(node, "dtype") else sorted(node.array_keys())
+                    raise InputError(
+                        f"{path} has no array {key!r}; it holds {', '.join(held) or 'none'}"
+                    )
                 node = node[key]
             if hasattr(node, "dtype"):
                 return node
@@ -144,7 +150,8 @@ def as_inputs(data: Any, names: Sequence[str]) -> Mapping[str, Any] | None:
             raise InputError(
                 f"the model has {len(names)} inputs ({', '.join(names)}); pass a dict of "
                 "arrays by input name (CLI: --data NAME=PATH per input, or an .npz / zarr "
-                "group with one array per input)"
+                "group with one array per input), and inputs shared by every sample (states, "
+                "scalars) as constants (constants= / --const)"
             )
         return {names[0]: data}
     return None
@@ -191,8 +198,13 @@ def check_constants(
         if isinstance(value, (str, os.PathLike)):
             value = load_array(value)
         if isinstance(value, (bool, int, float)):
-            array = np.asarray(value, dtype=spec.dtype)
-            if array.item() != value:
+            try:
+                with np.errstate(all="ignore"):
+                    array = np.asarray(value, dtype=spec.dtype)
+                exact = spec.dtype.kind == "f" or array.item() == value
+            except (OverflowError, ValueError):
+                exact = False
+            if not exact:
                 problems.append(
                     f"constant {name!r} = {value!r} does not fit the model's {spec.dtype}"
                 )
@@ -267,6 +279,29 @@ def data_length(data: Any, specs: Sequence[InputSpec]) -> int | None:
     if getattr(first, "ndim", 1) == 0:
         raise InputError("a 0-d array cannot be split into samples; pass it as a constant instead")
     return _length(first)
+
+
+def check_inputs(data: Any, specs: Sequence[InputSpec], constants: Mapping[str, Any] = {}) -> None:
+    """Check the names, ranks, sample shapes and dtypes of opened *data* (one array or a dict
+    of arrays; iterables are checked batch by batch) against all model inputs *specs*."""
+    names = [s.name for s in specs if s.name not in constants]
+    mapping = as_inputs(data, names)
+    if mapping is None:
+        return
+    if not mapping:
+        raise InputError("the data dict is empty; give one array per model input")
+    both = sorted(set(mapping) & set(constants))
+    if both:
+        raise InputError(
+            f"input(s) {', '.join(both)} given both as data and as constant(s); give each once"
+        )
+    for k, v in mapping.items():
+        if getattr(v, "ndim", 1) == 0:
+            raise InputError(
+                f"input {k!r} is a 0-d array, which cannot be split into samples; pass it "
+                "as a constant instead (constants= / --const)"
+            )
+    check_batch({k: _head(v) for k, v in mapping.items()}, specs, constants, head=True)
 
 
 def batch_count(data: Any, specs: Sequence[InputSpec], batch_size: int) -> int | None:

@@ -22,6 +22,7 @@ from onnx_state.capture.data import (
     batch_count,
     batch_samples,
     check_constants,
+    check_inputs,
     data_length,
     data_specs,
     input_specs,
@@ -182,6 +183,7 @@ class Instrumented:
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
         self._batch_axes: dict[str, int] = {}  # per output or tensor, once decided
+        self._constant_names: set[str] = set()  # of the current stream
 
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
         """Run one checked batch: its final outputs and captured tensors by name.
@@ -217,8 +219,10 @@ class Instrumented:
         ``count.engine.plan_threads``).
         """
         fixed = self.constants(constants)
+        self._constant_names = set(fixed)
         batched = data_specs(self.specs, fixed)
         data = open_data(data)  # once, for the length, the count and the batches
+        check_inputs(data, self.specs, fixed)  # names first: they explain the rest
         size = resolve_batch_size(batch_size, batched, data_length(data, batched))
         total = batch_count(data, batched, size)
         batches = iter_batches(data, self.specs, size, fixed)
@@ -291,27 +295,32 @@ class Instrumented:
     def _batch_axis(self, name: str, shape: tuple[int, ...], samples: int) -> int:
         if self.output_batch_axis is not None and name in self.output_names:
             return self.output_batch_axis
-        batch_dims = {s.shape[0] for s in self.specs if s.shape and s.shape[0]}
+        batched = [s for s in self.specs if s.name not in self._constant_names and s.shape]
+        batch_dims = {s.shape[0] for s in batched}
+        free_batch = not any(isinstance(d, int) and d > 0 for d in batch_dims)
         declared = self.index.shape(name)
-        if declared is not None and len(declared) == len(shape):
-            named = [i for i, d in enumerate(declared) if isinstance(d, str) and d in batch_dims]
-            if len(named) == 1:
-                return named[0]
+        if declared is None or len(declared) != len(shape):
+            declared = (None,) * len(shape)
+        named = [i for i, d in enumerate(declared) if isinstance(d, str) and d in batch_dims]
+        if len(named) == 1:
+            return named[0]
         sized = [i for i, d in enumerate(shape) if d == samples]
+        if free_batch:  # a dimension the graph fixes cannot be a free batch dimension
+            sized = [i for i in sized if not _fixed(declared[i])]
         if len(sized) == 1 or (sized and samples == 1):
             return sized[0]  # a size-1 axis moved first changes no element's order
-        if sized and sized[0] == 0:
+        if name not in self.output_names and (not sized or sized[0] == 0):
+            # A captured tensor (per-sample figures only): axis 0, as counting assumes none.
             warnings.warn(
                 f"cannot tell which axis of {name!r} (shape {shape}) holds the {samples} "
-                f"samples (axes {sized} fit); assumed axis 0. Give output_batch_axis "
-                "(CLI --output-batch-axis) for final outputs if that is wrong",
+                f"samples (axes {sized or 'none'} fit); per-sample figures assume axis 0",
                 RuntimeWarning,
                 stacklevel=2,
             )
             return 0
         raise InputError(
             f"cannot tell which axis of {name!r} (shape {shape}) holds the batch's {samples} "
-            f"samples (candidates {sized or 'none'}); give output_batch_axis "
+            f"samples (axes {sized or 'none'} fit); give output_batch_axis "
             "(CLI --output-batch-axis)"
         )
 
@@ -345,6 +354,11 @@ def instrument(
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
     return add_outputs(proto, captures)
+
+
+def _fixed(dim: int | str | None) -> bool:
+    """Whether a declared dimension is a fixed size."""
+    return isinstance(dim, int) and dim > 0
 
 
 class _NoBar:

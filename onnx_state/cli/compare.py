@@ -11,6 +11,7 @@ from onnx_state.cli.options import (
     feeding,
     json_option,
     list_or_none,
+    parse_constants,
     print_gated,
     selection,
     session,
@@ -27,6 +28,9 @@ def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.argument("model_b", type=click.Path(dir_okay=False))
 @data_option(required=True, help="Input data for both models.")
 @data_option("--data-b", help="B's own data, when its inputs differ.")
+@click.option("--const-b", "constants_b", multiple=True, metavar="NAME=PATH[:KEY]|NAME=NUMBER",
+              callback=lambda ctx, param, v: parse_constants(v),
+              help="B's constant inputs, when they differ from --const.")  # fmt: skip
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for each model's accuracy.")
 @selection
 @click.option("--attach-to-b", multiple=True, metavar="TYPE|NAME", callback=list_or_none,

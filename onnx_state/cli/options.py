@@ -156,9 +156,11 @@ def parse_constants(values: tuple[str, ...]) -> dict[str, Any] | None:
 
 
 def _number(text: str) -> Any:
-    """An int or float when *text* spells one (and is not a file), else *text* itself."""
+    """A bool, int or float when *text* spells one (and is not a file), else *text* itself."""
     if Path(text).exists():
         return text
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for kind in (int, float):
         try:
             return kind(text)
