@@ -9,14 +9,17 @@ command ever deletes something it did not make. Messages name the path as the us
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 from onnx_state.errors import InputError
 
-__all__ = ["check_output"]
+__all__ = ["check_output", "deferred_interrupts"]
 
 Kind = Literal["store", "file", "folder"]
 
@@ -66,3 +69,28 @@ def check_output(
     if kind == "store" and not (target.is_dir() and (is_ours is None or is_ours(target))):
         raise InputError(f"{shown} exists and is not an onnx_state results store; not replacing it")
     return target
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block is done (a save finishes or is undone).
+
+    A signal that arrives inside the block is delivered as it would have been once the
+    block ends: Ctrl-C raises KeyboardInterrupt, SIGTERM runs its previous handler (by
+    default, the process ends). Outside the main thread signals cannot be caught: the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    for signum in dict.fromkeys(held):
+        signal.raise_signal(signum)  # now handled (or deadly) as usual

@@ -30,6 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from onnx_state.errors import InputError, StoreError
+from onnx_state.outputs import check_output, deferred_interrupts
 
 __all__ = [
     "MISSING",
@@ -41,9 +42,11 @@ __all__ = [
     "check_list",
     "check_number",
     "check_str",
+    "is_store",
     "label",
     "open_raw_states",
     "read_store",
+    "recover",
     "remove_raw_states",
     "shown",
     "write_store",
@@ -66,8 +69,15 @@ def write_store(
     attrs: dict[str, Any],
     layers: list[StoredLayer],
     overwrite: bool = False,
+    checkpoint: dict[str, Any] | None = None,
 ) -> None:
-    """Write a results store at *path*, atomically.
+    """Write a results store at *path*, atomically and safe from interrupts.
+
+    The store is built in a hidden sibling folder and renamed into place; SIGINT and
+    SIGTERM wait until that is done or undone (``outputs.deferred_interrupts``). Replacing
+    a store renames the old one aside first and deletes it only once the new one is in
+    place; a crash between the two renames is repaired by the next read or write
+    (``recover``).
 
     Parameters
     ----------
@@ -79,40 +89,67 @@ def write_store(
         One entry per layer, in order.
     overwrite:
         Replace an existing results store (never any other folder).
+    checkpoint:
+        Write a checkpoint of an unfinished run instead (``complete`` false, these
+        attributes under ``checkpoint``); it always replaces an earlier one.
     """
     import zarr
 
     target = Path(path).absolute()
-    if target.exists() and not overwrite:
-        raise InputError(f"{target} already exists; choose another path or pass overwrite=True")
-    if target.exists() and not _is_store(target):
-        raise InputError(
-            f"{target} exists and is not an onnx_state results store; not replacing it"
-        )
+    recover(target)
+    check_output(path, overwrite=overwrite or checkpoint is not None, kind="store",
+                 is_ours=is_store)  # fmt: skip
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        root = zarr.open_group(str(tmp), mode="w")
-        for i, layer in enumerate(layers):
-            g = root.create_group(f"layers/{i}")
-            g.attrs.update({k: _plain(v) for k, v in layer.attrs.items()})
-            ids = layer.ids.reshape(len(layer.ids), max(1, (layer.attrs["neurons"] + 7) // 8))
-            g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
-            g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
-        full = {**attrs, "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "complete": True}
-        root.attrs.update({k: _plain(v) for k, v in full.items()})
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-            target.rename(old)
-            tmp.rename(target)
+    with deferred_interrupts():
+        try:
+            root = zarr.open_group(str(tmp), mode="w")
+            for i, layer in enumerate(layers):
+                g = root.create_group(f"layers/{i}")
+                g.attrs.update({k: _plain(v) for k, v in layer.attrs.items()})
+                width = max(1, (layer.attrs["neurons"] + 7) // 8)
+                ids = layer.ids.reshape(len(layer.ids), width)
+                g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
+                g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
+            full = {**attrs, "schema": SCHEMA, "schema_version": SCHEMA_VERSION}
+            full["complete"] = checkpoint is None
+            if checkpoint is not None:
+                full["checkpoint"] = checkpoint
+            root.attrs.update({k: _plain(v) for k, v in full.items()})
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                target.rename(old)
+                tmp.rename(target)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+
+
+def recover(path: str | os.PathLike[str]) -> None:
+    """Repair what a crash (SIGKILL, power loss) can leave beside the store at *path*.
+
+    A crash between the two renames of an overwrite leaves no store at *path* and the old
+    one under a hidden ``.NAME.old-*`` name: it is put back. Hidden ``.NAME.partial-*``
+    folders of a save that never finished are deleted.
+    """
+    target = Path(path).absolute()
+    if not target.parent.is_dir():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for old in olds:
+        if not target.exists() and is_store(old):
+            old.rename(target)
+        elif is_store(old):
             shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        shutil.rmtree(partial, ignore_errors=True)
 
 
-def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[StoredLayer]]:
+def read_store(
+    path: str | os.PathLike[str], checkpoint: bool = False
+) -> tuple[dict[str, Any], list[StoredLayer]]:
     """(root attributes, layers) of a store written by write_store, fully checked.
 
     Checks the schema, completeness, every attribute's JSON type and range, each layer's
@@ -120,11 +157,13 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Store
     their consistency (one count >= 1 per state id, counts summing to ``state_count``,
     state ids unique and ascending by their little-endian integer value). Any mismatch is
     one StoreError whose single line names the store, the layer (index and name), the
-    attribute or array, and what was expected.
+    attribute or array, and what was expected. With *checkpoint*, the store must be the
+    checkpoint of an unfinished run (see write_store) instead of a complete one.
     """
     import zarr
 
     source = Path(path)
+    recover(source)
     if not source.is_dir():
         raise StoreError(f"results store {str(source)!r} does not exist")
     try:
@@ -142,8 +181,12 @@ def read_store(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Store
             f"{source} has schema version {shown(version)}; this onnx_state reads "
             f"version {SCHEMA_VERSION}"
         )
-    if attrs.get("complete") is not True:
-        raise StoreError(f"{source} is incomplete (the run that wrote it was interrupted)")
+    if checkpoint:
+        if attrs.get("complete") is not False or not isinstance(attrs.get("checkpoint"), dict):
+            raise StoreError(f"{source} holds no checkpoint of an unfinished run to resume")
+    elif attrs.get("complete") is not True:
+        hint = " (resume it with --resume)" if isinstance(attrs.get("checkpoint"), dict) else ""
+        raise StoreError(f"{source} is incomplete (the run that wrote it was interrupted){hint}")
     order = _check_root(attrs, f"{source}: root attribute")
     layers = [_read_layer(root, i, name, order, str(source)) for i, name in enumerate(order)]
     _check_no_extra_layers(root, len(order), str(source))
@@ -428,7 +471,7 @@ def _check_no_extra_layers(root: Any, n: int, source: str) -> None:
         )
 
 
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     """A folder whose zarr root says it is an onnx_state results store (complete or not)."""
     meta = path / "zarr.json"
     try:

@@ -64,3 +64,62 @@ def test_incomplete_or_foreign_stores_are_refused(net, tmp_path):
         onnx_state.Analysis.load(tmp_path / "ok.zarr")
     with pytest.raises(StoreError, match="does not exist"):
         onnx_state.Analysis.load(tmp_path / "missing.zarr")
+
+
+def test_ctrl_c_during_a_save_waits_until_the_store_is_complete(net, tmp_path, monkeypatch):
+    import signal
+
+    import zarr
+
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to="Conv")
+    original = zarr.Group.create_array
+    sent = []
+
+    def create_array(self, *args, **kwargs):
+        if not sent:  # Ctrl-C in the middle of writing the arrays
+            sent.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(zarr.Group, "create_array", create_array)
+    with pytest.raises(KeyboardInterrupt):
+        a.save(tmp_path / "r.zarr")
+    assert sent and onnx_state.Analysis.load(tmp_path / "r.zarr").layers == a.layers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]  # no hidden leftovers
+
+
+def test_sigterm_during_a_save_ends_the_process_after_the_store_is_complete(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import os, signal, zarr, numpy as np, onnx_state
+        from tests.models import conv_net, int_data
+        a = onnx_state.analyze(conv_net()[0], int_data(10), attach_to="Conv")
+        original = zarr.Group.create_array
+        def create_array(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return original(self, *args, **kwargs)
+        zarr.Group.create_array = create_array
+        a.save({str(tmp_path / "r.zarr")!r})
+        print("not reached")
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == -15 and "not reached" not in r.stdout, r.stderr[-2000:]
+    assert onnx_state.Analysis.load(tmp_path / "r.zarr").n_samples == 10
+
+
+def test_a_crash_between_the_renames_of_an_overwrite_is_repaired(net, tmp_path):
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to="Conv")
+    a.save(tmp_path / "r.zarr")
+    # What SIGKILL between the two renames leaves: the old store aside, a partial new one.
+    (tmp_path / "r.zarr").rename(tmp_path / ".r.zarr.old-1234abcd")
+    (tmp_path / ".r.zarr.partial-5678abcd").mkdir()
+    b = onnx_state.Analysis.load(tmp_path / "r.zarr")
+    assert b.layers == a.layers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]

@@ -9,6 +9,8 @@ import click
 from onnx_state.analysis import analyze
 from onnx_state.cli.options import data_option, echo_json, feeding, selection, session
 from onnx_state.errors import InputError
+from onnx_state.outputs import check_output
+from onnx_state.store import is_store
 
 
 @click.command("analyze")
@@ -45,6 +47,8 @@ def analyze_command(
         model, data, labels = example_paths()
     elif not model or not data:
         raise InputError("give MODEL and --data (or --example for the bundled demo)")
+    if output:  # before the run, not after it
+        check_output(output, overwrite=overwrite, kind="store", is_ours=is_store)
     result = analyze(
         model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,
         **options,
