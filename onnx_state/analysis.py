@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
+from onnx_state import store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
-from onnx_state.errors import InputError
+from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult, States
 
@@ -39,6 +40,9 @@ def analyze(
     parity: bool = True,
     keep_outputs: bool = False,
     progress: bool | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> Analysis:
     """Analyse the state space of the chosen layers of *model* on *data*.
 
@@ -89,7 +93,20 @@ def analyze(
         Keep the model's final outputs in ``Analysis.outputs``, samples first.
     progress:
         Show a progress bar; None shows one when stderr is a terminal.
+    checkpoint:
+        A results store path for checkpoints of this run (the CLI's ``--output``).
+    checkpoint_every:
+        Write the counters to *checkpoint* every this many batches (as an incomplete
+        store), so that an interrupted run can be resumed.
+    resume:
+        Continue the run whose checkpoint is at *checkpoint*: its batches are read again
+        only for the fingerprint (which must match), not run; the result equals an
+        uninterrupted run's exactly.
     """
+    if (checkpoint_every is not None or resume) and checkpoint is None:
+        raise InputError("checkpoints need a store path: give checkpoint= (CLI: --output)")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
         providers=providers, threads=threads, optimization=optimization,
@@ -99,13 +116,34 @@ def analyze(
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
-    n_samples = 0
+    sha = model_sha256(inst.original)
+    n_samples = done = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
+    state: dict[str, Any] = {}
+    if resume:
+        assert checkpoint is not None
+        state = _resume(checkpoint, inst, sha, counters)
+        done, n_samples, parity_diff = state["batches"], state["n_samples"], state["parity"]
+        if accuracy is not None:
+            accuracy.correct, accuracy.seen = state["correct"], state["seen"]
+    skipped: list[int] = []
+
+    def rehash(batch: dict[str, np.ndarray]) -> None:
+        digest.update(batch)
+        skipped.append(1)
+        if len(skipped) == done and digest.hexdigest() != state["fingerprint"]:
+            raise InputError(
+                f"the data differs from the run whose checkpoint is {checkpoint}: its first "
+                f"{done} batches do not match; resume with the same data and batch size"
+            )
+
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
         runs = inst.stream(
-            data, batch_size, lambda r: counting(r.batch, r.captured), progress, constants=fixed
-        )
+            data, batch_size, lambda r: counting(r.batch, r.captured), progress,
+            overlap=False if checkpoint_every else None, constants=fixed, skip=done,
+            on_skip=rehash,
+        )  # fmt: skip
         for run in runs:
             if parity and parity_diff is None:
                 parity_diff = inst.parity(run.batch, run.outputs)
@@ -114,6 +152,21 @@ def analyze(
             if keep_outputs:
                 outputs.append(_kept(inst, run))
             n_samples += run.samples
+            done += 1
+            if checkpoint_every and done % checkpoint_every == 0:
+                assert checkpoint is not None
+                counting.flush()  # (inline counting: batch *done* is counted already)
+                partial = Analysis(
+                    layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
+                    n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
+                    parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
+                )  # fmt: skip
+                partial.save(checkpoint, checkpoint={
+                    "batches": done, "n_samples": n_samples, "parity": parity_diff,
+                    "correct": 0 if accuracy is None else accuracy.correct,
+                    "seen": 0 if accuracy is None else accuracy.seen,
+                    "fingerprint": digest.hexdigest(),
+                })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
@@ -124,13 +177,42 @@ def analyze(
     return Analysis(
         layers=layers,
         n_samples=n_samples,
-        model_sha256=model_sha256(inst.original),
+        model_sha256=sha,
         data_fingerprint=digest.hexdigest(),
         accuracy=top1,
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
     )
+
+
+def _resume(
+    path: str | os.PathLike[str],
+    inst: Instrumented,
+    sha: str,
+    counters: dict[tuple[str, int], StateCounter],
+) -> dict[str, Any]:
+    """Load the checkpoint at *path* into *counters*; return its run state."""
+    attrs, stored = store.read_store(path, checkpoint=True)
+    if attrs["model_sha256"] != sha:
+        raise InputError(f"the checkpoint {path} is of another model; resume with the same one")
+    names = [c.name for c in inst.captures]
+    if [s.attrs["name"] for s in stored] != names:
+        raise InputError(
+            f"the checkpoint {path} holds layers {[s.attrs['name'] for s in stored]}, this run "
+            f"captures {names}; resume with the same selection"
+        )
+    for c, s in zip(inst.captures, stored):
+        key = (c.tensor, c.axis)
+        if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
+            counters[key] = StateCounter.from_states(
+                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]
+            )
+    state = dict(attrs["checkpoint"])
+    for field in ("batches", "n_samples", "correct", "seen"):
+        if not isinstance(state.get(field), int) or state[field] < 0:
+            raise StoreError(f"{path}: checkpoint {field} is {state.get(field)!r}; not resumable")
+    return state
 
 
 def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:

@@ -233,7 +233,12 @@ class Analysis:
             "layers": [r.summary() for r in self.layers],
         }
 
-    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        overwrite: bool = False,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> None:
         """Write the results store (a zarr group) atomically; see README 'Results store'.
 
         Parameters
@@ -242,6 +247,9 @@ class Analysis:
             The store's folder; it must not exist unless *overwrite* is true.
         overwrite:
             Replace an existing results store (never any other folder).
+        checkpoint:
+            Save these results as the checkpoint of an unfinished run (see
+            ``analyze(checkpoint=...)``), not as a complete store.
         """
         attrs = {k: v for k, v in self.to_dict().items() if k != "layers"}
         attrs["layer_order"] = [r.name for r in self.layers]
@@ -249,7 +257,7 @@ class Analysis:
             store.StoredLayer({k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted())
             for r in self.layers
         ]
-        store.write_store(path, attrs, layers, overwrite=overwrite)
+        store.write_store(path, attrs, layers, overwrite=overwrite, checkpoint=checkpoint)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Analysis:

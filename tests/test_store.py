@@ -123,3 +123,76 @@ def test_a_crash_between_the_renames_of_an_overwrite_is_repaired(net, tmp_path):
     b = onnx_state.Analysis.load(tmp_path / "r.zarr")
     assert b.layers == a.layers
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.cli import run_cli
+    from tests.models import conv_net, int_data
+
+    model, _ = conv_net()
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    np.save(tmp_path / "x.npy", int_data(53))
+    np.save(tmp_path / "y.npy", np.arange(53) % 5)
+    common = ["analyze", tmp_path / "m.onnx", "--data", tmp_path / "x.npy", "--labels",
+              tmp_path / "y.npy", "--attach-to", "Conv", "--attach-to", "MatMul",
+              "--batch-size", "5", "-q"]  # fmt: skip
+    whole = run_cli(*common, "-o", tmp_path / "whole.zarr", "--json")
+    assert whole.exit_code == 0, whole.output
+    # The run is killed (SIGKILL: no cleanup at all) while batch 8 runs, after the
+    # checkpoint of batch 6 and before the one of batch 9.
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from onnx_state.capture import Instrumented
+        from onnx_state.cli import main
+        runs = []
+        original = Instrumented.run
+        def run(self, batch, samples=None):
+            runs.append(1)
+            if len(runs) == 8:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, batch, samples)
+        Instrumented.run = run
+        sys.argv = ["onnx-state"] + {[str(a) for a in common]!r} + [
+            "-o", {str(tmp_path / "r.zarr")!r}, "--checkpoint-every", "3", "--no-parity"]
+        main()
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    with pytest.raises(StoreError, match="resume it with --resume"):
+        onnx_state.Analysis.load(tmp_path / "r.zarr")
+    resumed = run_cli(*common, "-o", tmp_path / "r.zarr", "--checkpoint-every", "3",
+                      "--resume", "--no-parity", "--json")  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    a = onnx_state.Analysis.load(tmp_path / "whole.zarr")
+    b = onnx_state.Analysis.load(tmp_path / "r.zarr")
+    assert b.layers == a.layers  # every count and state id
+    assert (b.n_samples, b.accuracy, b.data_fingerprint) == (a.n_samples, a.accuracy,
+                                                              a.data_fingerprint)  # fmt: skip
+    assert json.loads(resumed.output)["layers"] == json.loads(whole.output)["layers"]
+
+
+def test_resume_refuses_other_data_another_model_and_a_complete_store(net, tmp_path):
+    model, _, x, _ = net
+    path = tmp_path / "c.zarr"
+    full = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
+                              checkpoint_every=2)  # fmt: skip
+    resumed = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
+                                 resume=True)  # fmt: skip
+    assert resumed.layers == full.layers and resumed.data_fingerprint == full.data_fingerprint
+    with pytest.raises(InputError, match="the data differs"):
+        onnx_state.analyze(model, x[::-1].copy(), attach_to="Conv", batch_size=10,
+                           checkpoint=path, resume=True)  # fmt: skip
+    with pytest.raises(InputError, match="captures"):
+        onnx_state.analyze(model, x, attach_to="MatMul", batch_size=10, checkpoint=path,
+                           resume=True)  # fmt: skip
+    full.save(tmp_path / "done.zarr")
+    with pytest.raises(StoreError, match="no checkpoint"):
+        onnx_state.analyze(model, x, attach_to="Conv", checkpoint=tmp_path / "done.zarr",
+                           resume=True)  # fmt: skip

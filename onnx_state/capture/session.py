@@ -206,6 +206,8 @@ class Instrumented:
         progress: bool | None = None,
         overlap: bool | None = None,
         constants: Mapping[str, Any] | None = None,
+        skip: int = 0,
+        on_skip: Callable[[dict[str, np.ndarray]], None] | None = None,
     ) -> Iterator[BatchRun]:
         """Run every batch of *data*, call consume(run) for each, and yield each run without
         its captured tensors.
@@ -216,7 +218,8 @@ class Instrumented:
         runs on a worker thread while the next batch runs (at most two batches of
         activations alive, and one call of *consume* at a time, in order); otherwise it
         runs right after each batch, when onnxruntime has handed every core back (see
-        ``count.engine.plan_threads``).
+        ``count.engine.plan_threads``). The first *skip* batches are not run (a resumed
+        run counted them already): each goes to *on_skip* instead.
         """
         fixed = self.constants(constants)
         self._constant_names = set(fixed)
@@ -226,7 +229,14 @@ class Instrumented:
         size = resolve_batch_size(batch_size, batched, data_length(data, batched))
         total = batch_count(data, batched, size)
         batches = iter_batches(data, self.specs, size, fixed)
+        for _ in range(skip):
+            batch = next(batches, None)
+            if batch is None:
+                raise InputError(f"the data holds fewer than the {skip} batches to skip")
+            if on_skip is not None:
+                on_skip(batch)
         with _progress(total, progress) as bar:
+            bar.update(skip)
             if not (self.plan.overlap if overlap is None else overlap):
                 for batch in batches:
                     run = self.run(batch, batch_samples(batch, fixed))

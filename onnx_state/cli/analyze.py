@@ -23,6 +23,15 @@ from onnx_state.store import is_store
 @session
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output store.")
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Write the counters to --output every N batches, for --resume.",
+)
+@click.option("--resume", is_flag=True,
+              help="Continue the interrupted run whose checkpoint is at --output.")  # fmt: skip
 @click.option("--no-parity", is_flag=True, help="Skip the instrumented-vs-original check.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
@@ -33,6 +42,8 @@ def analyze_command(
     example: bool,
     output: str | None,
     overwrite: bool,
+    checkpoint_every: int | None,
+    resume: bool,
     no_parity: bool,
     as_json: bool,
     quiet: bool,
@@ -47,14 +58,17 @@ def analyze_command(
         model, data, labels = example_paths()
     elif not model or not data:
         raise InputError("give MODEL and --data (or --example for the bundled demo)")
-    if output:  # before the run, not after it
+    if (checkpoint_every or resume) and not output:
+        raise InputError("--checkpoint-every and --resume need --output (the store to write)")
+    if output and not resume:  # before the run, not after it
         check_output(output, overwrite=overwrite, kind="store", is_ours=is_store)
     result = analyze(
         model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,
-        **options,
+        checkpoint=output if checkpoint_every or resume else None,
+        checkpoint_every=checkpoint_every, resume=resume, **options,
     )  # fmt: skip
     if output:
-        result.save(output, overwrite=overwrite)
+        result.save(output, overwrite=overwrite or bool(checkpoint_every) or resume)
     if as_json:
         echo_json(result.to_dict())
     else:

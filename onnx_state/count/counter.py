@@ -138,6 +138,19 @@ class StateCounter:
             )
         return self._table
 
+    @classmethod
+    def from_states(
+        cls, ids: np.ndarray, counts: np.ndarray, neurons: int, nan_count: int = 0
+    ) -> StateCounter:
+        """A counter holding these states (uint8 rows as ``state_ids()`` gives them) and
+        counts, e.g. read back from a results store."""
+        counter = cls(neurons)
+        assert counter._table is not None
+        words = np.zeros((len(ids), counter._table.nwords), dtype=np.uint64)
+        words.view(np.uint8)[:, : counter.n_bytes] = np.asarray(ids, dtype=np.uint8)
+        counter._table.add_counts(words, np.ascontiguousarray(counts, np.int64), nan_count)
+        return counter
+
     # -- counting ---------------------------------------------------------------------------
     def update(self, x: Any, axis: int = 1) -> StateCounter:
         """Count the states of one captured batch *x* whose neurons lie along *axis*."""

@@ -259,6 +259,10 @@ class ParallelCounting:
             counter = shards[key]
         counter.update(x, axis=axis)
 
+    def flush(self) -> None:
+        """Merge the shards now, so that every counter is complete (for a checkpoint)."""
+        self._merge()
+
     def _merge(self) -> None:
         """Merge every worker's shards into the layers' counters (exact)."""
         for shards in self._shards[1:]:
