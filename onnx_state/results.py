@@ -167,7 +167,7 @@ class LayerResult(StateMetrics):
             "neurons": self.neurons,
             "axis": self.axis,
             "state_count": self.state_count,
-            "unique_states": self.n_unique,
+            "n_unique": self.n_unique,
             "nan_count": self.nan_count,
             "entropy": self.entropy() if observed else None,
             "efficiency": self.efficiency() if observed else None,
@@ -217,7 +217,9 @@ class Analysis:
         observed = all(r.state_count > 0 for r in self.layers) and self.layers
         net = self.network_efficiency() if observed else None
         return {
+            "schema": store.SCHEMA,
             "schema_version": self.schema_version,
+            "layer_order": [r.name for r in self.layers],
             "onnx_state_version": self.onnx_state_version,
             "model_sha256": self.model_sha256,
             "data_fingerprint": self.data_fingerprint,
@@ -252,7 +254,6 @@ class Analysis:
             ``analyze(checkpoint=...)``), not as a complete store.
         """
         attrs = {k: v for k, v in self.to_dict().items() if k != "layers"}
-        attrs["layer_order"] = [r.name for r in self.layers]
         layers = [
             store.StoredLayer({k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted())
             for r in self.layers

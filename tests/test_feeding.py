@@ -67,7 +67,7 @@ def test_two_inputs_by_name_from_python_and_the_cli(tmp_path):
                     f"b={tmp_path / 'ab.npz'}:b", "--attach-to", "Relu", "--json")  # fmt: skip
     assert named.exit_code == 0, named.output
     assert out.output == named.output
-    assert '"unique_states": ' + str(len(ref[0])) in out.output
+    assert '"n_unique": ' + str(len(ref[0])) in out.output
 
 
 def test_a_recurrent_state_and_a_scalar_as_constants(tmp_path):
@@ -107,7 +107,7 @@ def test_a_recurrent_state_and_a_scalar_as_constants(tmp_path):
                   "--const", f"state={tmp_path / 'state.npy'}", "--const", "scale=-1.5",
                   "--json")  # fmt: skip
     assert out.exit_code == 0, out.output
-    assert f'"unique_states": {len(ref[0])}' in out.output
+    assert f'"n_unique": {len(ref[0])}' in out.output
     for consts, message in [
         ({"state": state}, "the model has 2 inputs (x, scale)"),
         ({"state": ints(2, 4), "scale": 1.0}, "constant 'state' has shape (2, 4)"),

@@ -17,7 +17,18 @@ from typing import Any
 import numpy as np
 
 from onnx_state import store
-from onnx_state.count._counter import DENSE_NEURONS, StateTable
+
+try:
+    from onnx_state.count._counter import DENSE_NEURONS, StateTable
+except ModuleNotFoundError as exc:  # a source tree without the built extension
+    from onnx_state.errors import MissingExtraError
+
+    here = Path(__file__).resolve().parent
+    raise MissingExtraError(
+        f"onnx_state's compiled state counter is not built in {here}: Python is importing "
+        "the source tree (it shadows an installed onnx_state when run from the repository "
+        "folder). Build it in place with `pip install -e .`, or run from another folder"
+    ) from exc
 from onnx_state.errors import ArgumentError, DTypeError, InputError
 
 if sys.byteorder != "little":  # the kernel's words are read back as little-endian bytes

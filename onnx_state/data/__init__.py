@@ -4,7 +4,7 @@
 upsampled 3x, padded to 28x28), ``y`` (labels) and ``n_train`` (the first 80 % trained the
 model). The digits come from scikit-learn (BSD-3-Clause), which ships the test set of the
 UCI "Optical Recognition of Handwritten Digits" data (CC BY 4.0). Rebuilt by
-``scripts/make_example.py``.
+``python -m examples.make_bundled_model``.
 """
 
 from __future__ import annotations
