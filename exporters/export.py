@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,19 @@ def load_torch_module(spec: str, weights: str | os.PathLike[str] | None = None) 
     modname, _, attr = spec.partition(":")
     if not modname or not attr:
         raise InputError(f"{spec!r} is not package.module:ClassOrFactory")
+    # Like `python -m`, look in the current folder too (a console script does not).
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(modname), attr)
     except (ImportError, AttributeError) as exc:
         raise InputError(f"cannot import {spec!r}: {exc}") from None
+    except Exception as exc:  # whatever the user's module raises on import
+        raise InputError(f"importing {modname} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     try:
         module = factory()
     except Exception as exc:  # whatever the user's constructor raises

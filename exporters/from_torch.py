@@ -9,7 +9,9 @@ is the layer: its path (``conv_1``, ``features.0``) and class (``Conv2d``) becom
 from __future__ import annotations
 
 import ast
+import logging
 import os
+import warnings
 from typing import Any
 
 import onnx
@@ -96,10 +98,19 @@ def export(
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic = tuple({0: batch} for _ in args)
-    program = torch.onnx.export(
-        module, args, dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
-        optimize=True, do_constant_folding=False, verbose=False,
-    )  # fmt: skip
+    # torch.onnx logs its progress and deprecations; the export's own errors say what failed.
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, args, dynamo=True, dynamic_shapes=dynamic, opset_version=opset,
+                optimize=True, do_constant_folding=False, verbose=False,
+            )  # fmt: skip
+    finally:
+        logger.setLevel(level)
     model = annotate(program.model_proto)
     if path is not None:
         onnx.save(model, os.fspath(path))
