@@ -124,14 +124,14 @@ def export_model(
         elif source.endswith(".keras"):
             from exporters.from_keras import export as export_keras
 
+            if not Path(source).is_file():
+                raise InputError(f"Keras file {source!r} does not exist")
             try:
                 import keras
             except ImportError as exc:
                 raise MissingExtraError(
                     "install onnx-state[tensorflow] to export Keras models"
                 ) from exc
-            if not Path(source).is_file():
-                raise InputError(f"Keras file {source!r} does not exist")
             try:
                 model = keras.saving.load_model(source, safe_mode=True)
             except Exception as exc:  # keras raises ValueError, OSError, zipfile errors, ...

@@ -243,7 +243,7 @@ def _percent(value: float | None) -> str:
 def _pair_from_dict(d: dict[str, Any]) -> PairResult | RefusedPair:
     if d.get("refused"):
         return RefusedPair(d["a"], d["b"], d["rule"], d["neurons"], d["refused"])
-    values: dict[str, Any] = {f.name: d[f.name] for f in fields(PairResult)}
+    values: dict[str, Any] = {f.name: d.get(f.name) for f in fields(PairResult)}
     return PairResult(**values)
 
 

@@ -459,9 +459,15 @@ def _check_no_extra_layers(root: Any, n: int, source: str) -> None:
         layers = root["layers"]
     except KeyError:
         return
+    except Exception as exc:  # zarr's metadata errors: JSON, types, validation
+        raise StoreError(f"{source}: layers cannot be read ({_why(exc)})") from None
     if not isinstance(layers, zarr.Group):
         raise StoreError(f"{source}: layers is an array; expected a group of layer groups")
-    extra = sorted(set(layers.keys()) - {str(i) for i in range(n)})
+    try:
+        names = set(layers.keys())
+    except Exception as exc:
+        raise StoreError(f"{source}: layers cannot be listed ({_why(exc)})") from None
+    extra = sorted(names - {str(i) for i in range(n)})
     if extra:
         raise StoreError(
             f"{source}: layers/{extra[0]} is not one of the {n} layers layer_order names; "

@@ -13,7 +13,7 @@ import onnx
 import xxhash
 from onnx import ModelProto
 
-from onnx_state.errors import InputError, did_you_mean
+from onnx_state.errors import InputError, ModelError, OnnxStateError, did_you_mean
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -60,7 +60,13 @@ def input_specs(model: ModelProto) -> list[InputSpec]:
         if vi.name in inits:
             continue
         tt = vi.type.tensor_type
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(
+                f"input {vi.name!r} is not a tensor of a type onnx_state can feed (elem type "
+                f"{tt.elem_type}); only tensor inputs are supported"
+            ) from None
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
         )
@@ -106,7 +112,10 @@ def _load(path: Path, key: str | None) -> Any:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise InputError(f"{path} is not an .npz archive (it holds one .npy array)")
+            with loaded as npz:
                 if key is None:
                     if len(npz.files) == 1:
                         return npz[npz.files[0]]
@@ -133,10 +142,13 @@ def _load(path: Path, key: str | None) -> Any:
             if not arrays:
                 raise InputError(f"{path} is a zarr group without arrays")
             return next(iter(arrays.values())) if len(arrays) == 1 else arrays
-    except ValueError as exc:
-        if isinstance(exc, InputError):
-            raise
-        raise InputError(f"cannot read {path}: {exc} (object arrays are refused)") from exc
+    except OnnxStateError:
+        raise
+    except Exception as exc:  # numpy, zipfile, zlib and zarr raise many kinds on bad files
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        objects = any(w in why.lower() for w in ("pickle", "python objects", "object"))
+        hint = " (object arrays are refused)" if objects else ""
+        raise InputError(f"cannot read {path}: {why}{hint}") from None
     raise InputError(f"unsupported data file {path}; use .npy, .npz or a zarr directory")
 
 
@@ -354,9 +366,8 @@ def iter_batches(
         if n == 0:
             raise InputError("the data holds no samples")
         for start in range(0, n, batch_size):
-            batch = {
-                k: np.ascontiguousarray(v[start : start + batch_size]) for k, v in mapping.items()
-            }
+            rows = slice(start, start + batch_size)
+            batch = {k: _read(v, rows) for k, v in mapping.items()}
             yield {**batch, **constants}
         return
     if not isinstance(data, Iterable):
@@ -384,7 +395,21 @@ def iter_batches(
 
 def _head(array: Any) -> np.ndarray:
     """First sample with its batch axis, enough to check names, ranks, shapes and dtypes."""
-    return np.asarray(array[:1])
+    return _read(array, slice(0, 1))
+
+
+def _read(array: Any, rows: slice) -> np.ndarray:
+    """Rows of an array-like (numpy, memory-mapped, zarr) as a C-contiguous array; a
+    corrupt chunk or file is one InputError."""
+    try:
+        return np.ascontiguousarray(array[rows])
+    except OnnxStateError:
+        raise
+    except Exception as exc:  # zarr codecs and numpy memmaps raise their own kinds
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(
+            f"cannot read samples {rows.start}..{rows.stop} of the data: {why}"
+        ) from None
 
 
 def check_batch(

@@ -109,7 +109,7 @@ def list_layers(model: GraphIndex | ModelProto) -> list[Layer]:
                 op_types=tuple(n.op_type for n in nodes),
                 nodes=tuple(node_label(n, i) for i, n in members),
                 input=(floats or inputs or [None])[0],
-                output=outside[-1] if outside else nodes[-1].output[0],
+                output=outside[-1] if outside else (list(nodes[-1].output) or [""])[0],
                 has_metadata=has_meta,
             )
         )

@@ -453,6 +453,7 @@ def load_model(
     read, whatever *load_external* says; failures raise ModelError or InputError.
     """
     if isinstance(model, ModelProto):
+        _check_text(model, "the model given in memory")
         if has_external_data(model):
             check_external_data(
                 model,
@@ -463,6 +464,7 @@ def load_model(
         return model
     path = Path(model)
     proto, size = _read_model(path)
+    _check_text(proto, str(path))
     tensors = check_external_data(proto, path.parent, source=str(path))
     if load_external and tensors:
         total = size + _file_bytes(tensors)
@@ -474,3 +476,18 @@ def load_model(
 def model_sha256(model: ModelProto) -> str:
     """Hash of the serialized model (deterministic serialization)."""
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _check_text(model: ModelProto, source: str) -> None:
+    """Refuse names that are not valid UTF-8 (protobuf hands them over as bytes)."""
+    graph = model.graph
+    texts = [graph.name]
+    texts += [v.name for v in (*graph.input, *graph.output, *graph.value_info)]
+    for node in graph.node:
+        texts += [node.name, node.op_type, node.domain, *node.input, *node.output]
+    bad = next((t for t in texts if not isinstance(t, str)), None)
+    if bad is not None:
+        raise ModelError(
+            f"{source} holds a name that is not valid UTF-8 ({bad[:40]!r}); the file is "
+            "damaged or not an ONNX model"
+        )

@@ -173,6 +173,8 @@ class Instrumented:
         self.model = add_outputs(self.original, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
+        if not self.output_names:
+            raise ModelError("the model declares no graph outputs; it cannot be run")
         self.plan: ThreadPlan = plan_threads(providers, threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
         self.session = make_session(

@@ -57,7 +57,15 @@ def kernel_view(x: Any, axis: int) -> np.ndarray:
 
     Raises DTypeError for other dtypes and InputError for a rank below 2 or a bad axis.
     """
-    x = np.asarray(x)
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"cannot count states of this data: {' '.join(str(exc).split())}"
+        ) from None
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise InputError(f"the neuron axis must be an integer, got {axis!r}")
+    axis = int(axis)
     kdt = _KERNEL_DTYPES.get(x.dtype)
     if kdt is None:
         raise DTypeError(

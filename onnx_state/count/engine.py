@@ -208,7 +208,11 @@ class ParallelCounting:
         pieces: list[tuple[Any, Any, int, bool]] = []
         for key, counter in self.counters.items():
             tensor, axis = key
-            x = np.asarray(captured[tensor])
+            try:
+                x = np.asarray(captured[tensor])
+            except (ValueError, TypeError) as exc:
+                why = " ".join(str(exc).split())
+                raise InputError(f"cannot count states of this data: {why}") from None
             n = x.shape[0] if x.ndim else 0
             valid = x.ndim >= 2 and -x.ndim <= axis < x.ndim
             if valid:
@@ -297,6 +301,8 @@ def count_states(
     """
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise InputError(f"the neuron axis must be an integer, got {axis!r}")
     counter = StateCounter() if counter is None else counter
     workers = threads or min(available_cpus(), MAX_COUNTING_THREADS)
     with ParallelCounting({("x", axis): counter}, workers, shard_any=True) as engine:
