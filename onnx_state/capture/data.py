@@ -350,15 +350,7 @@ def iter_batches(
     data = open_data(data)
     mapping = as_inputs(data, names)
     if mapping is not None:
-        if not mapping:
-            raise InputError("the data dict is empty; give one array per model input")
-        for k, v in mapping.items():
-            if getattr(v, "ndim", 1) == 0:
-                raise InputError(
-                    f"input {k!r} is a 0-d array, which cannot be split into samples; pass it "
-                    "as a constant instead (constants= / --const)"
-                )
-        check_batch({k: _head(v) for k, v in mapping.items()}, specs, constants, head=True)
+        check_inputs(mapping, specs, constants)
         lengths = {k: _length(v) for k, v in mapping.items()}
         if len(set(lengths.values())) > 1:
             raise InputError(f"inputs differ in length: {lengths}")
