@@ -65,6 +65,11 @@ def load_torch_module(spec: str, weights: str | os.PathLike[str] | None = None) 
         module = factory()
     except Exception as exc:  # whatever the user's constructor raises
         raise InputError(f"{spec}() failed: {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise InputError(
+            f"{spec}() returned a {type(module).__name__}, not a torch.nn.Module; give a module "
+            "class or a function that builds one"
+        )
     if weights is not None:
         if not Path(weights).is_file():
             raise InputError(f"state-dict file {weights!r} does not exist")

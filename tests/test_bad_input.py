@@ -259,3 +259,28 @@ def test_bad_input_is_one_line_and_exit_2(d, case):
 
 def test_there_are_at_least_sixty_cases():
     assert len(CASES) >= 60
+
+
+def test_malformed_exporter_metadata_and_a_factory_that_builds_no_module(tmp_path):
+    import sys
+
+    from onnx_state.capture.metadata import META_NEURON_AXIS
+    from tests.models import tag
+
+    model, _ = conv_net()
+    tag(model.graph.node[0], "conv", "Conv2d")
+    p = model.graph.node[0].metadata_props.add()
+    p.key, p.value = META_NEURON_AXIS, "channels"
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", int_data(4))
+    r = run_cli("analyze", tmp_path / "m.onnx", "--data", tmp_path / "x.npy", "-q")
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "'channels', which is not an integer" in r.output
+    pytest.importorskip("torch")
+    (tmp_path / "factories.py").write_text("def make():\n    return 42\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        r = run_cli("export", "factories:make", tmp_path / "o.onnx", "--input-shape", "1,2")
+    finally:
+        sys.path.remove(str(tmp_path))
+    assert r.exit_code == 2 and "returned a int, not a torch.nn.Module" in r.output, r.output

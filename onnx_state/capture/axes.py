@@ -15,6 +15,7 @@ from onnx import ModelProto
 
 from onnx_state.capture.index import GraphIndex, as_index, node_meta
 from onnx_state.capture.metadata import META_NEURON_AXIS
+from onnx_state.errors import ModelError
 
 __all__ = ["neuron_axis"]
 
@@ -47,7 +48,13 @@ def _axis_of(index: GraphIndex, name: str, depth: int) -> int:
         return int(index.input_axes.get(name, 1))
     meta = node_meta(node).get(META_NEURON_AXIS)
     if meta is not None:
-        return int(meta)
+        try:
+            return int(meta)
+        except ValueError:
+            raise ModelError(
+                f"node {node.name or node.op_type!r} has {META_NEURON_AXIS} metadata {meta!r}, "
+                "which is not an integer; fix the export or override it with neuron_axes"
+            ) from None
     op = node.op_type.lower()
     rank = index.rank(name)
     if op in _CHANNEL_OPS:
