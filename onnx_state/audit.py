@@ -34,6 +34,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_schema,
     check_str,
     label,
     shown,
@@ -214,13 +215,7 @@ class Audit:
 
         Raises StoreError, one line naming the field at fault and what was expected.
         """
-        check_dict(d, "audit")
-        version = d.get("schema_version", MISSING)
-        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
-            raise StoreError(
-                f"audit: not an onnx_state audit of schema version {SCHEMA_VERSION} "
-                f"(schema {shown(d.get('schema', MISSING))}, schema_version {shown(version)})"
-            )
+        check_schema(d, "audit", SCHEMA, SCHEMA_VERSION, "audit")
         _check_audit(d)
         names = [f.name for f in fields(LayerAudit)]
         layers = [LayerAudit(**{k: la[k] for k in names}) for la in d["layers"]]

@@ -47,6 +47,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_schema,
     check_str,
     label,
     shown,
@@ -297,13 +298,7 @@ class Comparison:
 
         Raises StoreError, one line naming the field at fault and what was expected.
         """
-        check_dict(d, "comparison")
-        version = d.get("schema_version", MISSING)
-        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
-            raise StoreError(
-                f"comparison: not an onnx_state comparison of schema version {SCHEMA_VERSION} "
-                f"(schema {shown(d.get('schema', MISSING))}, schema_version {shown(version)})"
-            )
+        check_schema(d, "comparison", SCHEMA, SCHEMA_VERSION, "comparison")
         _check_comparison(d)
         return cls(
             pairs=[_pair_from_dict(p) for p in d["pairs"]],

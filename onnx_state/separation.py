@@ -40,7 +40,7 @@ from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
 from onnx_state.outputs import check_output
-from onnx_state.store import MISSING, check_dict, check_int, check_list, shown
+from onnx_state.store import MISSING, check_dict, check_int, check_list, check_schema, shown
 
 __all__ = [
     "FORMULAS",
@@ -203,14 +203,7 @@ class SeparationResult:
     @classmethod
     def _checked(cls, d: Any, where: str) -> SeparationResult:
         """``from_dict`` with messages that start with *where* (a path, or a description)."""
-        check_dict(d, where)
-        version = d.get("schema_version", MISSING)
-        if d.get("schema") != SCHEMA or type(version) is not int or version != SCHEMA_VERSION:
-            raise StoreError(
-                f"{where}: not an onnx_state separation result of schema version "
-                f"{SCHEMA_VERSION} (schema {shown(d.get('schema', MISSING))}, schema_version "
-                f"{shown(version)})"
-            )
+        check_schema(d, where, SCHEMA, SCHEMA_VERSION, "separation result")
         classes = check_list(d.get("classes", MISSING), f"{where}: classes", "int", True)
         if len(classes) < 2:
             raise StoreError(f"{where}: classes is {shown(classes)}; expected at least two")

@@ -41,6 +41,7 @@ __all__ = [
     "check_int",
     "check_list",
     "check_number",
+    "check_schema",
     "check_str",
     "is_store",
     "label",
@@ -292,6 +293,19 @@ def check_list(value: Any, what: str, item: str, distinct: bool = False) -> list
                 )
             seen[v] = i
     return list(value)
+
+
+def check_schema(d: Any, where: str, schema: str, version: int, kind: str) -> dict[str, Any]:
+    """*d* as a dict of result JSON of *schema* at *version*, else a StoreError that starts
+    with *where* and names the *kind* of result expected."""
+    checked = check_dict(d, where)
+    got = checked.get("schema_version", MISSING)
+    if checked.get("schema") != schema or type(got) is not int or got != version:
+        raise StoreError(
+            f"{where}: not an onnx_state {kind} of schema version {version} (schema "
+            f"{shown(checked.get('schema', MISSING))}, schema_version {shown(got)})"
+        )
+    return checked
 
 
 def check_dict(value: Any, what: str) -> dict[str, Any]:
