@@ -138,7 +138,9 @@ def recover(path: str | os.PathLike[str]) -> None:
     target = Path(path).absolute()
     if not target.parent.is_dir():
         return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    olds = sorted(  # newest first: the store the crashed overwrite had just set aside
+        target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
     for old in olds:
         if not target.exists() and is_store(old):
             old.rename(target)
