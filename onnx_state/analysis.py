@@ -17,6 +17,7 @@ from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
+from onnx_state.outputs import check_output
 from onnx_state.results import Analysis, LayerResult, States
 
 __all__ = ["analyze", "layer_result"]
@@ -43,6 +44,7 @@ def analyze(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> Analysis:
     """Analyse the state space of the chosen layers of *model* on *data*.
 
@@ -102,11 +104,17 @@ def analyze(
         Continue the run whose checkpoint is at *checkpoint*: its batches are read again
         only for the fingerprint (which must match), not run; the result equals an
         uninterrupted run's exactly.
+    overwrite:
+        With *checkpoint* (and no *resume*): replace an existing store there.
+
+    With *checkpoint*, the finished result is also saved there as a complete store.
     """
     if (checkpoint_every is not None or resume) and checkpoint is None:
         raise InputError("checkpoints need a store path: give checkpoint= (CLI: --output)")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
+    if checkpoint is not None and not resume:  # before the run, not after it
+        check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
         providers=providers, threads=threads, optimization=optimization,
@@ -124,6 +132,13 @@ def analyze(
     if resume:
         assert checkpoint is not None
         state = _resume(checkpoint, inst, sha, counters)
+        given = None if accuracy is None else len(accuracy.labels)
+        if state.get("labels") != given or state.get("with_parity") != parity:
+            raise InputError(
+                f"the checkpoint {checkpoint} was written with labels={state.get('labels')} "
+                f"and parity={state.get('with_parity')}, this run has labels={given} and "
+                f"parity={parity}; resume with the same options"
+            )
         done, n_samples, parity_diff = state["batches"], state["n_samples"], state["parity"]
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
@@ -161,8 +176,10 @@ def analyze(
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
                 )  # fmt: skip
-                partial.save(checkpoint, checkpoint={
+                partial.save(checkpoint, overwrite=True, checkpoint={
                     "batches": done, "n_samples": n_samples, "parity": parity_diff,
+                    "with_parity": parity, "labels": None if accuracy is None else len(
+                        accuracy.labels),
                     "correct": 0 if accuracy is None else accuracy.correct,
                     "seen": 0 if accuracy is None else accuracy.seen,
                     "fingerprint": digest.hexdigest(),
@@ -174,7 +191,7 @@ def analyze(
         warnings.warn(
             f"{nans} NaN activations were counted as not firing", RuntimeWarning, stacklevel=2
         )
-    return Analysis(
+    result = Analysis(
         layers=layers,
         n_samples=n_samples,
         model_sha256=sha,
@@ -184,6 +201,9 @@ def analyze(
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
     )
+    if checkpoint is not None:  # the finished run replaces its checkpoints
+        result.save(checkpoint, overwrite=True)
+    return result
 
 
 def _resume(

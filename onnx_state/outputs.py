@@ -90,7 +90,7 @@ def deferred_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    for signum in dict.fromkeys(held):
-        signal.raise_signal(signum)  # now handled (or deadly) as usual
+        for s, handler in previous.items():  # None: set outside Python; use the default
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(held):  # even if the block failed: never lose one
+            signal.raise_signal(signum)  # now handled (or deadly) as usual

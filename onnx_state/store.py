@@ -22,7 +22,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import time
 import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -98,7 +100,9 @@ def write_store(
 
     target = Path(path).absolute()
     recover(target)
-    check_output(path, overwrite=overwrite or checkpoint is not None, kind="store",
+    # A checkpoint replaces the run's own earlier checkpoint; anything else needs overwrite.
+    replaces_checkpoint = checkpoint is not None and _is_checkpoint(target)
+    check_output(path, overwrite=overwrite or replaces_checkpoint, kind="store",
                  is_ours=is_store)  # fmt: skip
     tmp = target.with_name(f".{target.name}.partial-{uuid.uuid4().hex[:8]}")
     with deferred_interrupts():
@@ -128,26 +132,34 @@ def write_store(
                 shutil.rmtree(tmp)
 
 
-def recover(path: str | os.PathLike[str]) -> None:
+def recover(path: str | os.PathLike[str], tidy: bool = True) -> None:
     """Repair what a crash (SIGKILL, power loss) can leave beside the store at *path*.
 
     A crash between the two renames of an overwrite leaves no store at *path* and the old
-    one under a hidden ``.NAME.old-*`` name: it is put back. Hidden ``.NAME.partial-*``
-    folders of a save that never finished are deleted.
+    one under a hidden ``.NAME.old-<8 hex>`` name: it is put back. With *tidy* (writes),
+    set-aside stores left after a completed overwrite, and ``.NAME.partial-<8 hex>``
+    folders of a save that never finished (an hour old or more: another process may be
+    saving right now), are deleted. Only names of exactly that form are touched.
     """
     target = Path(path).absolute()
     if not target.parent.is_dir():
         return
+    ours = re.compile(re.escape(f".{target.name}.") + r"(old|partial)-[0-9a-f]{8}")
+    left = [p for p in target.parent.iterdir() if ours.fullmatch(p.name) and p.is_dir()]
     olds = sorted(  # newest first: the store the crashed overwrite had just set aside
-        target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True
+        (p for p in left if ".old-" in p.name), key=lambda p: p.stat().st_mtime, reverse=True
     )
     for old in olds:
         if not target.exists() and is_store(old):
             old.rename(target)
-        elif is_store(old):
-            shutil.rmtree(old)
-    for partial in target.parent.glob(f".{target.name}.partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)
+        elif tidy and is_store(old):
+            shutil.rmtree(old, ignore_errors=True)
+    if not tidy:
+        return
+    stale = time.time() - 3600  # another process may be saving right now: leave fresh ones
+    for partial in (p for p in left if ".partial-" in p.name):
+        if partial.stat().st_mtime < stale:
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def read_store(
@@ -166,7 +178,7 @@ def read_store(
     import zarr
 
     source = Path(path)
-    recover(source)
+    recover(source, tidy=False)  # puts back a store a crashed overwrite had set aside
     if not source.is_dir():
         raise StoreError(f"results store {str(source)!r} does not exist")
     try:
@@ -491,6 +503,17 @@ def _check_no_extra_layers(root: Any, n: int, source: str) -> None:
             if n
             else f"{source}: layers/{extra[0]} is there but layer_order names no layers"
         )
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """A results store that holds the checkpoint of an unfinished run."""
+    import json
+
+    try:
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+        return bool(is_store(path) and attrs.get("complete") is False and "checkpoint" in attrs)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def is_store(path: Path) -> bool:

@@ -120,9 +120,16 @@ def test_a_crash_between_the_renames_of_an_overwrite_is_repaired(net, tmp_path):
     # What SIGKILL between the two renames leaves: the old store aside, a partial new one.
     (tmp_path / "r.zarr").rename(tmp_path / ".r.zarr.old-1234abcd")
     (tmp_path / ".r.zarr.partial-5678abcd").mkdir()
-    b = onnx_state.Analysis.load(tmp_path / "r.zarr")
+    (tmp_path / ".r.zarr.old-mybackup").mkdir()  # a user's own folder: never touched
+    b = onnx_state.Analysis.load(tmp_path / "r.zarr")  # a read puts the store back
     assert b.layers == a.layers
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.zarr"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [".r.zarr.old-mybackup", ".r.zarr.partial-5678abcd", "r.zarr"]
+    import os
+
+    os.utime(tmp_path / ".r.zarr.partial-5678abcd", (0, 0))  # an hour old and more
+    a.save(tmp_path / "r.zarr", overwrite=True)  # a write tidies stale leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.zarr.old-mybackup", "r.zarr"]
 
 
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
@@ -181,11 +188,28 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
 def test_resume_refuses_other_data_another_model_and_a_complete_store(net, tmp_path):
     model, _, x, _ = net
     path = tmp_path / "c.zarr"
-    full = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
-                              checkpoint_every=2)  # fmt: skip
+
+    def interrupted():  # batches of 10, then Ctrl-C after the checkpoint of batch 4
+        for i in range(5):
+            yield x[10 * i : 10 * i + 10]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        onnx_state.analyze(model, interrupted(), attach_to="Conv", checkpoint=path,
+                           checkpoint_every=2)  # fmt: skip
+    full = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10)
     resumed = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
                                  resume=True)  # fmt: skip
     assert resumed.layers == full.layers and resumed.data_fingerprint == full.data_fingerprint
+    assert onnx_state.Analysis.load(path).layers == full.layers  # saved complete at the end
+    with pytest.raises(InputError, match="already exists"):  # a new run needs overwrite
+        onnx_state.analyze(model, x, attach_to="Conv", checkpoint=path, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        onnx_state.analyze(model, interrupted(), attach_to="Conv", checkpoint=path,
+                           checkpoint_every=2, overwrite=True)  # fmt: skip
+    with pytest.raises(InputError, match="labels=None and parity=True, this run has labels=53"):
+        onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
+                           resume=True, labels=np.zeros(len(x), int))  # fmt: skip
     with pytest.raises(InputError, match="the data differs"):
         onnx_state.analyze(model, x[::-1].copy(), attach_to="Conv", batch_size=10,
                            checkpoint=path, resume=True)  # fmt: skip
@@ -196,3 +220,14 @@ def test_resume_refuses_other_data_another_model_and_a_complete_store(net, tmp_p
     with pytest.raises(StoreError, match="no checkpoint"):
         onnx_state.analyze(model, x, attach_to="Conv", checkpoint=tmp_path / "done.zarr",
                            resume=True)  # fmt: skip
+
+
+def test_a_signal_held_during_a_failed_save_is_not_lost():
+    import signal
+
+    from onnx_state.outputs import deferred_interrupts
+
+    with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+        signal.raise_signal(signal.SIGINT)
+        raise OSError("disk full")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

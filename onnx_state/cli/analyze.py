@@ -62,13 +62,14 @@ def analyze_command(
         raise InputError("--checkpoint-every and --resume need --output (the store to write)")
     if output and not resume:  # before the run, not after it
         check_output(output, overwrite=overwrite, kind="store", is_ours=is_store)
+    checkpointing = bool(checkpoint_every or resume)
     result = analyze(
         model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,
-        checkpoint=output if checkpoint_every or resume else None,
-        checkpoint_every=checkpoint_every, resume=resume, **options,
+        checkpoint=output if checkpointing else None, checkpoint_every=checkpoint_every,
+        resume=resume, overwrite=overwrite, **options,
     )  # fmt: skip
-    if output:
-        result.save(output, overwrite=overwrite or bool(checkpoint_every) or resume)
+    if output and not checkpointing:  # (a checkpointed run saved its result itself)
+        result.save(output, overwrite=overwrite)
     if as_json:
         echo_json(result.to_dict())
     else:
