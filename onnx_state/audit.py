@@ -30,6 +30,7 @@ from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult
 from onnx_state.store import (
     MISSING,
+    SLACK,
     check_dict,
     check_int,
     check_list,
@@ -68,12 +69,11 @@ def load_rules(path: str | os.PathLike[str]) -> dict[str, float]:
     return {k: float(v) for k, v in rules.items()}
 
 
-_SLACK = 1e-9  # rounding may carry an efficiency an ulp past its bound
 # Figures that only an audit against a reference has: (field, lowest, highest).
 _REFERENCE_FIGURES = (
     ("novelty", 0.0, 1.0),
     ("js_divergence", 0.0, 1.0),
-    ("efficiency_drift", -1 - _SLACK, 1 + _SLACK),
+    ("efficiency_drift", -1 - SLACK, 1 + SLACK),
 )
 
 
@@ -99,7 +99,7 @@ def _check_audit(d: dict[str, Any]) -> None:
         first[name] = i
         neurons = check_int(la.get("neurons", MISSING), f"{at}: neurons", minimum=1)
         state_count = check_int(la.get("state_count", MISSING), f"{at}: state_count", 0)
-        check_number(la.get("efficiency", MISSING), f"{at}: efficiency", 0, 1 + _SLACK)
+        check_number(la.get("efficiency", MISSING), f"{at}: efficiency", 0, 1 + SLACK)
         dead = _neuron_indices(la.get("dead", MISSING), f"{at}: dead", neurons)
         always_on = _neuron_indices(la.get("always_on", MISSING), f"{at}: always_on", neurons)
         coverage = check_number(la.get("coverage", MISSING), f"{at}: coverage", 0, 1)

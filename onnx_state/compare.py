@@ -43,6 +43,7 @@ from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
 from onnx_state.store import (
     MISSING,
+    SLACK,
     check_dict,
     check_int,
     check_list,
@@ -618,7 +619,6 @@ _COMPARISON_FIELDS = (
     "accuracy_a", "accuracy_b", "threshold",
 )  # fmt: skip
 
-_SLACK = 1e-9  # rounding may carry a cosine or an efficiency an ulp past its bound
 # The figures of a compared pair read back: (field, lowest, highest; None: no bound).
 _PAIR_FIGURES: tuple[tuple[str, float, float | None], ...] = (
     ("state_agreement", 0, 1),
@@ -626,9 +626,9 @@ _PAIR_FIGURES: tuple[tuple[str, float, float | None], ...] = (
     ("neuron_agreement_min", 0, 1),
     ("max_abs_diff", 0, None),
     ("mean_abs_diff", 0, None),
-    ("cosine", -1 - _SLACK, 1 + _SLACK),
-    ("efficiency_a", 0, 1 + _SLACK),
-    ("efficiency_b", 0, 1 + _SLACK),
+    ("cosine", -1 - SLACK, 1 + SLACK),
+    ("efficiency_a", 0, 1 + SLACK),
+    ("efficiency_b", 0, 1 + SLACK),
     ("js_divergence", 0, 1),
 )
 

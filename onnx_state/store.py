@@ -309,6 +309,11 @@ def check_list(value: Any, what: str, item: str, distinct: bool = False) -> list
     return list(value)
 
 
+# Rounding may carry a figure read back from JSON (a cosine, an efficiency) an ulp past
+# its bound; range checks allow this much.
+SLACK = 1e-9
+
+
 def check_schema(d: Any, where: str, schema: str, version: int, kind: str) -> dict[str, Any]:
     """*d* as a dict of result JSON of *schema* at *version*, else a StoreError that starts
     with *where* and names the *kind* of result expected."""
