@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import ModelProto
 
 from onnx_state import store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
+from onnx_state.capture.data import data_specs, resolve_batch_size
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
+from onnx_state.count.engine import MAX_COUNTING_THREADS
 from onnx_state.errors import InputError, StoreError
-from onnx_state.labels import accuracy_of
+from onnx_state.labels import accuracy_of, labels_array
 from onnx_state.outputs import check_output
 from onnx_state.results import Analysis, LayerResult, States
 
@@ -45,6 +49,7 @@ def analyze(
     checkpoint_every: int | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    cluster: Any = None,
 ) -> Analysis:
     """Analyse the state space of the chosen layers of *model* on *data*.
 
@@ -106,9 +111,23 @@ def analyze(
         uninterrupted run's exactly.
     overwrite:
         With *checkpoint* (and no *resume*): replace an existing store there.
+    cluster:
+        Run on Dask (extra ``[dask]``): a ``distributed.Client``, a scheduler address, or a
+        number of worker processes to start for the call. The result is identical; see
+        ``onnx_state.distributed`` (no checkpoints, resume or kept outputs there).
 
     With *checkpoint*, the finished result is also saved there as a complete store.
     """
+    if cluster is not None:
+        return _analyze_on(
+            cluster, model, data, labels=labels, attach_to=attach_to, exclude=exclude,
+            method=method, neuron_axes=neuron_axes, batch_size=batch_size,
+            constants=constants, output_batch_axis=output_batch_axis, providers=providers,
+            threads=threads, optimization=optimization, parity=parity, progress=progress,
+            checkpoint=checkpoint, overwrite=overwrite,
+            refused={"checkpoint_every": checkpoint_every, "resume": resume,
+                     "keep_outputs": keep_outputs},
+        )  # fmt: skip
     if (checkpoint_every is not None or resume) and checkpoint is None:
         raise InputError("checkpoints need a store path: give checkpoint= (CLI: --output)")
     if checkpoint_every is not None and checkpoint_every < 1:
@@ -267,3 +286,177 @@ def layer_result(capture: Capture, counter: StateCounter) -> LayerResult:
         nan_count=counter.nan_count,
         states=States.deferred(*counter.table_words(), counter.n_bytes),
     )
+
+
+# -- on a Dask cluster (onnx_state.distributed) --------------------------------------------
+@dataclass
+class _AnalyzePart:
+    """One range's (or several merged ranges') counters and tallies."""
+
+    start: int
+    counters: dict[tuple[str, int], StateCounter]
+    n_samples: int
+    correct: int
+    seen: int
+    parity: float | None
+
+
+@dataclass(frozen=True)
+class _AnalyzeRanges:
+    """analyze's work on one range of samples (see ``distributed.RangeWork``)."""
+
+    model: str | bytes  # a path every worker reads, or a serialized ModelProto
+    sha: str
+    selection: tuple[Any, ...]  # attach_to, exclude, method, neuron_axes
+    session: tuple[Any, ...]  # providers, threads, optimization
+    output_batch_axis: int | None
+    batch_size: int
+    constants: dict[str, np.ndarray]
+    parity: bool
+
+    def key(self) -> Hashable:
+        return ("analyze", self.sha, repr(self.selection), repr(self.session),
+                self.output_batch_axis)  # fmt: skip
+
+    def build(self, threads: int) -> tuple[Instrumented, int]:
+        return _instrument_on_worker(self.model, self.sha, self.selection, self.session,
+                                     self.output_batch_axis, threads)  # fmt: skip
+
+    def count(
+        self, context: tuple[Instrumented, int], data: Sequence[Mapping[str, Any]],
+        start: int, labels: Any,
+    ) -> _AnalyzePart:  # fmt: skip
+        inst, threads = context
+        counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+        accuracy = accuracy_of(labels)
+        part = _AnalyzePart(start, counters, 0, 0, 0, None)
+        with ParallelCounting(counters, min(threads, MAX_COUNTING_THREADS)) as counting:
+            for run in inst.stream(
+                data[0], self.batch_size, lambda r: counting(r.batch, r.captured), False,
+                overlap=not inst.plan.on_cpu, constants=self.constants,
+            ):  # fmt: skip
+                if self.parity and start == 0 and part.parity is None:
+                    part.parity = inst.parity(run.batch, run.outputs)
+                if accuracy is not None:
+                    accuracy.update(inst.class_scores(run), run.samples)
+                part.n_samples += run.samples
+        if accuracy is not None:
+            part.correct, part.seen = accuracy.correct, accuracy.seen
+        return part
+
+    def merge(self, partials: Sequence[_AnalyzePart]) -> _AnalyzePart:
+        first = min(partials, key=lambda p: p.start)
+        counters = {key: StateCounter() for key in first.counters}
+        for p in partials:  # into new counters: a task's inputs stay as they were
+            for key, counter in p.counters.items():
+                counters[key].merge(counter)
+        parity = next((p.parity for p in partials if p.parity is not None), None)
+        return _AnalyzePart(
+            first.start, counters, sum(p.n_samples for p in partials),
+            sum(p.correct for p in partials), sum(p.seen for p in partials), parity,
+        )  # fmt: skip
+
+
+def _instrument_on_worker(
+    model: str | bytes,
+    sha: str,
+    selection: tuple[Any, ...],
+    session: tuple[Any, ...],
+    output_batch_axis: int | None,
+    threads: int,
+) -> tuple[Instrumented, int]:
+    """The Instrumented model of a worker: onnxruntime on the worker's *threads* unless
+    the call fixed them; the model must be the one the client read."""
+    attach_to, exclude, method, neuron_axes = selection
+    providers, fixed_threads, optimization = session
+    source: str | ModelProto = model if isinstance(model, str) else onnx.load_from_string(model)
+    inst = Instrumented(
+        source, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
+        providers=providers, threads=fixed_threads or threads, optimization=optimization,
+        output_batch_axis=output_batch_axis,
+    )  # fmt: skip
+    if model_sha256(inst.original) != sha:
+        raise InputError(
+            f"a worker reads another model at {model!r} than the client; every worker needs "
+            "the same file at the same path"
+        )
+    return inst, fixed_threads or threads
+
+
+def _analyze_on(
+    cluster: Any,
+    model: str | os.PathLike[str] | ModelProto,
+    data: Any,
+    *,
+    refused: Mapping[str, Any],
+    labels: Any,
+    attach_to: Sequence[str] | str | None,
+    exclude: Sequence[str] | str,
+    method: Method,
+    neuron_axes: Mapping[str, int] | None,
+    batch_size: int | None,
+    constants: Mapping[str, Any] | None,
+    output_batch_axis: int | None,
+    providers: Sequence[str] | None,
+    threads: int | None,
+    optimization: Optimization,
+    parity: bool,
+    progress: bool | None,
+    checkpoint: str | os.PathLike[str] | None,
+    overwrite: bool,
+) -> Analysis:
+    """analyze() on a Dask cluster: the same result, from ranges run on the workers."""
+    from onnx_state import distributed
+
+    given = [name for name, value in refused.items() if value]
+    if given:
+        raise InputError(
+            f"{', '.join(given)} cannot be used with cluster= (a cluster recomputes the "
+            "ranges of a lost worker instead); drop one or the other"
+        )
+    if checkpoint is not None:  # before the run, not after it
+        check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
+    inst = Instrumented(
+        model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
+        providers=providers, threads=1, optimization=optimization,
+        output_batch_axis=output_batch_axis,
+    )  # fmt: skip
+    fixed = inst.constants(constants)
+    inputs, n = distributed.open_inputs(data, inst.specs, fixed)
+    size = resolve_batch_size(batch_size, data_specs(inst.specs, fixed), n)
+    y = None if labels is None else labels_array(labels)
+    if y is not None and len(y) != n:
+        raise InputError(f"got {len(y)} labels for {n} samples; they must match")
+    sha = model_sha256(inst.original)
+    work = _AnalyzeRanges(
+        os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else
+        inst.original.SerializeToString(), sha,
+        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes)),
+        (None if providers is None else list(providers), threads, optimization),
+        output_batch_axis, size, fixed, parity,
+    )  # fmt: skip
+    with distributed.connect(cluster) as client:
+        ran = distributed.run_ranges(
+            client, work, [inputs], n, size, constants=fixed, labels=y, progress=progress,
+            fingerprint=True,
+        )  # fmt: skip
+    part: _AnalyzePart = ran.merged
+    layers = [layer_result(c, part.counters[(c.tensor, c.axis)]) for c in inst.captures]
+    nans = sum(r.nan_count for r in layers)
+    if nans:
+        warnings.warn(
+            f"{nans} NaN activations were counted as not firing", RuntimeWarning, stacklevel=3
+        )
+    assert ran.fingerprint is not None
+    result = Analysis(
+        layers=layers,
+        n_samples=part.n_samples,
+        model_sha256=sha,
+        data_fingerprint=ran.fingerprint,
+        accuracy=None if y is None else part.correct / part.n_samples,
+        parity_max_abs_diff=part.parity,
+        onnx_state_version=__version__,
+    )
+    if checkpoint is not None:
+        result.save(checkpoint, overwrite=overwrite)
+    return result

@@ -1,0 +1,587 @@
+"""Runs over a Dask cluster: ranges of samples as pure tasks, counters merged in a tree.
+
+``analyze``, ``audit`` and ``compare`` take ``cluster=`` and hand their work here as a
+``RangeWork``: what one range of samples computes on a worker (``count``) and how partial
+results merge exactly (``merge``). This module owns the rest: connecting to a cluster
+(``connect``), cutting the data into ranges of whole batches aligned with its storage chunks
+(``plan_ranges``), telling workers where to read each range (zarr and ``.npy`` sources are
+read by the workers themselves; in-memory arrays are scattered; dask arrays are computed on
+the workers), one context (onnxruntime sessions) per worker process and work, progress,
+faults, and the data fingerprint.
+
+Results equal a single-process run's exactly: every range is a run of the same batches
+(range edges are multiples of the batch size), counters merge exactly, and the fingerprint
+is the same single XXH3 stream per input, hashed in sample order by one task that reads the
+data itself (the one serial part; see README "Scaling out").
+
+Dask is an extra (``pip install 'onnx-state[dask]'``), imported only when a cluster is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from onnx_state.capture.data import Fingerprint, InputSpec, as_inputs, check_inputs, open_data
+from onnx_state.errors import ArgumentError, InputError, MissingExtraError, ModelError, one_line
+
+__all__ = [
+    "MERGE_FAN_IN",
+    "RANGES_PER_THREAD",
+    "RangeWork",
+    "Ranges",
+    "connect",
+    "open_inputs",
+    "plan_ranges",
+    "run_ranges",
+    "worker_threads",
+]
+
+# Ranges per worker thread: enough to balance uneven workers and to lose little to a killed
+# one; few enough that per-range overhead (a counter per layer shipped) stays small.
+RANGES_PER_THREAD = 4
+# Partial results merged per merge task: the tree is log8(ranges) levels deep.
+MERGE_FAN_IN = 8
+# Samples hashed per read by the fingerprint task (bounded memory, large reads).
+_HASH_READ_BYTES = 32 << 20
+# Worker contexts (sessions) kept per worker process, most recently used last.
+_MAX_CONTEXTS = 4
+
+NO_ITERABLES = (
+    "cluster= needs data the workers can read by sample range: a .npy file, a zarr array "
+    "or group (a path or a URL), a numpy or dask array, or a dict of them by input name; "
+    "an iterable of batches can only be streamed in one process (drop cluster=)"
+)
+
+
+class RangeWork(Protocol):
+    """What one command computes on one range of samples; pickled to the workers.
+
+    ``build`` runs once per worker process (its result is cached under ``key()``);
+    ``count`` runs one range and returns a partial result that must pickle; ``merge`` adds
+    partial results exactly and must not change its arguments (a task may run twice).
+    """
+
+    def key(self) -> Hashable:
+        """Identifies the context ``build`` makes: the models and their settings."""
+        ...
+
+    def build(self, threads: int) -> Any:
+        """The worker-side context (sessions) for workers of *threads* threads."""
+        ...
+
+    def count(
+        self, context: Any, data: Sequence[Mapping[str, Any]], start: int, labels: Any
+    ) -> Any:
+        """The partial result of the range that starts at sample *start*: *data* holds each
+        data set's inputs over the range (arrays by name), *labels* its labels or None."""
+        ...
+
+    def merge(self, partials: Sequence[Any]) -> Any:
+        """One partial result holding all of *partials* (given in sample order)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """What ``run_ranges`` returns: the merged result, the fingerprint (or None), the
+    ranges run and the workers that ran them."""
+
+    merged: Any
+    fingerprint: str | None
+    ranges: list[tuple[int, int]]
+    workers: int
+
+
+# -- connecting -----------------------------------------------------------------------------
+def _distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise MissingExtraError(
+            "cluster= needs Dask: pip install 'onnx-state[dask]' (dask and distributed)"
+        ) from None
+    return distributed
+
+
+@contextlib.contextmanager
+def connect(cluster: Any) -> Iterator[Any]:
+    """A ``distributed.Client`` for *cluster*, for the duration of one call.
+
+    *cluster* is a Client (used as it is), a scheduler address (connected, then closed), or
+    a number N of worker processes to start on this machine for the call (one thread each).
+    """
+    distributed = _distributed()
+    if isinstance(cluster, distributed.Client):
+        yield cluster
+        return
+    if isinstance(cluster, bool) or not isinstance(cluster, (int, str)):
+        raise ArgumentError(
+            f"cluster must be a distributed.Client, a scheduler address or a number of "
+            f"workers, got {type(cluster).__name__}"
+        )
+    if isinstance(cluster, int):
+        if cluster < 1:
+            raise InputError(f"the number of workers must be at least 1, got {cluster}")
+        with (
+            distributed.LocalCluster(
+                n_workers=cluster,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as local,  # fmt: skip
+            distributed.Client(local) as client,
+        ):
+            yield client
+        return
+    try:
+        client = distributed.Client(cluster, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise InputError(
+            f"cannot reach a Dask scheduler at {cluster!r}: {one_line(exc)}; give the "
+            "address the scheduler prints (tcp://HOST:PORT)"
+        ) from None
+    with client:
+        yield client
+
+
+def worker_threads() -> int:
+    """Threads of the Dask worker this runs on (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return 1
+    state = getattr(worker, "state", worker)
+    return max(1, int(getattr(state, "nthreads", 1)))
+
+
+# -- the data -------------------------------------------------------------------------------
+def _is_dask(array: Any) -> bool:
+    return hasattr(array, "dask") and hasattr(array, "chunks") and hasattr(array, "compute")
+
+
+def _is_zarr(array: Any) -> bool:
+    return type(array).__module__.startswith("zarr") and hasattr(array, "store_path")
+
+
+def _open_url(value: Any) -> Any:
+    """A zarr array or group (a dict of its arrays) for a URL; anything else as it is."""
+    if not (isinstance(value, str) and "://" in value):
+        return value
+    import zarr
+
+    try:
+        node: Any = zarr.open(value, mode="r")
+    except Exception as exc:  # zarr and fsspec raise many kinds for a bad URL
+        raise InputError(f"cannot open the zarr data at {value}: {one_line(exc)}") from None
+    if hasattr(node, "dtype"):
+        return node
+    arrays = dict(node.arrays())
+    if not arrays:
+        raise InputError(f"{value} is a zarr group without arrays")
+    return next(iter(arrays.values())) if len(arrays) == 1 else arrays
+
+
+def open_inputs(
+    data: Any, specs: Sequence[InputSpec], constants: Mapping[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """*data* opened as arrays by input name (nothing read but their first sample) and its
+    number of samples; names, ranks, shapes and dtypes checked against *specs*.
+
+    An iterable of batches is refused: its ranges cannot be handed to workers.
+    """
+    if isinstance(data, Mapping):
+        data = {k: _open_url(v) for k, v in data.items()}
+    opened = open_data(_open_url(data))
+    names = [s.name for s in specs if s.name not in constants]
+    mapping = as_inputs(opened, names)
+    if mapping is None:
+        raise InputError(NO_ITERABLES)
+    mapping = dict(mapping)
+    for name, value in mapping.items():
+        if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+            raise InputError(f"input {name!r}: {NO_ITERABLES}")
+    check_inputs(mapping, specs, constants)
+    lengths = {k: int(v.shape[0]) for k, v in mapping.items()}
+    if len(set(lengths.values())) > 1:
+        raise InputError(f"inputs differ in length: {lengths}")
+    n = next(iter(lengths.values()))
+    if n == 0:
+        raise InputError("the data holds no samples")
+    return mapping, n
+
+
+def _chunk_edges(array: Any) -> list[int]:
+    """Sample indices where the storage chunks (zarr shards or chunks, dask blocks) end."""
+    if _is_dask(array):
+        return [int(e) for e in np.cumsum(array.chunks[0])]
+    if _is_zarr(array):
+        shards = getattr(array, "shards", None)
+        step = int((shards or array.chunks)[0])
+        return list(range(step, int(array.shape[0]) + step, step))
+    return []
+
+
+def plan_ranges(
+    n: int, batch_size: int, chunk_edges: Sequence[int], threads: int
+) -> list[tuple[int, int]]:
+    """Cut *n* samples into ranges of whole batches, each ending at a storage chunk's end
+    where the batches allow.
+
+    Every range but the last holds whole batches of *batch_size*, so each range runs the
+    same batches as one process would. Candidate ends are the chunk ends (rounded down to
+    a whole batch), else every batch; a range ends at the first candidate that makes it at
+    least ``n / (threads * RANGES_PER_THREAD)`` samples long.
+    """
+    if n < 1 or batch_size < 1 or threads < 1:
+        raise InputError(f"cannot plan ranges of {n} samples in batches of {batch_size}")
+    target = max(batch_size, math.ceil(n / (threads * RANGES_PER_THREAD)))
+    if chunk_edges:
+        ends = sorted({e - e % batch_size for e in chunk_edges} | {n})
+    else:
+        ends = [*range(batch_size, n, batch_size), n]
+    ranges, start = [], 0
+    for end in ends:
+        if end > n or end <= start:
+            continue
+        if end - start >= target or end == n:
+            ranges.append((start, end))
+            start = end
+    if start < n:
+        ranges.append((start, n))
+    return ranges
+
+
+class _Memmap:
+    """A memory-mapped ``.npy`` file, reopened by each worker."""
+
+    def __init__(self, array: Any) -> None:
+        self.filename = os.fspath(array.filename)
+        self.offset = int(array.offset)
+        self.dtype = array.dtype.str
+        self.shape: tuple[int, ...] = tuple(int(d) for d in array.shape)
+        self.fortran = bool(array.flags.f_contiguous and not array.flags.c_contiguous)
+
+    def open(self) -> Any:
+        try:
+            order: Literal["C", "F"] = "F" if self.fortran else "C"
+            return np.memmap(
+                self.filename, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
+                shape=self.shape, order=order,
+            )  # fmt: skip
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"a worker cannot read {self.filename}: {one_line(exc)}; every worker needs "
+                "the data at the same path"
+            ) from None
+
+
+class _Zarr:
+    """A zarr array on storage every worker reaches (its store pickles as a reference)."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def open(self) -> Any:
+        return self.array
+
+
+class _Window:
+    """Samples start .. stop of an array, indexed from 0, as ``iter_batches`` reads them; a
+    read that fails names the samples in the whole data, as one process would."""
+
+    def __init__(self, array: Any, start: int, stop: int, offset: int) -> None:
+        self.array, self.start, self.offset = array, start, offset
+        self.shape = (stop - start, *array.shape[1:])
+        self.dtype = array.dtype
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        a, b, _ = rows.indices(self.shape[0])
+        try:
+            return np.asarray(self.array[self.start + a : self.start + b])
+        except Exception as exc:  # zarr codecs and numpy memmaps raise their own kinds
+            why = " ".join(str(exc).split()) or type(exc).__name__
+            lo, hi = self.offset + a, self.offset + b
+            raise InputError(f"cannot read samples {lo}..{hi} of the data: {why}") from None
+
+
+def _source(array: Any) -> Any:
+    """How workers reach *array*: a _Memmap or _Zarr they open, or None (in memory)."""
+    if isinstance(array, np.memmap) and array.filename:
+        return _Memmap(array)
+    if _is_zarr(array):
+        store = type(array.store_path.store).__name__
+        return None if store == "MemoryStore" else _Zarr(array)
+    return None
+
+
+# -- the worker side ------------------------------------------------------------------------
+_CONTEXTS: OrderedDict[Hashable, tuple[threading.Lock, Any]] = OrderedDict()
+_CONTEXTS_LOCK = threading.Lock()
+
+
+def _context(work: RangeWork) -> tuple[threading.Lock, Any]:
+    """The context of *work* in this worker process, built on first use.
+
+    Its lock runs one range at a time: each range uses all of the worker's threads.
+    """
+    key = work.key()
+    with _CONTEXTS_LOCK:
+        entry = _CONTEXTS.get(key)
+        if entry is None:
+            entry = (threading.Lock(), work.build(worker_threads()))
+            _CONTEXTS[key] = entry
+            while len(_CONTEXTS) > _MAX_CONTEXTS:
+                _CONTEXTS.popitem(last=False)
+        _CONTEXTS.move_to_end(key)
+        return entry
+
+
+def _windows(parts: Mapping[str, Any], start: int, stop: int) -> dict[str, _Window]:
+    """Each input over samples start .. stop: a source is opened, an array is the range."""
+    out = {}
+    for name, part in parts.items():
+        if isinstance(part, (_Memmap, _Zarr)):
+            out[name] = _Window(part.open(), start, stop, start)
+        else:
+            out[name] = _Window(np.asarray(part), 0, stop - start, start)
+    return out
+
+
+def _range_task(
+    work: RangeWork, parts: Sequence[Mapping[str, Any]], start: int, stop: int, labels: Any
+) -> Any:
+    lock, context = _context(work)
+    data = [_windows(p, start, stop) for p in parts]
+    with lock:
+        return work.count(context, data, start, labels)
+
+
+def _merge_task(work: RangeWork, *partials: Any) -> Any:
+    return work.merge(partials)
+
+
+def _fingerprint_task(
+    parts: Mapping[str, Any], n: int, constants: Mapping[str, np.ndarray], step: int
+) -> str:
+    """The fingerprint of inputs read in sample order, *step* samples at a time."""
+    digest = Fingerprint(constants)
+    arrays = {name: _read_all(part, n) for name, part in parts.items()}
+    for start in range(0, n, step):
+        digest.update({name: a[start : start + step] for name, a in arrays.items()})
+    return digest.hexdigest()
+
+
+def _read_all(part: Any, n: int) -> Any:
+    """An input as an array-like over all *n* samples (a dask array is computed from the
+    worker, range by range, as it is sliced)."""
+    if isinstance(part, (_Memmap, _Zarr)):
+        return _Window(part.open(), 0, n, 0)
+    return _DaskRows(part) if _is_dask(part) else part
+
+
+class _DaskRows:
+    """Rows of a dask array computed on demand from inside a task."""
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        from distributed import worker_client
+
+        try:
+            from distributed import get_worker
+
+            get_worker()
+        except ValueError:  # on the client: its default scheduler is the cluster
+            return np.asarray(self.array[rows].compute())
+        with worker_client() as client:  # leaves the worker's pool while it waits
+            return np.asarray(client.compute(self.array[rows]).result())
+
+
+# -- the client side ------------------------------------------------------------------------
+def run_ranges(
+    client: Any,
+    work: RangeWork,
+    datasets: Sequence[Mapping[str, Any]],
+    n: int,
+    batch_size: int,
+    *,
+    constants: Mapping[str, np.ndarray] | None = None,
+    labels: np.ndarray | None = None,
+    progress: bool | None = None,
+    fingerprint: bool = False,
+) -> Ranges:
+    """Run *work* over every range of *n* samples on *client*'s workers and merge the
+    partial results in a tree.
+
+    Parameters
+    ----------
+    client:
+        A ``distributed.Client`` (see ``connect``).
+    work:
+        What each range computes (see ``RangeWork``).
+    datasets:
+        One or more data sets of *n* samples (from ``open_inputs``), run range by range in
+        lock-step: ``work.count`` gets each one's inputs over the same samples.
+    batch_size:
+        Samples per onnxruntime run; range edges are multiples of it.
+    constants:
+        The first data set's constant inputs, for its fingerprint.
+    labels:
+        One label per sample; each range gets its own.
+    progress:
+        Show a progress bar over batches; None shows one when stderr is a terminal.
+    fingerprint:
+        Hash the first data set in sample order (``Fingerprint``), on a worker for data
+        the workers read, on the client for in-memory or dask data.
+
+    A range that fails fails the call with its error (the earliest range's, when several
+    fail); a range whose worker died is run again elsewhere (Dask's retries).
+    """
+    distributed = _distributed()
+    client.wait_for_workers(1, timeout=60)
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    threads = sum(int(w.get("nthreads", 1)) for w in info.values()) or 1
+    edges = sorted({e for d in datasets for a in d.values() for e in _chunk_edges(a)})
+    ranges = plan_ranges(n, batch_size, edges, threads)
+    parts = [_range_parts(client, d, ranges) for d in datasets]
+    futures = [
+        client.submit(
+            _range_task,
+            work,
+            [p[i] for p in parts],
+            a,
+            b,
+            None if labels is None else labels[a:b],
+            pure=False,
+        )
+        for i, (a, b) in enumerate(ranges)
+    ]
+    digest = None
+    hashing = None
+    if fingerprint:
+        sources = {k: _source(v) or v for k, v in datasets[0].items()}
+        step = max(1, _HASH_READ_BYTES // max(1, _sample_bytes(datasets[0])))
+        step = max(batch_size, step - step % batch_size)
+        # In-memory arrays (numpy, zarr in memory) are on the client already: hash them here.
+        if any(isinstance(s, np.ndarray) or _is_zarr(s) for s in sources.values()):
+            digest = _fingerprint_task(sources, n, dict(constants or {}), step)
+        else:
+            hashing = client.submit(
+                _fingerprint_task, sources, n, dict(constants or {}), step, pure=False
+            )
+    level = futures
+    while len(level) > 1:
+        level = [
+            client.submit(_merge_task, work, *level[i : i + MERGE_FAN_IN], pure=False)
+            for i in range(0, len(level), MERGE_FAN_IN)
+        ]
+    root = level[0]
+    try:
+        _follow(distributed, futures, ranges, batch_size, progress)
+        merged = root.result()
+        if hashing is not None:
+            digest = hashing.result()
+    except BaseException:
+        client.cancel([*futures, root, *([hashing] if hashing is not None else [])])
+        raise
+    return Ranges(merged, digest, ranges, len(info))
+
+
+def _sample_bytes(inputs: Mapping[str, Any]) -> int:
+    return sum(int(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:])) for a in inputs.values())
+
+
+def _range_parts(
+    client: Any, inputs: Mapping[str, Any], ranges: Sequence[tuple[int, int]]
+) -> list[dict[str, Any]]:
+    """What each range task gets per input: a source the worker opens, or the range itself
+    (in-memory arrays scattered, dask arrays computed on the workers)."""
+    out: list[dict[str, Any]] = [{} for _ in ranges]
+    for name, array in inputs.items():
+        source = _source(array)
+        if source is not None:
+            for part in out:
+                part[name] = source
+        elif _is_dask(array):
+            for part, (a, b) in zip(out, ranges):
+                part[name] = client.compute(array[a:b])
+        else:
+            slices = [np.ascontiguousarray(array[a:b]) for a, b in ranges]
+            for part, future in zip(out, client.scatter(slices, hash=False)):
+                part[name] = future
+    return out
+
+
+def _follow(
+    distributed: Any,
+    futures: Sequence[Any],
+    ranges: Sequence[tuple[int, int]],
+    batch_size: int,
+    progress: bool | None,
+) -> None:
+    """Wait for every range, advancing a progress bar by its batches; on a failure, raise
+    the error of the earliest range that failed (as one process would meet it first)."""
+    index = {f.key: i for i, f in enumerate(futures)}
+    with _progress(-(-ranges[-1][1] // batch_size), progress) as bar:
+        for future in distributed.as_completed(futures):
+            if future.status == "error":
+                first = index[future.key]
+                for later in futures[first + 1 :]:
+                    later.cancel()
+                distributed.wait(futures[:first])
+                failed = [f for f in futures[: first + 1] if f.status == "error"]
+                raise _error(failed[0], ranges[index[failed[0].key]])
+            a, b = ranges[index[future.key]]
+            bar.update(-(-(b - a) // batch_size))
+
+
+def _error(future: Any, samples: tuple[int, int]) -> BaseException:
+    """The error of a failed range: its own OnnxStateError, or one line for a lost worker."""
+    exc = future.exception()
+    if type(exc).__name__ == "KilledWorker":
+        return ModelError(
+            f"the workers running samples {samples[0]}..{samples[1]} died each time (out of "
+            "memory, or a crash in onnxruntime); run those samples in one process to see why"
+        )
+    return exc  # type: ignore[no-any-return]
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool | None) -> Any:
+    """A tqdm bar over batches, as local runs show, or a stand-in when disabled."""
+    import sys
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="batch", leave=False)
