@@ -324,7 +324,7 @@ class _AnalyzeRanges:
 
     def count(
         self, context: tuple[Instrumented, int], data: Sequence[Mapping[str, Any]],
-        start: int, labels: Any,
+        start: int, labels: Any, shared: Any,
     ) -> _AnalyzePart:  # fmt: skip
         inst, threads = context
         counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,13 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.analysis import layer_result
+from onnx_state.analysis import _instrument_on_worker, layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
+from onnx_state.capture.data import data_specs, resolve_batch_size
+from onnx_state.capture.load import model_sha256
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError
-from onnx_state.labels import accuracy_of
+from onnx_state.labels import Accuracy, accuracy_of
 from onnx_state.results import Analysis, LayerResult
 from onnx_state.store import (
     MISSING,
@@ -356,6 +358,7 @@ def audit(
     threads: int | None = None,
     optimization: Optimization = "all",
     progress: bool | None = False,
+    cluster: Any = None,
 ) -> Audit:
     """Audit the chosen layers of *model* on *data*, optionally against a reference store.
 
@@ -378,6 +381,8 @@ def audit(
         The onnxruntime session (as for ``analyze``).
     progress:
         Show a progress bar; None shows one when stderr is a terminal.
+    cluster:
+        Run on Dask (as for ``analyze``); the result is identical.
     """
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
@@ -402,10 +407,15 @@ def audit(
 
     accuracy = accuracy_of(labels)
     n = 0
-    for run in inst.stream(data, batch_size, consume, progress, constants=constants):
-        if accuracy is not None:
-            accuracy.update(inst.class_scores(run), run.samples)
-        n += run.samples
+    if cluster is not None:  # the same watches and tallies, from ranges run on Dask
+        n = _audit_on(cluster, model, inst, watches, accuracy, data, batch_size, constants,
+                      top_k, (attach_to, exclude, method, neuron_axes),
+                      (providers, threads, optimization), output_batch_axis, progress)  # fmt: skip
+    else:
+        for run in inst.stream(data, batch_size, consume, progress, constants=constants):
+            if accuracy is not None:
+                accuracy.update(inst.class_scores(run), run.samples)
+            n += run.samples
     top1 = None if accuracy is None else accuracy.result(n)
     layers = []
     novelty_by_layer = {}
@@ -452,3 +462,127 @@ def audit(
 
 def _describe(reference: Any) -> str:
     return "<Analysis object>" if isinstance(reference, Analysis) else os.fspath(reference)
+
+
+# -- on a Dask cluster (onnx_state.distributed) --------------------------------------------
+@dataclass
+class _AuditPart:
+    """One range's (or several merged ranges') watch figures and tallies."""
+
+    start: int
+    counters: list[StateCounter]  # per capture, in capture order
+    topk: list[np.ndarray | None]
+    novel: list[list[np.ndarray]]  # per capture: per-batch novelty, in sample order
+    n_samples: int
+    correct: int
+    seen: int
+
+
+@dataclass(frozen=True)
+class _AuditRanges:
+    """audit's work on one range of samples (see ``distributed.RangeWork``)."""
+
+    model: str | bytes
+    sha: str
+    selection: tuple[Any, ...]
+    session: tuple[Any, ...]
+    output_batch_axis: int | None
+    batch_size: int
+    constants: dict[str, np.ndarray]
+    top_k: int
+
+    def key(self) -> Hashable:
+        return ("audit", self.sha, repr(self.selection), repr(self.session),
+                self.output_batch_axis)  # fmt: skip
+
+    def build(self, threads: int) -> tuple[Instrumented, int]:
+        return _instrument_on_worker(self.model, self.sha, self.selection, self.session,
+                                     self.output_batch_axis, threads)  # fmt: skip
+
+    def count(
+        self, context: tuple[Instrumented, int], data: Sequence[Mapping[str, Any]],
+        start: int, labels: Any, shared: Mapping[str, np.ndarray],
+    ) -> _AuditPart:  # fmt: skip
+        inst = context[0]
+        watches = [_LayerWatch(c, self.top_k, None) for c in inst.captures]
+        for w in watches:  # the reference's states, shared by every range
+            w.reference_ids = shared.get(w.capture.name)
+
+        def consume(run: BatchRun) -> None:
+            for w in watches:
+                x = run.captured[w.capture.tensor]
+                w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
+
+        accuracy = accuracy_of(labels)
+        n = 0
+        for run in inst.stream(data[0], self.batch_size, consume, False,
+                               overlap=not inst.plan.on_cpu, constants=self.constants):  # fmt: skip
+            if accuracy is not None:
+                accuracy.update(inst.class_scores(run), run.samples)
+            n += run.samples
+        return _AuditPart(
+            start, [w.counter for w in watches], [w.topk for w in watches],
+            [w.novel_per_sample for w in watches], n,
+            0 if accuracy is None else accuracy.correct, 0 if accuracy is None else accuracy.seen,
+        )  # fmt: skip
+
+    def merge(self, partials: Sequence[_AuditPart]) -> _AuditPart:
+        parts = sorted(partials, key=lambda p: p.start)
+        counters = [StateCounter() for _ in parts[0].counters]
+        topk: list[np.ndarray | None] = [None] * len(counters)
+        for p in parts:  # into new objects: a task's inputs stay as they were
+            for i, (counter, top) in enumerate(zip(p.counters, p.topk)):
+                counters[i].merge(counter)
+                if top is not None:
+                    topk[i] = top.copy() if topk[i] is None else topk[i] | top
+        novel = [[a for p in parts for a in p.novel[i]] for i in range(len(counters))]
+        return _AuditPart(
+            parts[0].start, counters, topk, novel, sum(p.n_samples for p in parts),
+            sum(p.correct for p in parts), sum(p.seen for p in parts),
+        )  # fmt: skip
+
+
+def _audit_on(
+    cluster: Any,
+    model: str | os.PathLike[str] | ModelProto,
+    inst: Instrumented,
+    watches: Sequence[_LayerWatch],
+    accuracy: Accuracy | None,
+    data: Any,
+    batch_size: int | None,
+    constants: Mapping[str, Any] | None,
+    top_k: int,
+    selection: tuple[Any, ...],
+    session: tuple[Any, ...],
+    output_batch_axis: int | None,
+    progress: bool | None,
+) -> int:
+    """Fill *watches* and *accuracy* from ranges run on a Dask cluster; the sample count."""
+    from onnx_state import distributed
+
+    fixed = inst.constants(constants)
+    inputs, n = distributed.open_inputs(data, inst.specs, fixed)
+    size = resolve_batch_size(batch_size, data_specs(inst.specs, fixed), n)
+    if accuracy is not None and len(accuracy.labels) != n:
+        raise InputError(f"got {len(accuracy.labels)} labels for {n} samples; they must match")
+    attach_to, exclude, method, neuron_axes = selection
+    work = _AuditRanges(
+        os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else
+        inst.original.SerializeToString(), model_sha256(inst.original),
+        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes)),
+        (None if session[0] is None else list(session[0]), *session[1:]),
+        output_batch_axis, size, fixed, top_k,
+    )  # fmt: skip
+    reference = {w.capture.name: w.reference_ids for w in watches if w.reference_ids is not None}
+    with distributed.connect(cluster) as client:
+        ran = distributed.run_ranges(
+            client, work, [inputs], n, size, constants=fixed,
+            labels=None if accuracy is None else accuracy.labels, progress=progress,
+            shared=reference,
+        )  # fmt: skip
+    part: _AuditPart = ran.merged
+    for w, counter, top, novel in zip(watches, part.counters, part.topk, part.novel):
+        w.counter, w.topk, w.novel_per_sample = counter, top, novel
+    if accuracy is not None:
+        accuracy.correct, accuracy.seen = part.correct, part.seen
+    return part.n_samples

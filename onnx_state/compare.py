@@ -12,15 +12,16 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import ModelProto
 
-from onnx_state import metrics
+from onnx_state import distributed, metrics
 from onnx_state.capture import (
     DEFAULT_ATTACH_TO,
     BatchRun,
@@ -38,9 +39,10 @@ from onnx_state.capture import (
     open_data,
     resolve_batch_size,
 )
+from onnx_state.capture.load import model_sha256
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
-from onnx_state.labels import accuracy_of, labels_array
+from onnx_state.labels import Accuracy, accuracy_of, labels_array
 from onnx_state.store import (
     MISSING,
     SLACK,
@@ -477,6 +479,7 @@ def compare(
     threads: int | None = None,
     optimization: Optimization = "all",
     progress: bool | None = False,
+    cluster: Any = None,
 ) -> Comparison:
     """Run *model_a* and *model_b* on the same batches and compare them layer by layer.
 
@@ -507,7 +510,84 @@ def compare(
         The onnxruntime sessions of both models (as for ``analyze``).
     progress:
         Show a progress bar; None shows one when stderr is a terminal.
+    cluster:
+        Run on Dask (as for ``analyze``): both models run each range in lock-step; the
+        result is identical.
     """
+    inst_a, inst_b, pairs, left, right = _instruments(
+        model_a, model_b, attach_to, attach_to_b, exclude, exclude_b, method, neuron_axes,
+        neuron_axes_b, mapping, providers, threads, optimization, output_batch_axis,
+    )  # fmt: skip
+    stats = [_PairStats(a, b) for a, b, _ in pairs]
+    fixed_a = inst_a.constants(constants)
+    fixed_b = inst_b.constants(constants if constants_b is None else constants_b)
+    # once: its length sets the batch size B's batches follow
+    data = open_data(data if cluster is None else distributed.open_url(data))
+    batched = data_specs(inst_a.specs, fixed_a)
+    # One size for both models: a fixed batch dimension of either one sets it.
+    both = [*batched, *data_specs(inst_b.specs, fixed_b)]
+    size = resolve_batch_size(batch_size, both, data_length(data, batched))
+    batches_b = None
+    if data_b is not None:
+        batches_b = iter_batches(data_b, inst_b.specs, size, fixed_b)
+    adapt = None
+    if data_b is None:
+        adapt = input_adapter(batched, data_specs(inst_b.specs, fixed_b))
+    y = None if labels is None else labels_array(labels)
+    accuracy_a, accuracy_b = accuracy_of(y), accuracy_of(y)
+    outputs = _Outputs()
+
+    def consume(run_a: BatchRun) -> None:
+        batch_b = _batch_b(run_a, adapt, batches_b, fixed_a, fixed_b)
+        _step(inst_a, inst_b, run_a, batch_b, fixed_b, stats, accuracy_a, accuracy_b, outputs)
+
+    n = 0
+    if cluster is not None:  # the same figures, from ranges run on Dask
+        n = _compare_on(
+            cluster, (model_a, model_b), (inst_a, inst_b), stats, (accuracy_a, accuracy_b),
+            outputs, data, data_b, size, fixed_a, fixed_b, progress,
+            (attach_to, attach_to_b, exclude, exclude_b, method, neuron_axes, neuron_axes_b,
+             mapping, providers, threads, optimization, output_batch_axis),
+        )  # fmt: skip
+    else:
+        # A then B, batch after batch: overlapped, B would compete with A's next run.
+        for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
+            n += run.samples
+        if batches_b is not None and next(batches_b, None) is not None:
+            raise InputError("data_b holds more samples than data; they must match")
+    top1_a = None if accuracy_a is None else accuracy_a.result(n)
+    top1_b = None if accuracy_b is None else accuracy_b.result(n)
+    return Comparison(
+        pairs=[s.result(rule) for s, (_, _, rule) in zip(stats, pairs)],
+        unmatched_a=[c.name for c in left],
+        unmatched_b=[c.name for c in right],
+        n_samples=n,
+        output_max_abs_diff=outputs.max_diff,
+        top1_agreement=None if outputs.agree is None else outputs.agree / n,
+        accuracy_a=top1_a,
+        accuracy_b=top1_b,
+        threshold=threshold,
+    )
+
+
+def _instruments(
+    model_a: str | os.PathLike[str] | ModelProto,
+    model_b: str | os.PathLike[str] | ModelProto,
+    attach_to: Sequence[str] | str | None,
+    attach_to_b: Sequence[str] | str | None,
+    exclude: Sequence[str] | str,
+    exclude_b: Sequence[str] | str | None,
+    method: Method,
+    neuron_axes: Mapping[str, int] | None,
+    neuron_axes_b: Mapping[str, int] | None,
+    mapping: Mapping[str, str] | None,
+    providers: Sequence[str] | None,
+    threads: int | None,
+    optimization: Optimization,
+    output_batch_axis: int | None,
+) -> tuple[Instrumented, Instrumented, list[tuple[Capture, Capture, str]], list[Capture],
+           list[Capture]]:  # fmt: skip
+    """Both models instrumented and their captures matched: (A, B, pairs, left, right)."""
     mapping = dict(mapping or {})
     attach_to = [attach_to] if isinstance(attach_to, str) else attach_to
     attach_to_b = [attach_to_b] if isinstance(attach_to_b, str) else attach_to_b
@@ -532,72 +612,59 @@ def compare(
             f"no layers of A ({', '.join(c.name for c in inst_a.captures)}) match layers of B "
             f"({', '.join(c.name for c in inst_b.captures)}); give a mapping file"
         )
-    stats = [_PairStats(a, b) for a, b, _ in pairs]
-    fixed_a = inst_a.constants(constants)
-    fixed_b = inst_b.constants(constants if constants_b is None else constants_b)
-    data = open_data(data)  # once: its length sets the batch size B's batches follow
-    batched = data_specs(inst_a.specs, fixed_a)
-    # One size for both models: a fixed batch dimension of either one sets it.
-    both = [*batched, *data_specs(inst_b.specs, fixed_b)]
-    size = resolve_batch_size(batch_size, both, data_length(data, batched))
-    batches_b = None
-    if data_b is not None:
-        batches_b = iter_batches(data_b, inst_b.specs, size, fixed_b)
-    adapt = None
-    if data_b is None:
-        adapt = input_adapter(batched, data_specs(inst_b.specs, fixed_b))
-    y = None if labels is None else labels_array(labels)
-    accuracy_a, accuracy_b = accuracy_of(y), accuracy_of(y)
-    outputs = _Outputs()
+    return inst_a, inst_b, pairs, left, right
 
-    def consume(run_a: BatchRun) -> None:
-        if adapt:
-            data_a = {k: v for k, v in run_a.batch.items() if k not in fixed_a}
-            batch_b: dict[str, np.ndarray] | None = {**adapt(data_a), **fixed_b}
-        else:
-            batch_b = next(batches_b, None)  # type: ignore[arg-type]
-        if batch_b is None or batch_samples(batch_b, fixed_b) < run_a.samples:
-            raise InputError("data_b holds fewer samples than data; they must match")
-        if batch_samples(batch_b, fixed_b) > run_a.samples:
-            raise InputError("data_b holds more samples than data; they must match")
-        try:
-            check_batch(batch_b, inst_b.specs, fixed_b)
-        except InputError as exc:
-            raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
-        run_b = inst_b.run(batch_b, run_a.samples)
-        for s in stats:
-            s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
-        n = run_a.samples
-        out_a: np.ndarray | None
-        out_b: np.ndarray | None
-        if accuracy_a is not None and accuracy_b is not None:
-            out_a, out_b = inst_a.class_scores(run_a), inst_b.class_scores(run_b)
-            accuracy_a.update(out_a, n)
-            accuracy_b.update(out_b, n)
-        else:
-            out_a = _samples_first(inst_a, run_a.outputs[0], n)
-            out_b = _samples_first(inst_b, run_b.outputs[0], n)
-        outputs.update(out_a, out_b, run_a.outputs[0], run_b.outputs[0])
 
-    n = 0
-    # A then B, batch after batch: overlapped, B would compete with A's next run.
-    for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
-        n += run.samples
-    top1_a = None if accuracy_a is None else accuracy_a.result(n)
-    top1_b = None if accuracy_b is None else accuracy_b.result(n)
-    if batches_b is not None and next(batches_b, None) is not None:
+def _batch_b(
+    run_a: BatchRun,
+    adapt: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None,
+    batches_b: Iterator[dict[str, np.ndarray]] | None,
+    fixed_a: Mapping[str, np.ndarray],
+    fixed_b: Mapping[str, np.ndarray],
+) -> dict[str, np.ndarray] | None:
+    """B's batch for A's *run_a*: A's adapted, or the next of B's own (None when none is
+    left)."""
+    if adapt:
+        data_a = {k: v for k, v in run_a.batch.items() if k not in fixed_a}
+        return {**adapt(data_a), **fixed_b}
+    assert batches_b is not None
+    return next(batches_b, None)
+
+
+def _step(
+    inst_a: Instrumented,
+    inst_b: Instrumented,
+    run_a: BatchRun,
+    batch_b: dict[str, np.ndarray] | None,
+    fixed_b: Mapping[str, np.ndarray],
+    stats: Sequence[_PairStats],
+    accuracy_a: Accuracy | None,
+    accuracy_b: Accuracy | None,
+    outputs: _Outputs,
+) -> None:
+    """Run B on *batch_b* in lock-step with A's *run_a* and add the batch to every figure."""
+    if batch_b is None or batch_samples(batch_b, fixed_b) < run_a.samples:
+        raise InputError("data_b holds fewer samples than data; they must match")
+    if batch_samples(batch_b, fixed_b) > run_a.samples:
         raise InputError("data_b holds more samples than data; they must match")
-    return Comparison(
-        pairs=[s.result(rule) for s, (_, _, rule) in zip(stats, pairs)],
-        unmatched_a=[c.name for c in left],
-        unmatched_b=[c.name for c in right],
-        n_samples=n,
-        output_max_abs_diff=outputs.max_diff,
-        top1_agreement=None if outputs.agree is None else outputs.agree / n,
-        accuracy_a=top1_a,
-        accuracy_b=top1_b,
-        threshold=threshold,
-    )
+    try:
+        check_batch(batch_b, inst_b.specs, fixed_b)
+    except InputError as exc:
+        raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
+    run_b = inst_b.run(batch_b, run_a.samples)
+    for s in stats:
+        s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
+    n = run_a.samples
+    out_a: np.ndarray | None
+    out_b: np.ndarray | None
+    if accuracy_a is not None and accuracy_b is not None:
+        out_a, out_b = inst_a.class_scores(run_a), inst_b.class_scores(run_b)
+        accuracy_a.update(out_a, n)
+        accuracy_b.update(out_b, n)
+    else:
+        out_a = _samples_first(inst_a, run_a.outputs[0], n)
+        out_b = _samples_first(inst_b, run_b.outputs[0], n)
+    outputs.update(out_a, out_b, run_a.outputs[0], run_b.outputs[0])
 
 
 def _layer_name(name: str) -> str:
@@ -685,3 +752,176 @@ def _check_comparison(d: dict[str, Any]) -> None:
             f"comparison: first_divergent is {shown(divergent)}; expected null or the A layer "
             "of one of the pairs"
         )
+
+
+# -- on a Dask cluster (onnx_state.distributed) --------------------------------------------
+# The float sums of a pair, kept per batch so that the client adds them in sample order as
+# one process does (floating-point addition is not associative).
+_SUMS = ("sum_abs", "dot", "norm_a", "norm_b")
+
+
+@dataclass
+class _ComparePart:
+    """One range's (or several merged ranges') pair figures and tallies."""
+
+    start: int
+    stats: list[_PairStats]  # float sums zeroed: they are in *sums*
+    sums: list[list[tuple[float, ...]]]  # per batch, per pair: the _SUMS of that batch
+    max_diff: float
+    agree: int | None
+    correct: tuple[int, int]
+    n_samples: int
+
+
+@dataclass(frozen=True)
+class _CompareRanges:
+    """compare's work on one range of samples (see ``distributed.RangeWork``)."""
+
+    models: tuple[str | bytes, str | bytes]
+    shas: tuple[str, str]
+    settings: tuple[Any, ...]  # _instruments' arguments after the two models
+    batch_size: int
+    fixed_a: dict[str, np.ndarray]
+    fixed_b: dict[str, np.ndarray]
+    own_b: bool  # B reads its own data (data_b)
+
+    def key(self) -> Hashable:
+        return ("compare", self.shas, repr(self.settings))
+
+    def build(self, threads: int) -> tuple[Instrumented, Instrumented, list[Any]]:
+        models = [m if isinstance(m, str) else onnx.load_from_string(m) for m in self.models]
+        settings = list(self.settings)
+        settings[9] = settings[9] or threads  # onnxruntime on the worker's threads
+        inst_a, inst_b, pairs, _, _ = _instruments(models[0], models[1], *settings)
+        for inst, sha, model in zip((inst_a, inst_b), self.shas, self.models):
+            if model_sha256(inst.original) != sha:
+                raise InputError(
+                    f"a worker reads another model at {model!r} than the client; every "
+                    "worker needs the same file at the same path"
+                )
+        return inst_a, inst_b, pairs
+
+    def count(
+        self, context: tuple[Instrumented, Instrumented, list[Any]],
+        data: Sequence[Mapping[str, Any]], start: int, labels: Any, shared: Any,
+    ) -> _ComparePart:  # fmt: skip
+        inst_a, inst_b, pairs = context
+        stats = [_PairStats(a, b) for a, b, _ in pairs]
+        accuracy_a, accuracy_b = accuracy_of(labels), accuracy_of(labels)
+        outputs = _Outputs()
+        adapt = None
+        batches_b = None
+        if self.own_b:
+            batches_b = iter_batches(data[1], inst_b.specs, self.batch_size, self.fixed_b)
+        else:
+            adapt = input_adapter(
+                data_specs(inst_a.specs, self.fixed_a), data_specs(inst_b.specs, self.fixed_b)
+            )
+        sums: list[list[tuple[float, ...]]] = []
+
+        def consume(run_a: BatchRun) -> None:
+            batch_b = _batch_b(run_a, adapt, batches_b, self.fixed_a, self.fixed_b)
+            _step(inst_a, inst_b, run_a, batch_b, self.fixed_b, stats, accuracy_a, accuracy_b,
+                  outputs)  # fmt: skip
+            sums.append([tuple(getattr(s, f) for f in _SUMS) for s in stats])
+            for s in stats:
+                for f in _SUMS:
+                    setattr(s, f, 0.0)
+
+        n = 0
+        for run in inst_a.stream(data[0], self.batch_size, consume, False, overlap=False,
+                                 constants=self.fixed_a):  # fmt: skip
+            n += run.samples
+        correct = (0, 0) if accuracy_a is None or accuracy_b is None else (
+            accuracy_a.correct, accuracy_b.correct)  # fmt: skip
+        return _ComparePart(start, stats, sums, outputs.max_diff, outputs.agree, correct, n)
+
+    def merge(self, partials: Sequence[_ComparePart]) -> _ComparePart:
+        parts = sorted(partials, key=lambda p: p.start)
+        stats = []
+        for i, first in enumerate(parts[0].stats):
+            s = _PairStats(first.a, first.b)  # new objects: a task's inputs stay as they were
+            for p in parts:
+                _add_pair(s, p.stats[i])
+            stats.append(s)
+        agree = [p.agree for p in parts]
+        return _ComparePart(
+            parts[0].start, stats, [b for p in parts for b in p.sums],
+            max(p.max_diff for p in parts), None if None in agree else sum(agree),  # type: ignore[arg-type]
+            (sum(p.correct[0] for p in parts), sum(p.correct[1] for p in parts)),
+            sum(p.n_samples for p in parts),
+        )  # fmt: skip
+
+
+def _add_pair(into: _PairStats, other: _PairStats) -> None:
+    """Add *other*'s integer tallies, counters and maximum to *into* (exact in any order)."""
+    if into.refused is None and other.refused is not None:
+        into.refused = other.refused  # (ranges are added in sample order: the first reason)
+    into.states += other.states
+    into.identical += other.identical
+    into.hamming += other.hamming
+    if other.neuron_agree is not None:
+        into.neuron_agree = (
+            other.neuron_agree.copy() if into.neuron_agree is None
+            else into.neuron_agree + other.neuron_agree
+        )  # fmt: skip
+    into.max_abs = max(into.max_abs, other.max_abs)
+    into.values += other.values
+    into.counter_a.merge(other.counter_a)
+    into.counter_b.merge(other.counter_b)
+
+
+def _compare_on(
+    cluster: Any,
+    models: tuple[str | os.PathLike[str] | ModelProto, str | os.PathLike[str] | ModelProto],
+    insts: tuple[Instrumented, Instrumented],
+    stats: Sequence[_PairStats],
+    accuracies: tuple[Accuracy | None, Accuracy | None],
+    outputs: _Outputs,
+    data: Any,
+    data_b: Any,
+    size: int,
+    fixed_a: dict[str, np.ndarray],
+    fixed_b: dict[str, np.ndarray],
+    progress: bool | None,
+    settings: tuple[Any, ...],
+) -> int:
+    """Fill *stats*, *accuracies* and *outputs* from ranges run on a Dask cluster; the
+    sample count."""
+    inputs, n = distributed.open_inputs(data, insts[0].specs, fixed_a)
+    datasets = [inputs]
+    if data_b is not None:
+        inputs_b, n_b = distributed.open_inputs(data_b, insts[1].specs, fixed_b)
+        if n_b != n:
+            more = "more" if n_b > n else "fewer"
+            raise InputError(f"data_b holds {more} samples than data; they must match")
+        datasets.append(inputs_b)
+    labels = None if accuracies[0] is None else accuracies[0].labels
+    if labels is not None and len(labels) != n:
+        raise InputError(f"got {len(labels)} labels for {n} samples; they must match")
+    names = tuple(
+        os.path.abspath(m) if isinstance(m, (str, os.PathLike)) else
+        inst.original.SerializeToString() for m, inst in zip(models, insts)
+    )  # fmt: skip
+    plain = list(settings)
+    plain[7] = dict(plain[7] or {})  # mapping
+    plain[8] = None if plain[8] is None else list(plain[8])  # providers
+    work = _CompareRanges(
+        (names[0], names[1]), (model_sha256(insts[0].original), model_sha256(insts[1].original)),
+        tuple(plain), size, fixed_a, fixed_b, data_b is not None,
+    )  # fmt: skip
+    with distributed.connect(cluster) as client:
+        ran = distributed.run_ranges(client, work, datasets, n, size, labels=labels,
+                                     progress=progress)  # fmt: skip
+    part: _ComparePart = ran.merged
+    for s, merged in zip(stats, part.stats):
+        _add_pair(s, merged)
+    for batch in part.sums:  # one process's order of additions, batch after batch
+        for s, sums in zip(stats, batch):
+            for f, value in zip(_SUMS, sums):
+                setattr(s, f, getattr(s, f) + value)
+    outputs.max_diff, outputs.agree = part.max_diff, part.agree
+    for accuracy, correct in zip(accuracies, part.correct):
+        if accuracy is not None:
+            accuracy.correct, accuracy.seen = correct, part.n_samples
+    return part.n_samples

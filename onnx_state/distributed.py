@@ -41,6 +41,7 @@ __all__ = [
     "Ranges",
     "connect",
     "open_inputs",
+    "open_url",
     "plan_ranges",
     "run_ranges",
     "worker_threads",
@@ -80,10 +81,16 @@ class RangeWork(Protocol):
         ...
 
     def count(
-        self, context: Any, data: Sequence[Mapping[str, Any]], start: int, labels: Any
+        self,
+        context: Any,
+        data: Sequence[Mapping[str, Any]],
+        start: int,
+        labels: Any,
+        shared: Any,
     ) -> Any:
         """The partial result of the range that starts at sample *start*: *data* holds each
-        data set's inputs over the range (arrays by name), *labels* its labels or None."""
+        data set's inputs over the range (arrays by name), *labels* its labels or None,
+        *shared* what ``run_ranges`` was given to share with every range."""
         ...
 
     def merge(self, partials: Sequence[Any]) -> Any:
@@ -176,7 +183,7 @@ def _is_zarr(array: Any) -> bool:
     return type(array).__module__.startswith("zarr") and hasattr(array, "store_path")
 
 
-def _open_url(value: Any) -> Any:
+def open_url(value: Any) -> Any:
     """A zarr array or group (a dict of its arrays) for a URL; anything else as it is."""
     if not (isinstance(value, str) and "://" in value):
         return value
@@ -203,8 +210,8 @@ def open_inputs(
     An iterable of batches is refused: its ranges cannot be handed to workers.
     """
     if isinstance(data, Mapping):
-        data = {k: _open_url(v) for k, v in data.items()}
-    opened = open_data(_open_url(data))
+        data = {k: open_url(v) for k, v in data.items()}
+    opened = open_data(open_url(data))
     names = [s.name for s in specs if s.name not in constants]
     mapping = as_inputs(opened, names)
     if mapping is None:
@@ -364,12 +371,17 @@ def _windows(parts: Mapping[str, Any], start: int, stop: int) -> dict[str, _Wind
 
 
 def _range_task(
-    work: RangeWork, parts: Sequence[Mapping[str, Any]], start: int, stop: int, labels: Any
+    work: RangeWork,
+    parts: Sequence[Mapping[str, Any]],
+    start: int,
+    stop: int,
+    labels: Any,
+    shared: Any,
 ) -> Any:
     lock, context = _context(work)
     data = [_windows(p, start, stop) for p in parts]
     with lock:
-        return work.count(context, data, start, labels)
+        return work.count(context, data, start, labels, shared)
 
 
 def _merge_task(work: RangeWork, *partials: Any) -> Any:
@@ -426,6 +438,7 @@ def run_ranges(
     labels: np.ndarray | None = None,
     progress: bool | None = None,
     fingerprint: bool = False,
+    shared: Any = None,
 ) -> Ranges:
     """Run *work* over every range of *n* samples on *client*'s workers and merge the
     partial results in a tree.
@@ -449,7 +462,9 @@ def run_ranges(
         Show a progress bar over batches; None shows one when stderr is a terminal.
     fingerprint:
         Hash the first data set in sample order (``Fingerprint``), on a worker for data
-        the workers read, on the client for in-memory or dask data.
+        the workers read, on the client for in-memory data.
+    shared:
+        Data every range needs (an audit's reference states): sent once to every worker.
 
     A range that fails fails the call with its error (the earliest range's, when several
     fail); a range whose worker died is run again elsewhere (Dask's retries).
@@ -461,6 +476,8 @@ def run_ranges(
     edges = sorted({e for d in datasets for a in d.values() for e in _chunk_edges(a)})
     ranges = plan_ranges(n, batch_size, edges, threads)
     parts = [_range_parts(client, d, ranges) for d in datasets]
+    if shared is not None:  # on every worker: one that dies takes no copy with it
+        shared = client.scatter(shared, broadcast=True, hash=False)
     futures = [
         client.submit(
             _range_task,
@@ -469,6 +486,7 @@ def run_ranges(
             a,
             b,
             None if labels is None else labels[a:b],
+            shared,
             pure=False,
         )
         for i, (a, b) in enumerate(ranges)
