@@ -501,12 +501,12 @@ class _AuditRanges:
 
     def count(
         self, context: tuple[Instrumented, int], data: Sequence[Mapping[str, Any]],
-        start: int, labels: Any, shared: Mapping[str, np.ndarray],
+        start: int, labels: Any, shared: Mapping[str, np.ndarray] | None,
     ) -> _AuditPart:  # fmt: skip
         inst = context[0]
         watches = [_LayerWatch(c, self.top_k, None) for c in inst.captures]
         for w in watches:  # the reference's states, shared by every range
-            w.reference_ids = shared.get(w.capture.name)
+            w.reference_ids = (shared or {}).get(w.capture.name)
 
         def consume(run: BatchRun) -> None:
             for w in watches:
@@ -578,7 +578,7 @@ def _audit_on(
         ran = distributed.run_ranges(
             client, work, [inputs], n, size, constants=fixed,
             labels=None if accuracy is None else accuracy.labels, progress=progress,
-            shared=reference,
+            shared=reference or None,
         )  # fmt: skip
     part: _AuditPart = ran.merged
     for w, counter, top, novel in zip(watches, part.counters, part.topk, part.novel):

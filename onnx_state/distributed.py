@@ -144,7 +144,7 @@ def connect(cluster: Any) -> Iterator[Any]:
                 n_workers=cluster,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",
                 silence_logs=logging.ERROR,
             ) as local,  # fmt: skip
             distributed.Client(local) as client,
@@ -306,11 +306,14 @@ class _Zarr:
 
 
 class _Window:
-    """Samples start .. stop of an array, indexed from 0, as ``iter_batches`` reads them; a
-    read that fails names the samples in the whole data, as one process would."""
+    """Samples start .. stop of an array, indexed from 0, as ``iter_batches`` reads them.
 
-    def __init__(self, array: Any, start: int, stop: int, offset: int) -> None:
-        self.array, self.start, self.offset = array, start, offset
+    A read that fails names the batch of *batch* samples it falls in, counted in the whole
+    data (*offset* is the window's first sample there), as one process would.
+    """
+
+    def __init__(self, array: Any, start: int, stop: int, offset: int, batch: int) -> None:
+        self.array, self.start, self.offset, self.batch = array, start, offset, batch
         self.shape = (stop - start, *array.shape[1:])
         self.dtype = array.dtype
 
@@ -323,8 +326,10 @@ class _Window:
             return np.asarray(self.array[self.start + a : self.start + b])
         except Exception as exc:  # zarr codecs and numpy memmaps raise their own kinds
             why = " ".join(str(exc).split()) or type(exc).__name__
-            lo, hi = self.offset + a, self.offset + b
-            raise InputError(f"cannot read samples {lo}..{hi} of the data: {why}") from None
+            lo = self.offset + a - a % self.batch  # (a head read fails for its batch)
+            raise InputError(
+                f"cannot read samples {lo}..{lo + self.batch} of the data: {why}"
+            ) from None
 
 
 def _source(array: Any) -> Any:
@@ -359,14 +364,14 @@ def _context(work: RangeWork) -> tuple[threading.Lock, Any]:
         return entry
 
 
-def _windows(parts: Mapping[str, Any], start: int, stop: int) -> dict[str, _Window]:
+def _windows(parts: Mapping[str, Any], start: int, stop: int, batch: int) -> dict[str, _Window]:
     """Each input over samples start .. stop: a source is opened, an array is the range."""
     out = {}
     for name, part in parts.items():
         if isinstance(part, (_Memmap, _Zarr)):
-            out[name] = _Window(part.open(), start, stop, start)
+            out[name] = _Window(part.open(), start, stop, start, batch)
         else:
-            out[name] = _Window(np.asarray(part), 0, stop - start, start)
+            out[name] = _Window(np.asarray(part), 0, stop - start, start, batch)
     return out
 
 
@@ -375,11 +380,12 @@ def _range_task(
     parts: Sequence[Mapping[str, Any]],
     start: int,
     stop: int,
+    batch: int,
     labels: Any,
     shared: Any,
 ) -> Any:
     lock, context = _context(work)
-    data = [_windows(p, start, stop) for p in parts]
+    data = [_windows(p, start, stop, batch) for p in parts]
     with lock:
         return work.count(context, data, start, labels, shared)
 
@@ -403,7 +409,7 @@ def _read_all(part: Any, n: int) -> Any:
     """An input as an array-like over all *n* samples (a dask array is computed from the
     worker, range by range, as it is sliced)."""
     if isinstance(part, (_Memmap, _Zarr)):
-        return _Window(part.open(), 0, n, 0)
+        return _Window(part.open(), 0, n, 0, n)
     return _DaskRows(part) if _is_dask(part) else part
 
 
@@ -485,6 +491,7 @@ def run_ranges(
             [p[i] for p in parts],
             a,
             b,
+            batch_size,
             None if labels is None else labels[a:b],
             shared,
             pure=False,

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from onnx_state.analysis import analyze
-from onnx_state.cli.options import data_option, echo_json, feeding, selection, session
+from onnx_state.cli.options import cluster, data_option, echo_json, feeding, selection, session
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
 from onnx_state.store import is_store
@@ -21,6 +21,7 @@ from onnx_state.store import is_store
 @selection
 @feeding()
 @session
+@cluster
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output store.")
 @click.option(

@@ -8,6 +8,7 @@ import click
 
 from onnx_state.audit import RULES, audit, load_rules
 from onnx_state.cli.options import (
+    cluster,
     data_option,
     feeding,
     json_option,
@@ -37,6 +38,7 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--max-js", type=float, help="Gate (with --reference): exit 1 above.")
 @click.option("--max-efficiency-drift", type=float, help="Gate (with --reference): |drift| above.")
 @session
+@cluster
 @json_option
 def audit_command(model: str, data: Any, rules: dict[str, float], as_json: bool,
                   **options: Any) -> None:  # fmt: skip

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from onnx_state.cli.options import (
+    cluster,
     data_option,
     feeding,
     json_option,
@@ -45,6 +46,7 @@ def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--max-js", type=click.FloatRange(0, 1), help="Gate: exit 1 above.")
 @click.option("--max-output-diff", type=click.FloatRange(min=0), help="Gate: exit 1 above.")
 @session
+@cluster
 @json_option
 def compare_command(
     model_a: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -108,6 +109,35 @@ def session(f: F) -> F:
         help="onnxruntime execution provider, e.g. CUDAExecutionProvider.",
     )(f)
     return f
+
+
+def cluster(f: F) -> F:
+    """--workers N, --scheduler ADDRESS: run on Dask, as the library's ``cluster=``."""
+
+    @functools.wraps(f)
+    def run(*args: Any, workers: int | None, scheduler: str | None, **kwargs: Any) -> Any:
+        if workers is not None and scheduler is not None:
+            raise InputError(
+                "give --workers N (worker processes started for this run) or --scheduler "
+                "ADDRESS (an existing Dask cluster), not both"
+            )
+        return f(*args, cluster=scheduler if scheduler is not None else workers, **kwargs)
+
+    run = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Run on the Dask cluster whose scheduler is at ADDRESS (tcp://HOST:PORT); needs "
+        "the [dask] extra.",
+    )(run)
+    run = click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        metavar="N",
+        help="Run on N local Dask worker processes (one thread each); needs the [dask] extra.",
+    )(run)
+    return run  # type: ignore[return-value]
 
 
 def parse_data(values: tuple[str, ...], option: str = "--data") -> Any:

@@ -1,0 +1,249 @@
+"""analyze, audit and compare on a local Dask cluster of two worker processes: every figure
+equals a single-process run's (==), for zarr with uneven chunks, .npy, in-memory and dask
+data; a worker killed mid-run; refusals; the CLI.
+
+onnxruntime's float results may depend on its thread count, so the single-process runs
+use one thread, as each worker here does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import onnx_state
+from onnx_state.audit import audit
+from onnx_state.compare import compare
+from onnx_state.distributed import NO_ITERABLES, plan_ranges
+from onnx_state.errors import ArgumentError, InputError, MissingExtraError
+from tests.cli import run_cli
+
+N = 600  # digits used: enough for several ranges, little time
+BATCH = 40
+
+
+@pytest.fixture(scope="module")
+def client():
+    """One cluster for the whole module: two worker processes of one thread each."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        ) as cluster,  # fmt: skip
+        distributed.Client(cluster) as c,
+    ):
+        yield c
+
+
+@pytest.fixture(scope="module")
+def digits(bundled):
+    model, x, y = bundled
+    return model, np.ascontiguousarray(x[:N]), np.ascontiguousarray(y[:N])
+
+
+def zarr_array(path: Path, x: np.ndarray, chunk: int) -> str:
+    import zarr
+
+    z = zarr.create_array(str(path), shape=x.shape, chunks=(chunk, *x.shape[1:]), dtype=x.dtype)
+    z[:] = x
+    return str(path)
+
+
+def assert_same_analysis(a: onnx_state.Analysis, b: onnx_state.Analysis) -> None:
+    assert a.to_dict() == b.to_dict()  # counts, entropies, fingerprint, accuracy, parity
+    for la, lb in zip(a.layers, b.layers, strict=True):
+        assert np.array_equal(la.state_ids(), lb.state_ids())
+        assert np.array_equal(la.counts(), lb.counts())
+        assert la.entropy() == lb.entropy() and la.nan_count == lb.nan_count
+
+
+# -- ranges ---------------------------------------------------------------------------------
+def test_ranges_are_whole_batches_that_end_on_chunk_ends_where_they_can():
+    # chunks of 200, batches of 50: every range ends at a chunk end
+    assert plan_ranges(1000, 50, range(200, 1001, 200), 2) == [
+        (0, 200), (200, 400), (400, 600), (600, 800), (800, 1000),
+    ]  # fmt: skip
+    # chunks of 130 (uneven against batches of 50): ends rounded down to whole batches
+    ranges = plan_ranges(600, 50, range(130, 601, 130), 2)
+    assert ranges == [(0, 100), (100, 250), (250, 350), (350, 500), (500, 600)]
+    # no chunks (in memory): about RANGES_PER_THREAD ranges per thread, whole batches
+    assert plan_ranges(1000, 30, [], 1) == [(0, 270), (270, 540), (540, 810), (810, 1000)]
+    # fewer samples than one batch: one range
+    assert plan_ranges(7, 50, [], 4) == [(0, 7)]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("chunk", [None, 1, 37, 200, 999])
+def test_ranges_cover_every_sample_once_in_whole_batches(threads, chunk):
+    n, batch = 1000, 40
+    edges = [] if chunk is None else list(range(chunk, n + chunk, chunk))
+    ranges = plan_ranges(n, batch, edges, threads)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
+    assert all(a < b and a % batch == 0 for a, b in ranges)
+
+
+# -- equal to one process -------------------------------------------------------------------
+@pytest.mark.parametrize("chunk", [130, 200, 37])
+def test_analyze_on_zarr_equals_one_process_for_any_chunking(client, digits, tmp_path, chunk):
+    model, x, y = digits
+    local = onnx_state.analyze(model, x, labels=y, batch_size=BATCH, threads=1)
+    data = zarr_array(tmp_path / "x.zarr", x, chunk)
+    ran = onnx_state.analyze(model, data, labels=y, batch_size=BATCH, cluster=client)
+    assert_same_analysis(ran, local)
+    assert ran.parity_max_abs_diff == local.parity_max_abs_diff is not None
+
+
+def test_analyze_on_npy_in_memory_and_dask_data_equals_one_process(client, digits, tmp_path):
+    da = pytest.importorskip("dask.array")
+    model, x, y = digits
+    local = onnx_state.analyze(model, x, labels=y, batch_size=BATCH, threads=1)
+    np.save(tmp_path / "x.npy", x)
+    uneven = da.from_array(x, chunks=((70, 230, 5, 295), 1, 28, 28))
+    for data in (str(tmp_path / "x.npy"), x, {"x": x}, uneven):
+        ran = onnx_state.analyze(model, data, labels=y, batch_size=BATCH, cluster=client)
+        assert_same_analysis(ran, local)
+
+
+def test_analyze_saves_the_same_store(client, digits, tmp_path):
+    model, x, _ = digits
+    local = onnx_state.analyze(model, x, batch_size=BATCH, threads=1)
+    onnx_state.analyze(model, x, batch_size=BATCH, cluster=client, checkpoint=tmp_path / "r")
+    assert_same_analysis(onnx_state.Analysis.load(tmp_path / "r"), local)
+
+
+def test_audit_with_a_reference_equals_one_process(client, digits, tmp_path):
+    model, x, y = digits
+    reference = onnx_state.analyze(model, x[:300], batch_size=BATCH, cluster=client)
+    assert_same_analysis(reference, onnx_state.analyze(model, x[:300], batch_size=BATCH,
+                                                       threads=1))  # fmt: skip
+    shifted = np.ascontiguousarray(x[300:] * 1.5)
+    local = audit(model, shifted, reference=reference, labels=y[300:], batch_size=BATCH,
+                  threads=1)  # fmt: skip
+    data = zarr_array(tmp_path / "new.zarr", shifted, 70)
+    ran = audit(model, data, reference=reference, labels=y[300:], batch_size=BATCH,
+                cluster=client)  # fmt: skip
+    assert ran.to_dict() == local.to_dict()
+    assert ran.sample_novelty.keys() == local.sample_novelty.keys()
+    for name, novelty in local.sample_novelty.items():
+        assert np.array_equal(ran.sample_novelty[name], novelty)
+    assert any(la.novelty for la in ran.layers)  # the figures compared are not all zero
+
+
+def test_compare_in_lock_step_equals_one_process(client, digits, tmp_path):
+    model, x, y = digits
+    noisy = (x + np.random.default_rng(0).normal(0, 0.05, x.shape)).astype(np.float32)
+    local = compare(model, model, x, data_b=noisy, labels=y, batch_size=BATCH, threads=1)
+    data_b = zarr_array(tmp_path / "b.zarr", noisy, 90)
+    ran = compare(model, model, zarr_array(tmp_path / "a.zarr", x, 130), data_b=data_b,
+                  labels=y, batch_size=BATCH, cluster=client)  # fmt: skip
+    assert ran.to_dict() == local.to_dict()  # float sums too: added in sample order
+    assert 0 < ran.pairs[0].state_agreement < 1
+
+
+# -- faults ---------------------------------------------------------------------------------
+def test_a_worker_killed_mid_run_leaves_the_result_exact(client, digits, tmp_path):
+    model, x, y = digits
+    local = onnx_state.analyze(model, x, labels=y, batch_size=10, threads=1)
+    data = zarr_array(tmp_path / "x.zarr", x, 50)
+    pids = client.run(os.getpid)
+    killed: list[str] = []
+    done = threading.Event()
+
+    def kill_one_busy_worker() -> None:
+        while not done.is_set():
+            busy = [w for w, tasks in client.processing().items() if tasks and w in pids]
+            if busy:
+                os.kill(pids[busy[0]], 9)
+                killed.append(busy[0])
+                return
+            time.sleep(0.01)
+
+    killer = threading.Thread(target=kill_one_busy_worker)
+    killer.start()
+    try:
+        ran = onnx_state.analyze(model, data, labels=y, batch_size=10, cluster=client)
+    finally:
+        done.set()
+        killer.join()
+    assert killed, "no worker was killed during the run"
+    assert_same_analysis(ran, local)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the next tests
+    assert killed[0] not in client.run(os.getpid)
+
+
+def test_bad_data_fails_with_the_one_line_error_of_its_batch(client, digits, tmp_path):
+    model, x, _ = digits
+    data = Path(zarr_array(tmp_path / "x.zarr", x, 100))
+    chunk = next(p for p in (data / "c").rglob("*") if p.is_file() and p.parts[-4] == "4")
+    chunk.write_bytes(b"not a chunk")  # samples 400..500
+    with pytest.raises(InputError) as one:
+        onnx_state.analyze(model, str(data), batch_size=BATCH, threads=1)
+    with pytest.raises(InputError) as ran:
+        onnx_state.analyze(model, str(data), batch_size=BATCH, cluster=client)
+    assert str(ran.value) == str(one.value)
+    assert "samples 400..440" in str(ran.value) and "\n" not in str(ran.value)
+
+
+# -- refusals -------------------------------------------------------------------------------
+def test_refusals(client, digits):
+    model, x, y = digits
+    with pytest.raises(InputError) as exc:
+        onnx_state.analyze(model, iter([x[:10], x[10:20]]), cluster=client)
+    assert str(exc.value) == NO_ITERABLES
+    for bad in ({"checkpoint_every": 2, "checkpoint": "s.zarr"}, {"resume": True,
+                "checkpoint": "s.zarr"}, {"keep_outputs": True}):  # fmt: skip
+        with pytest.raises(InputError, match="cannot be used with cluster="):
+            onnx_state.analyze(model, x, cluster=client, **bad)
+    with pytest.raises(InputError, match="got 599 labels for 600 samples"):
+        onnx_state.analyze(model, x, labels=y[:-1], cluster=client)
+    with pytest.raises(InputError, match="at least 1"):
+        onnx_state.analyze(model, x, cluster=0)
+    with pytest.raises(ArgumentError, match="cluster must be"):
+        onnx_state.analyze(model, x, cluster=2.0)
+
+
+def test_without_dask_a_cluster_says_which_extra_to_install(monkeypatch, bundled):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed fails
+    model, x, _ = bundled
+    with pytest.raises(MissingExtraError, match=r"onnx-state\[dask\]"):
+        onnx_state.analyze(model, x[:10], cluster=2)
+
+
+# -- the command line -----------------------------------------------------------------------
+def test_cli_scheduler_and_workers(client, tmp_path, digits):
+    model, x, y = digits
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    args = ["analyze", model, "--data", tmp_path / "x.npy", "--labels", tmp_path / "y.npy",
+            "--batch-size", BATCH, "--json", "--threads", 1]  # fmt: skip
+    local = run_cli(*args)
+    assert local.exit_code == 0, local.output
+    ran = run_cli(*args, "--scheduler", client.scheduler.address)
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.output) == json.loads(local.output)
+    both = run_cli(*args, "--scheduler", client.scheduler.address, "--workers", 2)
+    assert both.exit_code == 2 and "not both" in both.output
+    assert len(both.output.strip().splitlines()) == 1
+    audited = run_cli("audit", model, "--data", tmp_path / "x.npy", "--batch-size", BATCH,
+                      "--json", "--scheduler", client.scheduler.address)  # fmt: skip
+    assert audited.exit_code == 0, audited.output
+    assert json.loads(audited.output)["n_samples"] == N
+    compared = run_cli("compare", model, model, "--data", tmp_path / "x.npy", "--json",
+                       "--workers", 1)  # fmt: skip
+    assert compared.exit_code == 0, compared.output
+    assert json.loads(compared.output)["pairs"][0]["state_agreement"] == 1.0
