@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnx_state import store
+from onnx_state import distributed, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
-from onnx_state.count.engine import MAX_COUNTING_THREADS
+from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
 from onnx_state.outputs import check_output
@@ -294,7 +294,7 @@ class _AnalyzePart:
     """One range's (or several merged ranges') counters and tallies."""
 
     start: int
-    counters: dict[tuple[str, int], StateCounter]
+    tables: dict[tuple[str, int], Table]
     n_samples: int
     correct: int
     seen: int
@@ -326,14 +326,16 @@ class _AnalyzeRanges:
         self, context: tuple[Instrumented, int], data: Sequence[Mapping[str, Any]],
         start: int, labels: Any, shared: Any,
     ) -> _AnalyzePart:  # fmt: skip
-        inst, threads = context
+        inst = context[0]
         counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
         accuracy = accuracy_of(labels)
-        part = _AnalyzePart(start, counters, 0, 0, 0, None)
-        with ParallelCounting(counters, min(threads, MAX_COUNTING_THREADS)) as counting:
+        part = _AnalyzePart(start, {}, 0, 0, 0, None)
+        # The thread plan of the worker's session, as in one process: counting overlaps the
+        # next run on a spare core (onnxruntime on one thread has no section to preempt).
+        with ParallelCounting(counters, inst.plan.counting_threads) as counting:
             for run in inst.stream(
                 data[0], self.batch_size, lambda r: counting(r.batch, r.captured), False,
-                overlap=not inst.plan.on_cpu, constants=self.constants,
+                constants=self.constants,
             ):  # fmt: skip
                 if self.parity and start == 0 and part.parity is None:
                     part.parity = inst.parity(run.batch, run.outputs)
@@ -342,17 +344,15 @@ class _AnalyzeRanges:
                 part.n_samples += run.samples
         if accuracy is not None:
             part.correct, part.seen = accuracy.correct, accuracy.seen
+        part.tables = {key: Table.of(counter) for key, counter in counters.items()}
         return part
 
     def merge(self, partials: Sequence[_AnalyzePart]) -> _AnalyzePart:
         first = min(partials, key=lambda p: p.start)
-        counters = {key: StateCounter() for key in first.counters}
-        for p in partials:  # into new counters: a task's inputs stay as they were
-            for key, counter in p.counters.items():
-                counters[key].merge(counter)
+        tables = {key: Table.merge([p.tables[key] for p in partials]) for key in first.tables}
         parity = next((p.parity for p in partials if p.parity is not None), None)
         return _AnalyzePart(
-            first.start, counters, sum(p.n_samples for p in partials),
+            first.start, tables, sum(p.n_samples for p in partials),
             sum(p.correct for p in partials), sum(p.seen for p in partials), parity,
         )  # fmt: skip
 
@@ -406,8 +406,6 @@ def _analyze_on(
     overwrite: bool,
 ) -> Analysis:
     """analyze() on a Dask cluster: the same result, from ranges run on the workers."""
-    from onnx_state import distributed
-
     given = [name for name, value in refused.items() if value]
     if given:
         raise InputError(
@@ -441,7 +439,8 @@ def _analyze_on(
             fingerprint=True,
         )  # fmt: skip
     part: _AnalyzePart = ran.merged
-    layers = [layer_result(c, part.counters[(c.tensor, c.axis)]) for c in inst.captures]
+    counters = {key: table.counter() for key, table in part.tables.items()}
+    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(

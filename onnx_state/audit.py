@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state import metrics
+from onnx_state import distributed, metrics
 from onnx_state.analysis import _instrument_on_worker, layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import StateCounter
+from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import Accuracy, accuracy_of
 from onnx_state.results import Analysis, LayerResult
@@ -470,7 +471,7 @@ class _AuditPart:
     """One range's (or several merged ranges') watch figures and tallies."""
 
     start: int
-    counters: list[StateCounter]  # per capture, in capture order
+    tables: list[Table]  # per capture, in capture order
     topk: list[np.ndarray | None]
     novel: list[list[np.ndarray]]  # per capture: per-batch novelty, in sample order
     n_samples: int
@@ -516,28 +517,28 @@ class _AuditRanges:
         accuracy = accuracy_of(labels)
         n = 0
         for run in inst.stream(data[0], self.batch_size, consume, False,
-                               overlap=not inst.plan.on_cpu, constants=self.constants):  # fmt: skip
+                               constants=self.constants):  # fmt: skip
             if accuracy is not None:
                 accuracy.update(inst.class_scores(run), run.samples)
             n += run.samples
         return _AuditPart(
-            start, [w.counter for w in watches], [w.topk for w in watches],
+            start, [Table.of(w.counter) for w in watches], [w.topk for w in watches],
             [w.novel_per_sample for w in watches], n,
             0 if accuracy is None else accuracy.correct, 0 if accuracy is None else accuracy.seen,
         )  # fmt: skip
 
     def merge(self, partials: Sequence[_AuditPart]) -> _AuditPart:
         parts = sorted(partials, key=lambda p: p.start)
-        counters = [StateCounter() for _ in parts[0].counters]
-        topk: list[np.ndarray | None] = [None] * len(counters)
+        layers = range(len(parts[0].tables))
+        tables = [Table.merge([p.tables[i] for p in parts]) for i in layers]
+        topk: list[np.ndarray | None] = [None] * len(tables)
         for p in parts:  # into new objects: a task's inputs stay as they were
-            for i, (counter, top) in enumerate(zip(p.counters, p.topk)):
-                counters[i].merge(counter)
+            for i, top in enumerate(p.topk):
                 if top is not None:
                     topk[i] = top.copy() if topk[i] is None else topk[i] | top
-        novel = [[a for p in parts for a in p.novel[i]] for i in range(len(counters))]
+        novel = [[a for p in parts for a in p.novel[i]] for i in layers]
         return _AuditPart(
-            parts[0].start, counters, topk, novel, sum(p.n_samples for p in parts),
+            parts[0].start, tables, topk, novel, sum(p.n_samples for p in parts),
             sum(p.correct for p in parts), sum(p.seen for p in parts),
         )  # fmt: skip
 
@@ -558,8 +559,6 @@ def _audit_on(
     progress: bool | None,
 ) -> int:
     """Fill *watches* and *accuracy* from ranges run on a Dask cluster; the sample count."""
-    from onnx_state import distributed
-
     fixed = inst.constants(constants)
     inputs, n = distributed.open_inputs(data, inst.specs, fixed)
     size = resolve_batch_size(batch_size, data_specs(inst.specs, fixed), n)
@@ -581,8 +580,8 @@ def _audit_on(
             shared=reference or None,
         )  # fmt: skip
     part: _AuditPart = ran.merged
-    for w, counter, top, novel in zip(watches, part.counters, part.topk, part.novel):
-        w.counter, w.topk, w.novel_per_sample = counter, top, novel
+    for w, table, top, novel in zip(watches, part.tables, part.topk, part.novel):
+        w.counter, w.topk, w.novel_per_sample = table.counter(), top, novel
     if accuracy is not None:
         accuracy.correct, accuracy.seen = part.correct, part.seen
     return part.n_samples

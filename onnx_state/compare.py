@@ -41,6 +41,7 @@ from onnx_state.capture import (
 )
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import StateCounter
+from onnx_state.distributed import Table
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import Accuracy, accuracy_of, labels_array
 from onnx_state.store import (
@@ -765,7 +766,8 @@ class _ComparePart:
     """One range's (or several merged ranges') pair figures and tallies."""
 
     start: int
-    stats: list[_PairStats]  # float sums zeroed: they are in *sums*
+    stats: list[_PairStats]  # float sums zeroed (they are in *sums*), counters empty
+    tables: list[tuple[Table, Table]]  # per pair: A's and B's states
     sums: list[list[tuple[float, ...]]]  # per batch, per pair: the _SUMS of that batch
     max_diff: float
     agree: int | None
@@ -834,7 +836,11 @@ class _CompareRanges:
             n += run.samples
         correct = (0, 0) if accuracy_a is None or accuracy_b is None else (
             accuracy_a.correct, accuracy_b.correct)  # fmt: skip
-        return _ComparePart(start, stats, sums, outputs.max_diff, outputs.agree, correct, n)
+        tables = [(Table.of(s.counter_a), Table.of(s.counter_b)) for s in stats]
+        for s in stats:  # the states travel as tables
+            s.counter_a, s.counter_b = StateCounter(), StateCounter()
+        return _ComparePart(start, stats, tables, sums, outputs.max_diff, outputs.agree,
+                            correct, n)  # fmt: skip
 
     def merge(self, partials: Sequence[_ComparePart]) -> _ComparePart:
         parts = sorted(partials, key=lambda p: p.start)
@@ -844,9 +850,14 @@ class _CompareRanges:
             for p in parts:
                 _add_pair(s, p.stats[i])
             stats.append(s)
+        tables = [
+            (Table.merge([p.tables[i][0] for p in parts]),
+             Table.merge([p.tables[i][1] for p in parts]))
+            for i in range(len(stats))
+        ]  # fmt: skip
         agree = [p.agree for p in parts]
         return _ComparePart(
-            parts[0].start, stats, [b for p in parts for b in p.sums],
+            parts[0].start, stats, tables, [b for p in parts for b in p.sums],
             max(p.max_diff for p in parts), None if None in agree else sum(agree),  # type: ignore[arg-type]
             (sum(p.correct[0] for p in parts), sum(p.correct[1] for p in parts)),
             sum(p.n_samples for p in parts),
@@ -854,7 +865,7 @@ class _CompareRanges:
 
 
 def _add_pair(into: _PairStats, other: _PairStats) -> None:
-    """Add *other*'s integer tallies, counters and maximum to *into* (exact in any order)."""
+    """Add *other*'s integer tallies and maximum to *into* (exact in any order)."""
     if into.refused is None and other.refused is not None:
         into.refused = other.refused  # (ranges are added in sample order: the first reason)
     into.states += other.states
@@ -867,8 +878,6 @@ def _add_pair(into: _PairStats, other: _PairStats) -> None:
         )  # fmt: skip
     into.max_abs = max(into.max_abs, other.max_abs)
     into.values += other.values
-    into.counter_a.merge(other.counter_a)
-    into.counter_b.merge(other.counter_b)
 
 
 def _compare_on(
@@ -914,8 +923,9 @@ def _compare_on(
         ran = distributed.run_ranges(client, work, datasets, n, size, labels=labels,
                                      progress=progress)  # fmt: skip
     part: _ComparePart = ran.merged
-    for s, merged in zip(stats, part.stats):
+    for s, merged, (table_a, table_b) in zip(stats, part.stats, part.tables):
         _add_pair(s, merged)
+        s.counter_a, s.counter_b = table_a.counter(), table_b.counter()
     for batch in part.sums:  # one process's order of additions, batch after batch
         for s, sums in zip(stats, batch):
             for f, value in zip(_SUMS, sums):

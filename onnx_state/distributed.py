@@ -32,6 +32,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from onnx_state.capture.data import Fingerprint, InputSpec, as_inputs, check_inputs, open_data
+from onnx_state.count import StateCounter
 from onnx_state.errors import ArgumentError, InputError, MissingExtraError, ModelError, one_line
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "RANGES_PER_THREAD",
     "RangeWork",
     "Ranges",
+    "Table",
     "connect",
     "open_inputs",
     "open_url",
@@ -107,6 +109,44 @@ class Ranges:
     fingerprint: str | None
     ranges: list[tuple[int, int]]
     workers: int
+
+
+@dataclass(frozen=True)
+class Table:
+    """A counter's states as plain arrays, sorted: what ranges ship and merge.
+
+    A StateCounter pickles its hash table in slot order, and re-inserting keys in another
+    table's slot order clusters them (measured: 0.36 s against 0.026 s sorted for 75,000
+    states of 50 neurons), so ranges ship their states sorted and merges insert them so.
+    """
+
+    ids: np.ndarray  # uint8 [n, ceil(neurons / 8)], ascending (StateCounter.state_table)
+    counts: np.ndarray  # int64 [n]
+    neurons: int  # 0: no batch seen
+    nan_count: int
+
+    @classmethod
+    def of(cls, counter: StateCounter) -> Table:
+        """The table of *counter*."""
+        ids, counts = counter.state_table()
+        return cls(ids, counts, counter.neurons, counter.nan_count)
+
+    def counter(self) -> StateCounter:
+        """A new counter holding this table."""
+        if not self.neurons:
+            return StateCounter()
+        return StateCounter.from_states(self.ids, self.counts, self.neurons, self.nan_count)
+
+    @staticmethod
+    def merge(tables: Sequence[Table]) -> Table:
+        """One table of every state of *tables* (exact: counts add)."""
+        seen = [t for t in tables if t.neurons]
+        if not seen:
+            return tables[0]
+        ids = np.concatenate([t.ids for t in seen])
+        counts = np.concatenate([t.counts for t in seen])
+        nans = sum(t.nan_count for t in seen)
+        return Table.of(StateCounter.from_states(ids, counts, seen[0].neurons, nans))
 
 
 # -- connecting -----------------------------------------------------------------------------
