@@ -446,11 +446,11 @@ def _fingerprint_task(
 
 
 def _read_all(part: Any, n: int) -> Any:
-    """An input as an array-like over all *n* samples (a dask array is computed from the
-    worker, range by range, as it is sliced)."""
+    """An input as an array-like over all *n* samples (a _DaskRows computes its rows as they
+    are sliced)."""
     if isinstance(part, (_Memmap, _Zarr)):
         return _Window(part.open(), 0, n, 0, n)
-    return _DaskRows(part) if _is_dask(part) else part
+    return part
 
 
 class _DaskRows:
@@ -516,7 +516,12 @@ def run_ranges(
     fail); a range whose worker died is run again elsewhere (Dask's retries).
     """
     distributed = _distributed()
-    client.wait_for_workers(1, timeout=60)
+    try:
+        client.wait_for_workers(1, timeout=60)
+    except TimeoutError:
+        raise InputError(
+            "the Dask cluster has no workers (waited 60 s); start some, or give cluster=N"
+        ) from None
     info = client.scheduler_info(n_workers=-1)["workers"]
     threads = sum(int(w.get("nthreads", 1)) for w in info.values()) or 1
     edges = sorted({e for d in datasets for a in d.values() for e in _chunk_edges(a)})
@@ -541,7 +546,10 @@ def run_ranges(
     digest = None
     hashing = None
     if fingerprint:
-        sources = {k: _source(v) or v for k, v in datasets[0].items()}
+        # (a dask array goes wrapped: as an argument Dask would compute it whole)
+        sources = {
+            k: _source(v) or (_DaskRows(v) if _is_dask(v) else v) for k, v in datasets[0].items()
+        }
         step = max(1, _HASH_READ_BYTES // max(1, _sample_bytes(datasets[0])))
         step = max(batch_size, step - step % batch_size)
         # In-memory arrays (numpy, zarr in memory) are on the client already: hash them here.

@@ -106,13 +106,14 @@ def test_analyze_on_zarr_equals_one_process_for_any_chunking(client, digits, tmp
     assert ran.parity_max_abs_diff == local.parity_max_abs_diff is not None
 
 
-def test_analyze_on_npy_in_memory_and_dask_data_equals_one_process(client, digits, tmp_path):
+def test_analyze_on_npy_url_in_memory_and_dask_data_equals_one_process(client, digits, tmp_path):
     da = pytest.importorskip("dask.array")
     model, x, y = digits
     local = onnx_state.analyze(model, x, labels=y, batch_size=BATCH, threads=1)
     np.save(tmp_path / "x.npy", x)
     uneven = da.from_array(x, chunks=((70, 230, 5, 295), 1, 28, 28))
-    for data in (str(tmp_path / "x.npy"), x, {"x": x}, uneven):
+    url = "file://" + zarr_array(tmp_path / "x.zarr", x, 250)
+    for data in (str(tmp_path / "x.npy"), x, {"x": x}, uneven, url):
         ran = onnx_state.analyze(model, data, labels=y, batch_size=BATCH, cluster=client)
         assert_same_analysis(ran, local)
 
