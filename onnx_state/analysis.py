@@ -383,6 +383,16 @@ def _instrument_on_worker(
     return inst, fixed_threads or threads
 
 
+def _table_result(capture: Capture, table: Table) -> LayerResult:
+    """The result of one capture from its merged (sorted) table."""
+    return LayerResult(
+        name=capture.name, tensor=capture.tensor, layer=capture.layer,
+        layer_type=capture.layer_type, op_type=capture.op_type, kind=capture.kind,
+        neurons=table.neurons, axis=capture.axis, state_count=int(table.counts.sum()),
+        nan_count=table.nan_count, states=States(table.ids, table.counts),
+    )  # fmt: skip
+
+
 def _analyze_on(
     cluster: Any,
     model: str | os.PathLike[str] | ModelProto,
@@ -439,8 +449,7 @@ def _analyze_on(
             fingerprint=True,
         )  # fmt: skip
     part: _AnalyzePart = ran.merged
-    counters = {key: table.counter() for key, table in part.tables.items()}
-    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [_table_result(c, part.tables[(c.tensor, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(

@@ -145,8 +145,20 @@ class Table:
             return tables[0]
         ids = np.concatenate([t.ids for t in seen])
         counts = np.concatenate([t.counts for t in seen])
-        nans = sum(t.nan_count for t in seen)
-        return Table.of(StateCounter.from_states(ids, counts, seen[0].neurons, nans))
+        neurons, nans = seen[0].neurons, sum(t.nan_count for t in seen)
+        width = ids.shape[1]
+        if width > 8:
+            return Table.of(StateCounter.from_states(ids, counts, neurons, nans))
+        # States of up to 64 neurons are integers (little-endian): merge the sorted runs by
+        # one stable sort (which runs of sorted keys make cheap) and add equal keys' counts.
+        words = np.zeros((len(ids), 8), np.uint8)
+        words[:, :width] = ids
+        keys = words.view("<u8")[:, 0]
+        order = np.argsort(keys, kind="stable")
+        keys, counts = keys[order], counts[order]
+        starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+        merged = np.ascontiguousarray(keys[starts].view(np.uint8).reshape(-1, 8)[:, :width])
+        return Table(merged, np.add.reduceat(counts, starts), neurons, nans)
 
 
 # -- connecting -----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 import onnx_state
 from onnx_state.audit import audit
 from onnx_state.compare import compare
-from onnx_state.distributed import NO_ITERABLES, plan_ranges
+from onnx_state.distributed import NO_ITERABLES, Table, plan_ranges
 from onnx_state.errors import ArgumentError, InputError, MissingExtraError
 from tests.cli import run_cli
 
@@ -93,6 +93,30 @@ def test_ranges_cover_every_sample_once_in_whole_batches(threads, chunk):
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(b == c for (_, b), (c, _) in itertools.pairwise(ranges))
     assert all(a < b and a % batch == 0 for a, b in ranges)
+
+
+@pytest.mark.parametrize("neurons", [5, 50, 64, 100])
+def test_merged_tables_hold_every_state_with_its_summed_count(neurons):
+    rng = np.random.default_rng(neurons)
+    width = (neurons + 7) // 8
+    parts, expected = [], {}
+    for n in (0, 1, 40, 300):
+        bits = rng.random((n, neurons)) < 0.1  # few distinct states: many repeat
+        ids = np.packbits(bits, axis=1, bitorder="little").reshape(n, width)
+        counts = rng.integers(1, 5, n)
+        c = onnx_state.StateCounter(neurons)
+        c.update(np.repeat(bits, counts, axis=0).astype(np.float32), axis=1)
+        parts.append(Table.of(c))
+        for row, k in zip(ids, counts):
+            expected[row.tobytes()] = expected.get(row.tobytes(), 0) + int(k)
+    merged = Table.merge(parts)
+    keys = sorted(expected, key=lambda b: int.from_bytes(b, "little"))
+    assert [row.tobytes() for row in merged.ids] == keys
+    assert merged.counts.tolist() == [expected[k] for k in keys]
+    assert (
+        merged.neurons == neurons
+        and Table.merge([Table.of(onnx_state.StateCounter())]).neurons == 0
+    )
 
 
 # -- equal to one process -------------------------------------------------------------------
