@@ -49,9 +49,9 @@ __all__ = [
     "worker_threads",
 ]
 
-# Ranges per worker thread: enough to balance uneven workers and to lose little to a killed
-# one; few enough that per-range overhead (a counter per layer shipped) stays small.
-RANGES_PER_THREAD = 4
+# Ranges per worker thread: enough to balance uneven workers and the last round, and to lose
+# little to a killed one; few enough that per-range overhead (tables shipped) stays small.
+RANGES_PER_THREAD = 8
 # Partial results merged per merge task: the tree is log8(ranges) levels deep.
 MERGE_FAN_IN = 8
 # Samples hashed per read by the fingerprint task (bounded memory, large reads).
@@ -301,25 +301,27 @@ def plan_ranges(
 
     Every range but the last holds whole batches of *batch_size*, so each range runs the
     same batches as one process would. Candidate ends are the chunk ends (rounded down to
-    a whole batch), else every batch; a range ends at the first candidate that makes it at
-    least ``n / (threads * RANGES_PER_THREAD)`` samples long.
+    a whole batch), else every batch; each range ends at the candidate nearest to
+    ``n / (threads * RANGES_PER_THREAD)`` samples past its start (the earlier on a tie).
     """
     if n < 1 or batch_size < 1 or threads < 1:
         raise InputError(f"cannot plan ranges of {n} samples in batches of {batch_size}")
     target = max(batch_size, math.ceil(n / (threads * RANGES_PER_THREAD)))
     if chunk_edges:
-        ends = sorted({e - e % batch_size for e in chunk_edges} | {n})
+        ends = sorted({e - e % batch_size for e in chunk_edges if 0 < e < n} - {0} | {n})
     else:
         ends = [*range(batch_size, n, batch_size), n]
-    ranges, start = [], 0
-    for end in ends:
-        if end > n or end <= start:
-            continue
-        if end - start >= target or end == n:
-            ranges.append((start, end))
-            start = end
-    if start < n:
-        ranges.append((start, n))
+    ranges, start, i = [], 0, 0
+    while start < n:
+        while ends[i] <= start:
+            i += 1
+        j = i  # the candidate nearest to start + target
+        while j + 1 < len(ends) and abs(ends[j + 1] - start - target) < abs(
+            ends[j] - start - target
+        ):
+            j += 1
+        ranges.append((start, ends[j]))
+        start = ends[j]
     return ranges
 
 

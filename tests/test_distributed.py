@@ -75,11 +75,13 @@ def test_ranges_are_whole_batches_that_end_on_chunk_ends_where_they_can():
     assert plan_ranges(1000, 50, range(200, 1001, 200), 2) == [
         (0, 200), (200, 400), (400, 600), (600, 800), (800, 1000),
     ]  # fmt: skip
-    # chunks of 130 (uneven against batches of 50): ends rounded down to whole batches
-    ranges = plan_ranges(600, 50, range(130, 601, 130), 2)
-    assert ranges == [(0, 100), (100, 250), (250, 350), (350, 500), (500, 600)]
+    # chunks of 130 (uneven against batches of 40): ends rounded down to whole batches
+    # (120, 240, 360, 520, 600), each the one nearest to 600 / 16 samples on
+    assert plan_ranges(600, 40, range(130, 601, 130), 2) == [
+        (0, 120), (120, 240), (240, 360), (360, 520), (520, 600),
+    ]  # fmt: skip
     # no chunks (in memory): about RANGES_PER_THREAD ranges per thread, whole batches
-    assert plan_ranges(1000, 30, [], 1) == [(0, 270), (270, 540), (540, 810), (810, 1000)]
+    assert plan_ranges(1000, 30, [], 1) == [(a, min(a + 120, 1000)) for a in range(0, 1000, 120)]
     # fewer samples than one batch: one range
     assert plan_ranges(7, 50, [], 4) == [(0, 7)]
 
