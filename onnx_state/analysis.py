@@ -319,7 +319,7 @@ class _AnalyzeRanges:
                 self.output_batch_axis)  # fmt: skip
 
     def build(self, threads: int) -> tuple[Instrumented, int]:
-        return _instrument_on_worker(self.model, self.sha, self.selection, self.session,
+        return instrument_on_worker(self.model, self.sha, self.selection, self.session,
                                      self.output_batch_axis, threads)  # fmt: skip
 
     def count(
@@ -357,7 +357,7 @@ class _AnalyzeRanges:
         )  # fmt: skip
 
 
-def _instrument_on_worker(
+def instrument_on_worker(
     model: str | bytes,
     sha: str,
     selection: tuple[Any, ...],

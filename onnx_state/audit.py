@@ -22,7 +22,7 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import distributed, metrics
-from onnx_state.analysis import _instrument_on_worker, layer_result
+from onnx_state.analysis import instrument_on_worker, layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
 from onnx_state.capture.load import model_sha256
@@ -497,7 +497,7 @@ class _AuditRanges:
                 self.output_batch_axis)  # fmt: skip
 
     def build(self, threads: int) -> tuple[Instrumented, int]:
-        return _instrument_on_worker(self.model, self.sha, self.selection, self.session,
+        return instrument_on_worker(self.model, self.sha, self.selection, self.session,
                                      self.output_batch_axis, threads)  # fmt: skip
 
     def count(

@@ -547,8 +547,11 @@ def compare(
         n = _compare_on(
             cluster, (model_a, model_b), (inst_a, inst_b), stats, (accuracy_a, accuracy_b),
             outputs, data, data_b, size, fixed_a, fixed_b, progress,
-            (attach_to, attach_to_b, exclude, exclude_b, method, neuron_axes, neuron_axes_b,
-             mapping, providers, threads, optimization, output_batch_axis),
+            {"attach_to": attach_to, "attach_to_b": attach_to_b, "exclude": exclude,
+             "exclude_b": exclude_b, "method": method, "neuron_axes": neuron_axes,
+             "neuron_axes_b": neuron_axes_b, "mapping": dict(mapping or {}),
+             "providers": None if providers is None else list(providers), "threads": threads,
+             "optimization": optimization, "output_batch_axis": output_batch_axis},
         )  # fmt: skip
     else:
         # A then B, batch after batch: overlapped, B would compete with A's next run.
@@ -781,7 +784,7 @@ class _CompareRanges:
 
     models: tuple[str | bytes, str | bytes]
     shas: tuple[str, str]
-    settings: tuple[Any, ...]  # _instruments' arguments after the two models
+    settings: dict[str, Any]  # _instruments' keywords
     batch_size: int
     fixed_a: dict[str, np.ndarray]
     fixed_b: dict[str, np.ndarray]
@@ -792,9 +795,9 @@ class _CompareRanges:
 
     def build(self, threads: int) -> tuple[Instrumented, Instrumented, list[Any]]:
         models = [m if isinstance(m, str) else onnx.load_from_string(m) for m in self.models]
-        settings = list(self.settings)
-        settings[9] = settings[9] or threads  # onnxruntime on the worker's threads
-        inst_a, inst_b, pairs, _, _ = _instruments(models[0], models[1], *settings)
+        settings = dict(self.settings)
+        settings["threads"] = settings["threads"] or threads  # on the worker's threads
+        inst_a, inst_b, pairs, _, _ = _instruments(models[0], models[1], **settings)
         for inst, sha, model in zip((inst_a, inst_b), self.shas, self.models):
             if model_sha256(inst.original) != sha:
                 raise InputError(
@@ -893,7 +896,7 @@ def _compare_on(
     fixed_a: dict[str, np.ndarray],
     fixed_b: dict[str, np.ndarray],
     progress: bool | None,
-    settings: tuple[Any, ...],
+    settings: dict[str, Any],
 ) -> int:
     """Fill *stats*, *accuracies* and *outputs* from ranges run on a Dask cluster; the
     sample count."""
@@ -912,12 +915,9 @@ def _compare_on(
         os.path.abspath(m) if isinstance(m, (str, os.PathLike)) else
         inst.original.SerializeToString() for m, inst in zip(models, insts)
     )  # fmt: skip
-    plain = list(settings)
-    plain[7] = dict(plain[7] or {})  # mapping
-    plain[8] = None if plain[8] is None else list(plain[8])  # providers
     work = _CompareRanges(
         (names[0], names[1]), (model_sha256(insts[0].original), model_sha256(insts[1].original)),
-        tuple(plain), size, fixed_a, fixed_b, data_b is not None,
+        settings, size, fixed_a, fixed_b, data_b is not None,
     )  # fmt: skip
     with distributed.connect(cluster) as client:
         ran = distributed.run_ranges(client, work, datasets, n, size, labels=labels,
