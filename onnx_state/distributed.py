@@ -570,9 +570,11 @@ def run_ranges(
         if any(isinstance(s, np.ndarray) or _is_zarr(s) for s in sources.values()):
             digest = _fingerprint_task(sources, n, dict(constants or {}), step)
         else:
+            # First: run last, one worker would hash alone while the others wait.
             hashing = client.submit(
-                _fingerprint_task, sources, n, dict(constants or {}), step, pure=False
-            )
+                _fingerprint_task, sources, n, dict(constants or {}), step, pure=False,
+                priority=1,
+            )  # fmt: skip
     level = futures
     while len(level) > 1:
         level = [
