@@ -144,6 +144,25 @@ def test_analyze_on_npy_url_in_memory_and_dask_data_equals_one_process(client, d
         assert_same_analysis(ran, local)
 
 
+def test_several_inputs_and_a_constant_from_a_zarr_group_equal_one_process(client, tmp_path):
+    import zarr
+
+    from examples.two_inputs import build
+
+    build(tmp_path)
+    batch = np.load(tmp_path / "batch.npz")
+    group = zarr.open_group(str(tmp_path / "inputs.zarr"), mode="w")
+    for name, chunk in (("tokens", 70), ("mask", 45)):  # chunk ends differ between inputs
+        a = batch[name]
+        group.create_array(name, shape=a.shape, chunks=(chunk, *a.shape[1:]), dtype=a.dtype)
+        group[name][:] = a
+    model, state = tmp_path / "tagger.onnx", {"state": np.load(tmp_path / "state.npy")}
+    common = {"attach_to": ["Relu", "embed_tokens"], "batch_size": 20, "constants": state}
+    local = onnx_state.analyze(model, tmp_path / "batch.npz", threads=1, **common)
+    ran = onnx_state.analyze(model, str(tmp_path / "inputs.zarr"), cluster=client, **common)
+    assert_same_analysis(ran, local)
+
+
 def test_analyze_saves_the_same_store(client, digits, tmp_path):
     model, x, _ = digits
     local = onnx_state.analyze(model, x, batch_size=BATCH, threads=1)
