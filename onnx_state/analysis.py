@@ -32,6 +32,8 @@ def analyze(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -72,6 +74,12 @@ def analyze(
         Capture each layer's output (``after``), its data input (``before``), or both.
     neuron_axes:
         Neuron-axis overrides by layer or capture name.
+    literal:
+        Read each layer's tensor itself, not the output of a Relu-like activation that
+        alone consumes it (same states; the default keeps onnxruntime's fusions).
+    quantized:
+        In a QDQ model, read each float tensor that only a QuantizeLinear consumes as that
+        quantized tensor (fires iff > its zero point): the deployed int8 arithmetic.
     batch_size:
         Samples per onnxruntime run; None takes the model's fixed batch dimension when it
         has one, else 200.
@@ -117,10 +125,11 @@ def analyze(
         check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
-    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    counters = {(c.key, c.axis): StateCounter() for c in inst.captures}
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
@@ -172,7 +181,7 @@ def analyze(
                 assert checkpoint is not None
                 counting.flush()  # (inline counting: batch *done* is counted already)
                 partial = Analysis(
-                    layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
+                    layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
                 )  # fmt: skip
@@ -185,7 +194,7 @@ def analyze(
                     "fingerprint": digest.hexdigest(),
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
-    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -223,7 +232,7 @@ def _resume(
             f"captures {names}; resume with the same selection"
         )
     for c, s in zip(inst.captures, stored):
-        key = (c.tensor, c.axis)
+        key = (c.key, c.axis)
         if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
             counters[key] = StateCounter.from_states(
                 s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from functools import cached_property
+from typing import Any
 
 import onnx
 from onnx import ModelProto, NodeProto
@@ -18,7 +19,15 @@ from onnx_state.capture.load import all_graphs
 from onnx_state.capture.metadata import META_INPUT_AXES
 from onnx_state.errors import ModelError
 
-__all__ = ["FLOAT_TYPES", "GraphIndex", "Shape", "TensorInfo", "as_index", "node_meta"]
+__all__ = [
+    "CAPTURABLE_TYPES",
+    "FLOAT_TYPES",
+    "GraphIndex",
+    "Shape",
+    "TensorInfo",
+    "as_index",
+    "node_meta",
+]
 
 Shape = tuple[int | str | None, ...]
 TensorInfo = tuple[int | None, Shape | None]  # (ONNX elem type, shape)
@@ -26,6 +35,11 @@ TensorInfo = tuple[int | None, Shape | None]  # (ONNX elem type, shape)
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16, onnx.TensorProto.BOOL,
+}  # fmt: skip
+# Tensors worth counting: floats, and the integer types of quantized arithmetic (int8/uint8
+# quantized values, int32 accumulators). int64 (indices, shapes) and bool (masks) are not.
+CAPTURABLE_TYPES = (FLOAT_TYPES - {onnx.TensorProto.BOOL}) | {
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32,
 }  # fmt: skip
 
 
@@ -104,6 +118,45 @@ class GraphIndex:
     def shape(self, tensor: str) -> Shape | None:
         """The shape of *tensor* (None, or None/str entries, where unknown)."""
         return self.info.get(tensor, (None, None))[1]
+
+    def opset(self, domain: str = "") -> int:
+        """The model's opset version for *domain* (``ai.onnx`` for ""); 0 when not imported."""
+        want = "" if domain in ("", "ai.onnx") else domain
+        for entry in self.model.opset_import:
+            if ("" if entry.domain in ("", "ai.onnx") else entry.domain) == want:
+                return int(entry.version)
+        return 0
+
+    def constant_ints(self, name: str) -> list[int] | None:
+        """The values of the integer constant *name* (an initializer or Constant output)."""
+        tensor = self._constant_tensors.get(name)
+        if tensor is None:
+            return None
+        from onnx import numpy_helper
+
+        try:
+            return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+        except (ValueError, TypeError):
+            return None
+
+    def constant_array(self, name: str) -> Any:
+        """The value of constant *name* as a numpy array, or None when it is not one."""
+        tensor = self._constant_tensors.get(name)
+        if tensor is None:
+            return None
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(tensor)
+
+    @cached_property
+    def _constant_tensors(self) -> dict[str, onnx.TensorProto]:
+        found = {t.name: t for t in self.model.graph.initializer}
+        for node in self.nodes:
+            if node.op_type == "Constant" and node.output:
+                for a in node.attribute:
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        found[node.output[0]] = a.t
+        return found
 
     def data_input(self, node: NodeProto) -> str | None:
         """The first input of *node* that is not a constant."""

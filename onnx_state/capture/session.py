@@ -139,8 +139,8 @@ class Instrumented:
     ----------
     model:
         A .onnx path or a ModelProto.
-    attach_to, exclude, method, neuron_axes:
-        Which tensors to capture (see ``capture.select.select_captures``).
+    attach_to, exclude, method, neuron_axes, literal, quantized:
+        Which tensors to capture and read (see ``capture.select.select_captures``).
     providers, threads, optimization:
         The onnxruntime session (see ``make_session``). *threads* also decides how states
         are counted (``count.engine.plan_threads``).
@@ -157,6 +157,8 @@ class Instrumented:
         exclude: Sequence[str] | str = (),
         method: Method = "after",
         neuron_axes: Mapping[str, int] | None = None,
+        literal: bool = False,
+        quantized: bool = False,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         optimization: Optimization = "all",
@@ -168,8 +170,9 @@ class Instrumented:
         self.model_dir = path.parent if path is not None else None
         self.index = GraphIndex(self.original)
         self.captures: list[Capture] = select_captures(
-            self.index, attach_to, exclude, method, neuron_axes
-        )
+            self.index, attach_to, exclude, method, neuron_axes,
+            literal=literal, quantized=quantized,
+        )  # fmt: skip
         self.model = add_outputs(self.original, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
@@ -180,7 +183,7 @@ class Instrumented:
         self.session = make_session(
             self.model, *self._session_args, config=self.plan.session_config()
         )
-        self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+        self.tensors = list(dict.fromkeys(c.read for c in self.captures))  # graph outputs read
         if output_batch_axis is not None and not isinstance(output_batch_axis, int):
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
@@ -198,7 +201,9 @@ class Instrumented:
             raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
         k = len(self.output_names)
         n = batch_samples(batch) if samples is None else samples
-        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])), n)
+        read = dict(zip(self.tensors, values[k:]))
+        captured = {c.key: c.view(read[c.read]) for c in self.captures}
+        return BatchRun(dict(batch), values[:k], captured, n)
 
     def stream(
         self,
