@@ -13,7 +13,6 @@ from onnx import ModelProto
 from onnx_state import store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
-from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
@@ -133,7 +132,8 @@ def analyze(
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
-    sha = model_sha256(inst.original)
+    sha = inst.sha256
+    inst.parity_first = parity and not resume
     n_samples = done = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None

@@ -214,7 +214,8 @@ def test_declared_shapes_and_inferred_shapes_give_the_same_captures(bundled, mon
     a = capture.select_captures(model, None, (), "both", None)
     assert inferred == []  # torch.onnx declares every node output: no inference needed
     b = capture.select_captures(bare, None, (), "both", None)
-    assert inferred == [bare]
+    assert len(inferred) == 1  # once, on a copy without the weights
+    assert inferred[0].ByteSize() < bare.ByteSize() // 10
     assert [(c.name, c.tensor, c.axis) for c in a] == [(c.name, c.tensor, c.axis) for c in b]
 
     def outputs(m):  # static dims only: inference names free dims unk__N, torch "batch"

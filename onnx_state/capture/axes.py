@@ -14,7 +14,9 @@ applied by the selection, before any of them):
    ``axes``; Reshape/Flatten by shape, where the neuron dimension survives; reductions by
    their axes; element-wise ops through broadcasting, from the data input whose shape the
    output has, never from a parameter);
-4. a graph input: its entry in the model's ``onnx_state.input_axes`` metadata.
+4. a graph input: its entry in the model's ``onnx_state.input_axes`` metadata;
+5. the axis a consumer defines for its data input (``input_axis``: a Conv's input has its
+   channels on axis 1, a MatMul's its features last), where nothing upstream decided it.
 
 Where no rule applies, shapes are unknown, or a following rule loses the neuron dimension,
 the axis is a *guess* (1 for rank >= 4, the last axis for rank 3): ``AxisChoice.guessed`` is
@@ -138,6 +140,8 @@ def neuron_axis(model: GraphIndex | ModelProto, tensor: str) -> AxisChoice:
             choice = _guess(index, out, f"{op} does not keep the neuron axis of its input")
         else:
             choice = AxisChoice(mapped, _chain_rule(choice.rule, op), choice.guessed)
+        if choice.guessed:  # a guess from upstream yields to what a consumer defines here
+            choice = _consumer_rule(index, out) or choice
         memo[out] = choice
     return choice
 
@@ -168,6 +172,14 @@ def input_axis(model: GraphIndex | ModelProto, node: NodeProto, tensor: str) -> 
     return None
 
 
+def _consumer_rule(index: GraphIndex, name: str) -> AxisChoice | None:
+    for i in sorted(index.consumers.get(name, ())):
+        found = input_axis(index, index.nodes[i], name)
+        if found is not None:
+            return found
+    return None
+
+
 def _chain_rule(rule: str, op: str) -> str:
     """'<rule> → op', keeping the last few ops of a long chain readable."""
     parts = rule.split(" → ")
@@ -178,6 +190,11 @@ def _chain_rule(rule: str, op: str) -> str:
 
 
 def _guess(index: GraphIndex, name: str, why: str) -> AxisChoice:
+    """The axis a consumer defines for *name* (a Conv reading it: channels on axis 1), else
+    a guess: nothing upstream decided it."""
+    found = _consumer_rule(index, name)
+    if found is not None:
+        return found
     rank = index.rank(name)
     if rank == 2:
         return AxisChoice(1, "the only axis besides the samples")
@@ -364,6 +381,15 @@ def _reshape_map(in_shape: Shape, out_shape: Shape, k: int) -> int | None:
         common += 1
     if k < common:  # same dims before and at k: same product before it, so the same axis
         return k
+    # Same known dims from k to the end: the same product after it, so the same axis (the
+    # total size is kept, so the product before it matches too).
+    suffix = in_shape[k:]
+    if (
+        len(suffix) <= len(out_shape)
+        and all(isinstance(d, int) and d > 0 for d in suffix)
+        and tuple(out_shape[len(out_shape) - len(suffix) :]) == tuple(suffix)
+    ):
+        return len(out_shape) - len(suffix)
     tail_in = [d for d in in_shape[common:] if isinstance(d, int) and d > 0]
     tail_out = [d for d in out_shape[common:] if isinstance(d, int) and d > 0]
     if len(tail_in) != len(in_shape) - common or len(tail_out) != len(out_shape) - common:

@@ -172,12 +172,16 @@ def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
     """Elem type and shape of every tensor in the main graph, after shape inference.
 
     Exporters that declare every node output (torch.onnx does) make inference unneeded.
+    Inference runs on a copy without the large weights (``_skeleton``): onnx serializes the
+    model it is given, which would copy every weight twice.
     """
     inferred = model
     # inference is a convenience; when it fails, fall back to what the model declares
     with contextlib.suppress(Exception):
         if not _fully_declared(model.graph):
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(
+                _skeleton(model), strict_mode=False, data_prop=True
+            )
     info: dict[str, TensorInfo] = {}
     graph = inferred.graph
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -194,6 +198,41 @@ def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
     for init in graph.initializer:
         info.setdefault(init.name, (init.data_type, tuple(init.dims)))
     return info
+
+
+_SMALL_BYTES = 1 << 16  # integer initializers kept whole for inference (shapes, axes)
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def _skeleton(model: ModelProto) -> ModelProto:
+    """*model* for shape inference: its large initializers become typed graph inputs.
+
+    Inference needs their types and shapes, not their values; integer constants (shapes,
+    axes) and scalars stay whole, for data propagation.
+    """
+    out = ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    src, graph = model.graph, out.graph
+    graph.name = src.name
+    graph.node.extend(src.node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)
+    graph.sparse_initializer.extend(src.sparse_initializer)
+    inputs = {i.name for i in src.input}
+    for init in src.initializer:
+        size = 1
+        for d in init.dims:
+            size *= d
+        if size <= 16 or (init.data_type in _INT_TYPES and init.ByteSize() <= _SMALL_BYTES):
+            graph.initializer.append(init)
+        elif init.name not in inputs:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    return out
 
 
 def _fully_declared(graph: onnx.GraphProto) -> bool:
