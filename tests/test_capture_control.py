@@ -13,12 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_state.capture.control import (
-    NestedTensor,
-    expose,
-    nested_nodes,
-    node_labels,
-)
+from onnx_state.capture.control import NestedTensor, expose, nested_nodes
 from onnx_state.count.counter import StateCounter
 from onnx_state.errors import LayerNotFoundError, ModelError
 from tests.models import make_model, numpy_conv
@@ -162,3 +157,270 @@ def test_tensors_four_ifs_deep_come_out_from_the_branch_that_ran_and_empty_elsew
                 counter = StateCounter().update(value, 1)
                 assert (counter.neurons, counter.state_count, counter.n_unique) == (4, 0, 0)
         assert ran == (2 if all(flags) else 1)
+
+
+# -- a Loop as an RNN: h <- Relu(x_t Wx + h Wh), one iteration per time step -------------------
+WX, WH = ints(3, 4, lo=-1, hi=2), ints(4, 4, lo=-1, hi=2)
+
+
+def rnn_body(name="rnn_body"):
+    """Body (i, cond, h) -> (cond, h_new, scan output -s): x_t from the outer xs."""
+    nodes = [
+        helper.make_node("Gather", ["xs", "i"], ["x_t"], axis=0),
+        helper.make_node("MatMul", ["x_t", "Wx"], ["a"], name="in_proj"),
+        helper.make_node("MatMul", ["h", "Wh"], ["b"], name="rec_proj"),
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["h_new"], name="act"),
+        helper.make_node("Neg", ["s"], ["s_neg"]),
+        helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+    ]
+    return helper.make_graph(
+        nodes,
+        name,
+        [vi("i", I64, []), vi("cond_in", B, []), vi("h", F, ["N", 4])],
+        [vi("cond_out", B, []), vi("h_new", F, ["N", 4]), vi("s_neg", F, ["N", 4])],
+    )
+
+
+def rnn_loop(name="rnn"):
+    return helper.make_node("Loop", ["M", "", "h0"], ["h_T", "neg_s"], name=name, body=rnn_body())
+
+
+def rnn_reference(xs, h0, steps):
+    """Per step: a = x_t Wx, s = a + h Wh, h_new = Relu(s), stacked (steps, N, 4)."""
+    h, got = h0.astype(np.float64), {"a": [], "s": [], "h_new": []}
+    for t in range(steps):
+        a = xs[t] @ WX.astype(np.float64)
+        s = a + h @ WH.astype(np.float64)
+        h = np.maximum(s, 0)
+        for key, value in (("a", a), ("s", s), ("h_new", h)):
+            got[key].append(value)
+    return {k: np.array(v).reshape(steps, len(h0), 4) for k, v in got.items()}
+
+
+RNN_INPUTS = [vi("xs", F, ["T", "N", 3]), vi("h0", F, ["N", 4]), vi("M", I64, [])]
+RNN_INITS = [("Wx", WX), ("Wh", WH)]
+
+
+def test_loop_body_tensors_are_stacked_per_iteration_and_counted_per_time_step():
+    model = make_model(
+        [rnn_loop()],
+        RNN_INPUTS,
+        [vi("h_T", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])],
+        RNN_INITS,
+    )
+    xs, h0 = ints(4, 6, 3), ints(6, 4)
+    body = ("rnn", "body")
+    tensors = [NestedTensor(body, name) for name in ("a", "s", "h_new")]
+    for steps in (4, 1):
+        exposed, out = check_rewrite(model, tensors, {"xs": xs, "h0": h0, "M": np.array(steps)})
+        ref = rnn_reference(xs, h0, steps)
+        for tensor in tensors:
+            e = exposed[tensor]
+            assert (e.stacked, e.conditional, e.shape, e.inner_shape) == (
+                1,
+                False,
+                (None, None, 4),
+                ("N", 4),
+            )
+            value = out[e.output]
+            np.testing.assert_array_equal(value, ref[tensor.tensor].astype(np.float32), strict=True)
+            # one state per iteration, sample and position: the neuron axis moves by one
+            assert_counts(value, 1 + e.stacked, ref[tensor.tensor])
+        np.testing.assert_array_equal(out["neg_s"], -ref["s"].astype(np.float32))
+    exposed, out = check_rewrite(model, tensors, {"xs": xs, "h0": h0, "M": np.array(0)})
+    for e in exposed.values():  # no iteration, no state
+        assert out[e.output].shape == (0, 0, 4)
+        assert StateCounter().update(out[e.output], 2).state_count == 0
+    assert [e.output for e in exposed.values()] == ["a.rnn", "s.rnn", "h_new.rnn"]
+
+
+# -- a Scan whose body projects each step: m_t = x_t W, state s <- s + m_t ---------------------
+WS = ints(3, 4, lo=-1, hi=2)
+
+
+def scan_model():
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x_t", "W"], ["m"], name="proj"),
+            helper.make_node("Add", ["s", "m"], ["s_new"]),
+            helper.make_node("Relu", ["m"], ["y_t"]),
+        ],
+        "scan_body",
+        [vi("s", F, ["N", 4]), vi("x_t", F, ["N", 3])],
+        [vi("s_new", F, ["N", 4]), vi("y_t", F, ["N", 4])],
+    )
+    scan = helper.make_node(
+        "Scan",
+        ["s0", "xs"],
+        ["s_T", "ys"],
+        name="scan",
+        body=body,
+        num_scan_inputs=1,
+        scan_input_directions=[1],  # iterate from the last step back
+        scan_output_directions=[1],
+        scan_output_axes=[0],
+    )
+    return make_model(
+        [scan],
+        [vi("s0", F, ["N", 4]), vi("xs", F, ["T", "N", 3])],
+        [vi("s_T", F, ["N", 4]), vi("ys", F, ["T", "N", 4])],
+        [("W", WS)],
+    )
+
+
+def test_scan_body_tensors_are_stacked_in_iteration_order():
+    xs, s0 = ints(5, 3, 3), ints(3, 4)
+    tensor = NestedTensor(("scan", "body"), "m")
+    exposed, out = check_rewrite(scan_model(), [tensor], {"s0": s0, "xs": xs})
+    e = exposed[tensor]
+    assert (e.stacked, e.conditional, e.shape) == (1, False, (None, None, 4))
+    m = xs.astype(np.float64) @ WS.astype(np.float64)  # (T, N, 4), in the order of xs
+    # the Scan reads xs from its end (scan_input_directions=[1]); the new output runs forward
+    # in iteration order, so its first entry is the last time step's
+    np.testing.assert_array_equal(out[e.output], m[::-1].astype(np.float32), strict=True)
+    np.testing.assert_array_equal(out["ys"], np.maximum(m, 0).astype(np.float32))
+    assert_counts(out[e.output], 2, m)
+    scan = next(n for n in expose(scan_model(), [tensor])[0].graph.node if n.op_type == "Scan")
+    attrs = {a.name: list(a.ints) for a in scan.attribute if a.ints}
+    assert attrs == {
+        "scan_input_directions": [1], "scan_output_directions": [1, 0], "scan_output_axes": [0, 0]
+    }  # fmt: skip
+
+
+def test_body_inputs_and_outer_tensors_are_exposed_as_the_body_sees_them():
+    """A layer's input may be a body input (the loop-carried h) or an outer-scope tensor."""
+    model = make_model(
+        [rnn_loop()], RNN_INPUTS, [vi("h_T", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])],
+        RNN_INITS,
+    )  # fmt: skip
+    xs, h0 = ints(3, 2, 3), ints(2, 4)
+    h, outer = NestedTensor(("rnn", "body"), "h"), NestedTensor(("rnn", "body"), "h0")
+    exposed, out = check_rewrite(model, [h, outer, h], {"xs": xs, "h0": h0, "M": np.array(3)})
+    assert len(exposed) == 2 and len(out) == 4  # asked twice, exposed once
+    ref = rnn_reference(xs, h0, 3)["h_new"]
+    np.testing.assert_array_equal(
+        out[exposed[h].output], np.stack([h0, *ref[:2]]).astype(np.float32), strict=True
+    )
+    np.testing.assert_array_equal(out[exposed[outer].output], np.stack([h0] * 3), strict=True)
+
+
+# -- composition: a Loop inside an If, an If inside a Loop ------------------------------------
+def test_loop_inside_an_if_is_stacked_when_its_branch_runs_and_empty_otherwise():
+    then = helper.make_graph([rnn_loop()], "with_rnn", [], [vi("h_T")])
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["h0"], ["h_neg"])], "skip", [], [vi("h_neg")]
+    )
+    node = helper.make_node("If", ["flag"], ["h_out"], then_branch=then, else_branch=other)
+    model = make_model(
+        [node], [*RNN_INPUTS, vi("flag", B, [])], [vi("h_out", F, ["N", 4])], RNN_INITS
+    )
+    xs, h0 = ints(4, 6, 3), ints(6, 4)
+    tensor = NestedTensor(("If_0", "then_branch", "rnn", "body"), "s")
+    ref = rnn_reference(xs, h0, 4)["s"]
+    for flag in (True, False):
+        feeds = {"xs": xs, "h0": h0, "M": np.array(4), "flag": np.array(flag)}
+        exposed, out = check_rewrite(model, [tensor], feeds)
+        e = exposed[tensor]
+        assert (e.stacked, e.conditional, e.shape) == (1, True, (None, None, 4))
+        value = out[e.output]
+        if flag:
+            np.testing.assert_array_equal(value, ref.astype(np.float32), strict=True)
+            assert_counts(value, 2, ref)
+        else:
+            assert value.shape == (0, 0, 4)
+            assert StateCounter().update(value, 2).neurons == 4
+
+
+def if_in_loop_model():
+    """A Loop whose body holds If(flag_t): MatMul(x_t, Wx) -> Relu, or Neg(x_t Wx)."""
+    mm = helper.make_node("MatMul", ["x_t", "Wx"], ["p"], name="proj")
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["p"], ["q"], name="act")], "on", [], [vi("q")]
+    )
+    other = helper.make_graph([helper.make_node("Neg", ["p"], ["q_neg"])], "off", [], [vi("q_neg")])
+    body = helper.make_graph(
+        [
+            helper.make_node("Gather", ["xs", "i"], ["x_t"], axis=0),
+            helper.make_node("Gather", ["flags", "i"], ["flag_t"], axis=0),
+            mm,
+            helper.make_node("If", ["flag_t"], ["y_t"], name="gate", then_branch=then,
+                             else_branch=other),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [vi("i", I64, []), vi("cond_in", B, [])],
+        [vi("cond_out", B, []), vi("y_t", F, ["N", 4])],
+    )  # fmt: skip
+    loop = helper.make_node("Loop", ["M", ""], ["ys"], name="loop", body=body)
+    return make_model(
+        [loop],
+        [vi("xs", F, ["T", "N", 3]), vi("flags", B, ["T"]), vi("M", I64, [])],
+        [vi("ys", F, [None, "N", 4])],
+        [("Wx", WX)],
+    )
+
+
+def test_an_if_inside_a_loop_stacks_when_every_iteration_takes_the_same_branch():
+    model = if_in_loop_model()
+    xs = ints(3, 2, 3)
+    q = NestedTensor(("loop", "body", "gate", "then_branch"), "q")
+    ref = np.maximum(xs.astype(np.float64) @ WX.astype(np.float64), 0)
+    for flags, shape in (([True] * 3, (3, 2, 4)), ([False] * 3, (3, 0, 4))):
+        feeds = {"xs": xs, "flags": np.array(flags), "M": np.array(3)}
+        exposed, out = check_rewrite(model, [q], feeds)
+        e = exposed[q]
+        assert (e.stacked, e.conditional, e.shape) == (1, True, (None, None, 4))
+        assert out[e.output].shape == shape
+        if flags[0]:
+            np.testing.assert_array_equal(out[e.output], ref.astype(np.float32), strict=True)
+    # the documented limit: a branch that changes between iterations cannot be stacked
+    new, _ = expose(model, [q])
+    feeds = {"xs": xs, "flags": np.array([True, False, True]), "M": np.array(3)}
+    with pytest.raises(Exception, match=r"Inconsistent shape in loop output"):
+        run(new, feeds)
+
+
+# -- names and bad requests -------------------------------------------------------------------
+def test_new_names_never_collide_with_the_models_own():
+    model = make_model(
+        [rnn_loop(), helper.make_node("Identity", ["h_T"], ["s.rnn"])],
+        RNN_INPUTS,
+        [vi("s.rnn", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])],
+        RNN_INITS,
+    )  # a tensor already called like the new output
+    s = NestedTensor(("rnn", "body"), "s")
+    exposed, out = check_rewrite(
+        model, [s], {"xs": ints(2, 1, 3), "h0": ints(1, 4), "M": np.array(2)}
+    )
+    assert exposed[s].output == "s.rnn_1" and list(out) == ["s.rnn", "neg_s", "s.rnn_1"]
+
+
+def test_same_names_in_sibling_branches_are_told_apart_by_path():
+    model = nested_if_model()
+    tensors = [NestedTensor((*INNER, b), "c") for b in ("then_branch", "else_branch")]
+    before = model.SerializeToString()
+    _, exposed = expose(model, tensors)
+    assert len({e.output for e in exposed.values()}) == 2
+    assert model.SerializeToString() == before  # the model given is not changed
+
+
+def test_every_bad_request_is_reported_at_once_with_suggestions():
+    model = nested_if_model()
+    with pytest.raises(LayerNotFoundError) as err:
+        expose(
+            model,
+            [
+                NestedTensor(("if9", "then_branch"), "c"),
+                NestedTensor(("if0", "else_branch"), "cc"),
+            ],
+        )
+    text = str(err.value)
+    assert "the main graph has no node 'if9'. Did you mean: if0?" in text
+    assert "no tensor 'cc' in if0/else_branch. Did you mean: c?" in text
+    with pytest.raises(ModelError, match="has no subgraph 'body'; it has else_branch, then_branch"):
+        expose(model, [NestedTensor(("if0", "body"), "c")])
+    with pytest.raises(ModelError, match="a path is \\(owner node, subgraph attribute\\) pairs"):
+        expose(model, [NestedTensor((), "y")])
+    with pytest.raises(ModelError, match="'e0_conv' is a Conv, not an If, Loop or Scan"):
+        expose(model, [NestedTensor(("if0", "else_branch", "e0_conv", "body"), "c")])

@@ -382,7 +382,7 @@ def _thread_node(
             if node.op_type == "If":
                 other = graphs[_OTHER_BRANCH[attr_name]]
                 _pad_outputs(node, len(body.output), names)
-                _emit(body, local, base, names)
+                _emit(body, local, f"{base}.{attr_name}", names)
                 empty = names.fresh(f"{base}.empty")
                 value = _empty_value(empty, local.elem_type, local.shape)
                 other.node.append(
@@ -396,7 +396,7 @@ def _thread_node(
             else:  # Loop or Scan: an extra scan output, stacked on a new leading axis
                 carried = len(body.output) - (1 if node.op_type == "Loop" else 0)
                 _pad_outputs(node, carried, names)
-                _emit(body, local, base, names)
+                _emit(body, local, f"{base}.step", names)
                 for attr in node.attribute:
                     if attr.name in ("scan_output_axes", "scan_output_directions"):
                         attr.ints.append(0)
