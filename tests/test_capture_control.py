@@ -323,6 +323,7 @@ def test_loop_inside_an_if_is_stacked_when_its_branch_runs_and_empty_otherwise()
         exposed, out = check_rewrite(model, [tensor], feeds)
         e = exposed[tensor]
         assert (e.stacked, e.conditional, e.shape) == (1, True, (None, None, 4))
+        assert not e.branch_in_loop  # the If is above the Loop
         value = out[e.output]
         if flag:
             np.testing.assert_array_equal(value, ref.astype(np.float32), strict=True)
@@ -371,6 +372,7 @@ def test_an_if_inside_a_loop_stacks_when_every_iteration_takes_the_same_branch()
         exposed, out = check_rewrite(model, [q], feeds)
         e = exposed[q]
         assert (e.stacked, e.conditional, e.shape) == (1, True, (None, None, 4))
+        assert e.branch_in_loop
         assert out[e.output].shape == shape
         if flags[0]:
             np.testing.assert_array_equal(out[e.output], ref.astype(np.float32), strict=True)
@@ -424,3 +426,46 @@ def test_every_bad_request_is_reported_at_once_with_suggestions():
         expose(model, [NestedTensor((), "y")])
     with pytest.raises(ModelError, match="'e0_conv' is a Conv, not an If, Loop or Scan"):
         expose(model, [NestedTensor(("if0", "else_branch", "e0_conv", "body"), "c")])
+
+
+def rnn_model():
+    outputs = [vi("h_T", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])]
+    return make_model([rnn_loop()], RNN_INPUTS, outputs, RNN_INITS)
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 21])
+def test_every_owner_at_every_opset_it_can_be_exposed_at(opset):
+    cases = [
+        (rnn_model(), NestedTensor(("rnn", "body"), "s"), {"M": np.array(2)}),
+        (scan_model(), NestedTensor(("scan", "body"), "m"), {"s0": ints(2, 4)}),
+        (nested_if_model(), NestedTensor(("if0", "else_branch"), "c"), {}),
+    ]
+    for model, tensor, feeds in cases:
+        model.opset_import[0].version = opset
+        onnx.checker.check_model(model, full_check=True)
+        feeds = {"xs": ints(2, 2, 3), "h0": ints(2, 4), "x": ints(2, 3, 8, 8), **feeds}
+        feeds.update({f"c{k}": np.array(False) for k in range(4)})
+        feeds = {i.name: feeds[i.name] for i in model.graph.input}
+        if model.graph.node[0].op_type == "If" and opset < 11:
+            with pytest.raises(ModelError, match="If 'if0' is an If of opset 9, whose branches"):
+                expose(model, [tensor])
+            continue
+        exposed, out = check_rewrite(model, [tensor], feeds)
+        assert out[exposed[tensor].output].shape[0] == 2
+
+
+def test_an_owner_that_leaves_trailing_outputs_out_still_gets_its_new_output_lined_up():
+    """onnx requires every output of a Loop; a model that leaves its scan output out (which
+    onnxruntime refuses) still gets the new output in the place its body gives it."""
+    loop = helper.make_node("Loop", ["M", "", "h0"], ["h_T"], name="rnn", body=rnn_body())
+    inits = [numpy_helper.from_array(a, n) for n, a in RNN_INITS]
+    graph = helper.make_graph([loop], "g", RNN_INPUTS, [vi("h_T", F, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    s = NestedTensor(("rnn", "body"), "s")
+    new, exposed = expose(model, [s])
+    onnx.checker.check_model(new, full_check=True)
+    xs, h0 = ints(3, 2, 3), ints(2, 4)
+    out = run(new, {"xs": xs, "h0": h0, "M": np.array(3)})
+    ref = rnn_reference(xs, h0, 3)
+    np.testing.assert_array_equal(out[exposed[s].output], ref["s"].astype(np.float32))
+    np.testing.assert_array_equal(out["h_T"], ref["h_new"][-1].astype(np.float32))

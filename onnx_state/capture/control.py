@@ -112,7 +112,9 @@ class ExposedTensor:
     *output* is the main-graph output; *stacked* the iteration axes put in front of the
     tensor's own (one per Loop/Scan on the path, outermost first), so its neuron axis
     ``a`` becomes ``a + stacked``; *conditional* says an If lies on the path, so the output
-    may be empty (see the module docstring). *shape* is the output's declared shape
+    may be empty (see the module docstring). *branch_in_loop* says an If lies inside a
+    Loop/Scan on the path: the rewritten model then runs only when every iteration takes
+    the same branch (see the limits in the module docstring). *shape* is the output's declared shape
     (stacked axes first; None where a size is not fixed), *inner_shape* the tensor's shape
     inside its subgraph.
     """
@@ -124,6 +126,7 @@ class ExposedTensor:
     elem_type: int
     shape: Shape
     inner_shape: Shape
+    branch_in_loop: bool = False
 
 
 # -- walking ----------------------------------------------------------------------------------
@@ -166,8 +169,9 @@ def _graph_info(graph: GraphProto) -> dict[str, TensorInfo]:
 
 def _inferred(model: ModelProto) -> ModelProto:
     """*model* with shape inference run on every graph (the model itself if that fails)."""
-    with contextlib.suppress(Exception):  # inference is a convenience, as in index.shape_info
-        return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    for data_prop in (True, False):  # data propagation fails on more models than inference
+        with contextlib.suppress(Exception):  # a convenience, as in index.shape_info
+            return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=data_prop)
     return model
 
 
@@ -264,6 +268,12 @@ def _locate(model: ModelProto, inferred: ModelProto, tensor: NestedTensor) -> st
         node = graph.node[labels.index(label)]
         if node.op_type not in OWNERS or node.domain not in ("", "ai.onnx"):
             return f"{tensor}: node {label!r} is a {node.op_type}, not an If, Loop or Scan"
+        if node.op_type == "If" and _opset(model) < 11:
+            return (
+                f"{tensor}: If {label!r} is an If of opset {_opset(model)}, whose branches must "
+                "give outputs of one shape, so no branch can give an empty tensor; convert the "
+                "model to opset 11 or later (onnx.version_converter)"
+            )
         if node.op_type == "Scan" and _opset(model) < 9:
             return (
                 f"{tensor}: Scan {label!r} is opset-8 Scan (batch axis first), which cannot be "
@@ -479,6 +489,8 @@ def expose(
         )
         inner_shape = inner[tensor][1]
         assert inner_shape is not None
+        ops = [n.op_type for n in _owners_on(model, tensor.path)]
+        stacking = [i for i, op in enumerate(ops) if op in _STACKING]
         exposed[tensor] = ExposedTensor(
             local.name,
             tensor,
@@ -487,5 +499,6 @@ def expose(
             local.elem_type,
             local.shape,
             inner_shape,
+            branch_in_loop=bool(stacking) and "If" in ops[stacking[0] :],
         )
     return out, exposed
