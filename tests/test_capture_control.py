@@ -469,3 +469,18 @@ def test_an_owner_that_leaves_trailing_outputs_out_still_gets_its_new_output_lin
     ref = rnn_reference(xs, h0, 3)
     np.testing.assert_array_equal(out[exposed[s].output], ref["s"].astype(np.float32))
     np.testing.assert_array_equal(out["h_T"], ref["h_new"][-1].astype(np.float32))
+
+
+def test_tensors_without_a_type_or_with_no_empty_form_are_refused():
+    with pytest.raises(ModelError, match="a scalar inside an If branch cannot be exposed"):
+        expose(nested_if_model(), [NestedTensor(("if0", "else_branch"), "c0")])
+    body = rnn_body()
+    body.node.append(helper.make_node("Mystery", ["s"], ["z"], domain="custom.ops"))
+    loop = helper.make_node("Loop", ["M", "", "h0"], ["h_T", "neg_s"], name="rnn", body=body)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("custom.ops", 1)]
+    outputs = [vi("h_T", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])]
+    model = make_model([loop], RNN_INPUTS, outputs, RNN_INITS, opset=opsets)
+    with pytest.raises(ModelError, match="'z' is not a tensor of a known numeric elem type"):
+        expose(model, [NestedTensor(("rnn", "body"), "z")])
+    exposed = expose(model, [NestedTensor(("rnn", "body"), "s")])[1]  # the rest still works
+    assert exposed[NestedTensor(("rnn", "body"), "s")].stacked == 1

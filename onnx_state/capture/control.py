@@ -245,11 +245,19 @@ def _opset(model: ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _locate(model: ModelProto, inferred: ModelProto, tensor: NestedTensor) -> str | TensorInfo:
+@dataclass(frozen=True)
+class _Problem:
+    text: str
+    missing: bool = False  # a name that matches nothing (LayerNotFoundError)
+
+
+def _locate(
+    model: ModelProto, inferred: ModelProto, tensor: NestedTensor
+) -> _Problem | tuple[int, Shape]:
     """*tensor*'s elem type and shape in its subgraph, or the problem with its path or name."""
     path = tensor.path
     if not path or len(path) % 2:
-        return (
+        return _Problem(
             f"{tensor}: a path is (owner node, subgraph attribute) pairs, e.g. "
             f"('If_0', 'then_branch'), got {path!r}; a main-graph tensor needs no exposing"
         )
@@ -260,28 +268,31 @@ def _locate(model: ModelProto, inferred: ModelProto, tensor: NestedTensor) -> st
         owners = [lb for lb, n in zip(labels, graph.node, strict=True) if any(_owned_graphs(n))]
         where = "the main graph" if depth == 0 else "/".join(path[:depth])
         if label not in labels:
-            return (
+            return _Problem(
                 f"{tensor}: {where} has no node {label!r}."
                 + did_you_mean(label, owners)
-                + (f" Control-flow nodes there: {', '.join(owners)}." if owners else "")
+                + (f" Control-flow nodes there: {', '.join(owners)}." if owners else ""),
+                missing=True,
             )
         node = graph.node[labels.index(label)]
         if node.op_type not in OWNERS or node.domain not in ("", "ai.onnx"):
-            return f"{tensor}: node {label!r} is a {node.op_type}, not an If, Loop or Scan"
+            return _Problem(
+                f"{tensor}: node {label!r} is a {node.op_type}, not an If, Loop or Scan"
+            )
         if node.op_type == "If" and _opset(model) < 11:
-            return (
+            return _Problem(
                 f"{tensor}: If {label!r} is an If of opset {_opset(model)}, whose branches must "
                 "give outputs of one shape, so no branch can give an empty tensor; convert the "
                 "model to opset 11 or later (onnx.version_converter)"
             )
         if node.op_type == "Scan" and _opset(model) < 9:
-            return (
+            return _Problem(
                 f"{tensor}: Scan {label!r} is opset-8 Scan (batch axis first), which cannot be "
                 "exposed; convert the model to opset 9 or later (onnx.version_converter)"
             )
         attrs = [a.name for a in _owned_graphs(node)]
         if attr_name not in attrs:
-            return (
+            return _Problem(
                 f"{tensor}: {node.op_type} {label!r} has no subgraph {attr_name!r}; it has "
                 f"{', '.join(attrs)}"
             )
@@ -289,22 +300,26 @@ def _locate(model: ModelProto, inferred: ModelProto, tensor: NestedTensor) -> st
         scope = scope.new_child(_graph_info(graph))
     visible = set(scope) | {o for n in graph.node for o in n.output if o}
     if tensor.tensor not in visible:
-        return f"{tensor}: no tensor {tensor.tensor!r} in {'/'.join(path)}." + did_you_mean(
-            tensor.tensor, visible
+        return _Problem(
+            f"{tensor}: no tensor {tensor.tensor!r} in {'/'.join(path)}."
+            + did_you_mean(tensor.tensor, visible),
+            missing=True,
         )
     elem, shape = scope.get(tensor.tensor, (None, None))
-    if not elem:
-        return (
-            f"{tensor}: the elem type of {tensor.tensor!r} is unknown (shape inference found "
-            "none); declare it in the subgraph's value_info"
+    if not elem or elem == onnx.TensorProto.STRING:
+        return _Problem(
+            f"{tensor}: {tensor.tensor!r} is not a tensor of a known numeric elem type (shape "
+            "inference found none); declare its type in the subgraph's value_info"
         )
     if shape is None:
-        return (
+        return _Problem(
             f"{tensor}: the rank of {tensor.tensor!r} is unknown (shape inference found none); "
             "declare its shape in the subgraph's value_info"
         )
     if not shape and "If" in {n.op_type for n in _owners_on(model, path)}:
-        return f"{tensor}: a scalar inside an If branch cannot be exposed (no empty scalar)"
+        return _Problem(
+            f"{tensor}: a scalar inside an If branch cannot be exposed (no empty scalar)"
+        )
     return elem, shape
 
 
@@ -421,7 +436,7 @@ def _thread_node(
 def _thread(
     graph: GraphProto,
     requests: Mapping[NestedTensor, Path],
-    inner: Mapping[NestedTensor, TensorInfo],
+    inner: Mapping[NestedTensor, tuple[int, Shape]],
     names: _Names,
 ) -> dict[NestedTensor, _Local]:
     """Expose each request (with the part of its path below *graph*) as a value of *graph*."""
@@ -433,7 +448,6 @@ def _thread(
             below.setdefault(rest[0], {}).setdefault(rest[1], {})[tensor] = rest[2:]
         else:
             elem, shape = inner[tensor]
-            assert elem is not None and shape is not None  # checked by _locate
             result[tensor] = _Local(tensor.tensor, elem, _fixed(shape), 0, False)
     for label, by_attr in below.items():
         node = graph.node[labels.index(label)]
@@ -471,11 +485,11 @@ def expose(
     wanted = list(dict.fromkeys(tensors))
     inferred = _inferred(model)
     located = {t: _locate(model, inferred, t) for t in wanted}
-    problems = [p for p in located.values() if isinstance(p, str)]
+    problems = [p for p in located.values() if isinstance(p, _Problem)]
     if problems:
-        not_found = any(" has no node " in p or ": no tensor " in p for p in problems)
-        raise (LayerNotFoundError if not_found else ModelError)(" ".join(problems))
-    inner = {t: info for t, info in located.items() if not isinstance(info, str)}
+        error = LayerNotFoundError if any(p.missing for p in problems) else ModelError
+        raise error(" ".join(p.text for p in problems))
+    inner = {t: info for t, info in located.items() if not isinstance(info, _Problem)}
     out = ModelProto()
     out.CopyFrom(model)
     names = _Names(out)
@@ -487,8 +501,6 @@ def expose(
         out.graph.output.append(
             helper.make_tensor_value_info(local.name, local.elem_type, local.shape)
         )
-        inner_shape = inner[tensor][1]
-        assert inner_shape is not None
         ops = [n.op_type for n in _owners_on(model, tensor.path)]
         stacking = [i for i, op in enumerate(ops) if op in _STACKING]
         exposed[tensor] = ExposedTensor(
@@ -498,7 +510,7 @@ def expose(
             local.conditional,
             local.elem_type,
             local.shape,
-            inner_shape,
+            inner[tensor][1],
             branch_in_loop=bool(stacking) and "If" in ops[stacking[0] :],
         )
     return out, exposed
