@@ -484,3 +484,25 @@ def test_tensors_without_a_type_or_with_no_empty_form_are_refused():
         expose(model, [NestedTensor(("rnn", "body"), "z")])
     exposed = expose(model, [NestedTensor(("rnn", "body"), "s")])[1]  # the rest still works
     assert exposed[NestedTensor(("rnn", "body"), "s")].stacked == 1
+
+
+@pytest.mark.parametrize(
+    "elem", [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT32, TensorProto.UINT8, B]
+)
+def test_the_empty_tensor_has_the_elem_type_of_the_tensor(elem):
+    then = helper.make_graph(
+        [helper.make_node("Abs", ["x"], ["t"]), helper.make_node("Cast", ["t"], ["v"], to=elem)],
+        "then", [], [vi("t", F, None)],
+    )  # fmt: skip
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["n"])], "else", [], [vi("n")])
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=then, else_branch=other)
+    model = make_model([node], [vi("x", F, ["N", 3]), vi("flag", B, [])], [vi("y", F, ["N", 3])])
+    v = NestedTensor(("If_0", "then_branch"), "v")
+    x = ints(4, 3)
+    dtype = helper.tensor_dtype_to_np_dtype(elem)
+    for flag in (True, False):
+        exposed, out = check_rewrite(model, [v], {"x": x, "flag": np.array(flag)})
+        value = out[exposed[v].output]
+        assert value.dtype == dtype and exposed[v].elem_type == elem
+        expected = np.abs(x).astype(dtype) if flag else np.zeros((0, 3), dtype)
+        np.testing.assert_array_equal(value, expected, strict=True)
