@@ -251,57 +251,77 @@ class _Problem:
     missing: bool = False  # a name that matches nothing (LayerNotFoundError)
 
 
-def _locate(
-    model: ModelProto, inferred: ModelProto, tensor: NestedTensor
-) -> _Problem | tuple[int, Shape]:
-    """*tensor*'s elem type and shape in its subgraph, or the problem with its path or name."""
-    path = tensor.path
+@dataclass(frozen=True)
+class _Place:
+    """A resolved path: its subgraph, the scope seen there, and the owners above it."""
+
+    graph: GraphProto
+    scope: _Scope
+    owners: tuple[NodeProto, ...]
+
+
+def _walk(inferred: ModelProto, path: Path, what: str) -> _Problem | _Place:
+    """Follow *path* down from the main graph; *what* names the request in messages."""
     if not path or len(path) % 2:
         return _Problem(
-            f"{tensor}: a path is (owner node, subgraph attribute) pairs, e.g. "
-            f"('If_0', 'then_branch'), got {path!r}; a main-graph tensor needs no exposing"
+            f"{what}: a path is (owner node, subgraph attribute) pairs, e.g. "
+            f"('If_0', 'then_branch'), got {path!r}; the main graph needs no path"
         )
     graph, scope = inferred.graph, ChainMap(_graph_info(inferred.graph))
+    owners: list[NodeProto] = []
     for depth in range(0, len(path), 2):
         label, attr_name = path[depth], path[depth + 1]
         labels = node_labels(graph)
-        owners = [lb for lb, n in zip(labels, graph.node, strict=True) if any(_owned_graphs(n))]
+        choices = [lb for lb, n in zip(labels, graph.node, strict=True) if any(_owned_graphs(n))]
         where = "the main graph" if depth == 0 else "/".join(path[:depth])
         if label not in labels:
             return _Problem(
-                f"{tensor}: {where} has no node {label!r}."
-                + did_you_mean(label, owners)
-                + (f" Control-flow nodes there: {', '.join(owners)}." if owners else ""),
+                f"{what}: {where} has no node {label!r}."
+                + did_you_mean(label, choices)
+                + (f" Control-flow nodes there: {', '.join(choices)}." if choices else ""),
                 missing=True,
             )
         node = graph.node[labels.index(label)]
-        if node.op_type not in OWNERS or node.domain not in ("", "ai.onnx"):
-            return _Problem(
-                f"{tensor}: node {label!r} is a {node.op_type}, not an If, Loop or Scan"
-            )
-        if node.op_type == "If" and _opset(model) < 11:
-            return _Problem(
-                f"{tensor}: If {label!r} is an If of opset {_opset(model)}, whose branches must "
-                "give outputs of one shape, so no branch can give an empty tensor; convert the "
-                "model to opset 11 or later (onnx.version_converter)"
-            )
-        if node.op_type == "Scan" and _opset(model) < 9:
-            return _Problem(
-                f"{tensor}: Scan {label!r} is opset-8 Scan (batch axis first), which cannot be "
-                "exposed; convert the model to opset 9 or later (onnx.version_converter)"
-            )
         attrs = [a.name for a in _owned_graphs(node)]
+        if not attrs:
+            return _Problem(f"{what}: node {label!r} is a {node.op_type}, not an If, Loop or Scan")
         if attr_name not in attrs:
             return _Problem(
-                f"{tensor}: {node.op_type} {label!r} has no subgraph {attr_name!r}; it has "
+                f"{what}: {node.op_type} {label!r} has no subgraph {attr_name!r}; it has "
                 f"{', '.join(attrs)}"
             )
+        owners.append(node)
         graph = next(a.g for a in node.attribute if a.name == attr_name)
         scope = scope.new_child(_graph_info(graph))
+    return _Place(graph, scope, tuple(owners))
+
+
+def _locate(
+    model: ModelProto, inferred: ModelProto, tensor: NestedTensor
+) -> _Problem | tuple[int, Shape]:
+    """*tensor*'s elem type and shape in its subgraph, or the problem with exposing it."""
+    place = _walk(inferred, tensor.path, str(tensor))
+    if isinstance(place, _Problem):
+        return place
+    opset = _opset(model)
+    for node, label in zip(place.owners, tensor.path[::2], strict=True):
+        if node.op_type == "If" and opset < 11:
+            return _Problem(
+                f"{tensor}: If {label!r} is an If of opset {opset}, whose branches "
+                "must give outputs of one shape, so no branch can give an empty tensor; convert "
+                "the model to opset 11 or later (onnx.version_converter)"
+            )
+        if node.op_type == "Scan" and opset < 9:
+            return _Problem(
+                f"{tensor}: Scan {label!r} is opset-8 Scan (batch axis first), "
+                "which cannot be exposed; convert the model to opset 9 or later "
+                "(onnx.version_converter)"
+            )
+    graph, scope = place.graph, place.scope
     visible = set(scope) | {o for n in graph.node for o in n.output if o}
     if tensor.tensor not in visible:
         return _Problem(
-            f"{tensor}: no tensor {tensor.tensor!r} in {'/'.join(path)}."
+            f"{tensor}: no tensor {tensor.tensor!r} in {'/'.join(tensor.path)}."
             + did_you_mean(tensor.tensor, visible),
             missing=True,
         )
@@ -316,20 +336,11 @@ def _locate(
             f"{tensor}: the rank of {tensor.tensor!r} is unknown (shape inference found none); "
             "declare its shape in the subgraph's value_info"
         )
-    if not shape and "If" in {n.op_type for n in _owners_on(model, path)}:
+    if not shape and any(n.op_type == "If" for n in place.owners):
         return _Problem(
             f"{tensor}: a scalar inside an If branch cannot be exposed (no empty scalar)"
         )
     return elem, shape
-
-
-def _owners_on(model: ModelProto, path: Path) -> Iterator[NodeProto]:
-    """The owner nodes along a path that resolves."""
-    graph = model.graph
-    for depth in range(0, len(path), 2):
-        node = graph.node[node_labels(graph).index(path[depth])]
-        yield node
-        graph = next(a.g for a in node.attribute if a.name == path[depth + 1])
 
 
 # -- rewriting --------------------------------------------------------------------------------
@@ -501,7 +512,9 @@ def expose(
         out.graph.output.append(
             helper.make_tensor_value_info(local.name, local.elem_type, local.shape)
         )
-        ops = [n.op_type for n in _owners_on(model, tensor.path)]
+        place = _walk(inferred, tensor.path, str(tensor))
+        assert isinstance(place, _Place)  # resolved above
+        ops = [n.op_type for n in place.owners]
         stacking = [i for i, op in enumerate(ops) if op in _STACKING]
         exposed[tensor] = ExposedTensor(
             local.name,
