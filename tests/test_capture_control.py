@@ -13,7 +13,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_state.capture.control import NestedTensor, expose, nested_nodes
+from onnx_state.capture.control import NestedTensor, expose, nested_nodes, subgraph_model
+from onnx_state.capture.select import select_captures
 from onnx_state.count.counter import StateCounter
 from onnx_state.errors import LayerNotFoundError, ModelError
 from tests.models import make_model, numpy_conv
@@ -454,6 +455,13 @@ def test_every_owner_at_every_opset_it_can_be_exposed_at(opset):
         assert out[exposed[tensor].output].shape[0] == 2
 
 
+def test_opset_8_scan_is_refused():
+    model = scan_model()
+    model.opset_import[0].version = 8
+    with pytest.raises(ModelError, match="Scan 'scan' is opset-8 Scan"):
+        expose(model, [NestedTensor(("scan", "body"), "m")])
+
+
 def test_an_owner_that_leaves_trailing_outputs_out_still_gets_its_new_output_lined_up():
     """onnx requires every output of a Loop; a model that leaves its scan output out (which
     onnxruntime refuses) still gets the new output in the place its body gives it."""
@@ -506,3 +514,39 @@ def test_the_empty_tensor_has_the_elem_type_of_the_tensor(elem):
         assert value.dtype == dtype and exposed[v].elem_type == elem
         expected = np.abs(x).astype(dtype) if flag else np.zeros((0, 3), dtype)
         np.testing.assert_array_equal(value, expected, strict=True)
+
+
+# -- a subgraph as a model of its own: the main-graph tools list its layers and axes ---------
+def test_subgraph_models_let_the_main_graph_tools_select_layers_and_axes_inside():
+    model = nested_if_model()
+    path = (*INNER, "then_branch")
+    sub = subgraph_model(model, path)
+    assert {t.name for t in sub.graph.initializer} == {"W_in"}  # an outer constant
+    assert [i.name for i in sub.graph.input] == ["x"]  # an outer value
+    caps = select_captures(sub, ["Conv", "Relu"])
+    assert [(c.tensor, c.axis) for c in caps] == [("c", 1), ("t3_r", 1)]
+    x = ints(3, 3, 8, 8)
+    exposed, out = check_rewrite(
+        model,
+        [NestedTensor(path, c.tensor) for c in caps],
+        {"x": x, **{f"c{k}": np.array(True) for k in range(4)}},
+    )
+    conv = numpy_conv(x, W_IN)
+    for cap, ref in zip(caps, (conv, np.maximum(conv, 0)), strict=True):
+        e = exposed[NestedTensor(path, cap.tensor)]
+        assert_counts(out[e.output], cap.axis + e.stacked, ref)
+
+    body = ("rnn", "body")
+    sub = subgraph_model(rnn_model(), body)
+    assert {t.name for t in sub.graph.initializer} == {"Wx", "Wh"}
+    assert [i.name for i in sub.graph.input] == ["i", "cond_in", "h", "xs"]
+    caps = select_captures(sub, ["MatMul"])
+    assert [(c.tensor, c.axis) for c in caps] == [("a", 1), ("b", 1)]
+    xs, h0 = ints(4, 2, 3), ints(2, 4)
+    exposed, out = check_rewrite(
+        rnn_model(), [NestedTensor(body, "a")], {"xs": xs, "h0": h0, "M": np.array(4)}
+    )
+    e = exposed[NestedTensor(body, "a")]
+    assert_counts(out[e.output], caps[0].axis + e.stacked, rnn_reference(xs, h0, 4)["a"])
+    with pytest.raises(LayerNotFoundError, match="the main graph has no node 'rn'"):
+        subgraph_model(rnn_model(), ("rn", "body"))

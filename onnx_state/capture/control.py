@@ -54,6 +54,7 @@ __all__ = [
     "expose",
     "nested_nodes",
     "node_labels",
+    "subgraph_model",
 ]
 
 # (owner label, subgraph attribute, owner label, subgraph attribute, ...), main graph first
@@ -341,6 +342,67 @@ def _locate(
             f"{tensor}: a scalar inside an If branch cannot be exposed (no empty scalar)"
         )
     return elem, shape
+
+
+# -- a subgraph on its own --------------------------------------------------------------------
+def _free_names(graph: GraphProto) -> set[str]:
+    """Names *graph* (and the subgraphs inside it) uses from an enclosing scope."""
+    defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    defined.update(o for n in graph.node for o in n.output)
+    used = {i for n in graph.node for i in n.input if i} | {o.name for o in graph.output}
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                used |= _free_names(sub)
+    return used - defined
+
+
+def _constants(graph: GraphProto) -> dict[str, onnx.TensorProto]:
+    """*graph*'s initializers and Constant values, by name."""
+    found = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None)
+        if node.op_type == "Constant" and node.output and value is not None:
+            found[node.output[0]] = value
+    return found
+
+
+def subgraph_model(model: ModelProto, path: Path) -> ModelProto:
+    """The subgraph at *path* as a model of its own, for the main-graph tools to read.
+
+    ``GraphIndex``, ``list_layers``, ``neuron_axis`` and ``select_captures`` then list a
+    branch's or body's layers and their axes as they do the main graph's; the tensors they
+    name are that subgraph's, to expose as ``NestedTensor(path, name)``. The graph is the
+    subgraph with its inferred types; every value it takes from an enclosing scope becomes
+    an initializer (a copy) when it is an initializer or Constant there, so constants stay
+    constants, and an input with its type otherwise. The subgraph's own inputs (a Loop's
+    iteration number, condition and carried values, a Scan's states and slices) stay inputs.
+    The model is meant for reading, not for running.
+    """
+    inferred = _inferred(model)
+    place = _walk(inferred, path, "/".join(path))
+    if isinstance(place, _Problem):
+        raise (LayerNotFoundError if place.missing else ModelError)(place.text)
+    graph = GraphProto()
+    graph.CopyFrom(place.graph)
+    enclosing = [inferred.graph]
+    for node, attr_name in zip(place.owners[:-1], path[1::2][:-1], strict=True):
+        enclosing.append(next(a.g for a in node.attribute if a.name == attr_name))
+    constants: dict[str, onnx.TensorProto] = {}
+    for outer in enclosing:
+        constants.update(_constants(outer))
+    for name in sorted(_free_names(place.graph)):
+        if name in constants:
+            tensor = graph.initializer.add()
+            tensor.CopyFrom(constants[name])
+            tensor.name = name
+        else:
+            elem, shape = place.scope.get(name, (None, None))
+            graph.input.append(helper.make_tensor_value_info(name, elem or 0, shape))
+    sub = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
+    sub.functions.extend(model.functions)
+    sub.metadata_props.extend(model.metadata_props)
+    return sub
 
 
 # -- rewriting --------------------------------------------------------------------------------
