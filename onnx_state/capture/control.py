@@ -113,11 +113,11 @@ class ExposedTensor:
     *output* is the main-graph output; *stacked* the iteration axes put in front of the
     tensor's own (one per Loop/Scan on the path, outermost first), so its neuron axis
     ``a`` becomes ``a + stacked``; *conditional* says an If lies on the path, so the output
-    may be empty (see the module docstring). *branch_in_loop* says an If lies inside a
-    Loop/Scan on the path: the rewritten model then runs only when every iteration takes
-    the same branch (see the limits in the module docstring). *shape* is the output's declared shape
+    may be empty (see the module docstring). *shape* is the output's declared shape
     (stacked axes first; None where a size is not fixed), *inner_shape* the tensor's shape
-    inside its subgraph.
+    inside its subgraph. *branch_in_loop* says an If lies inside a Loop/Scan on the path:
+    the rewritten model then runs only when every iteration takes the same branch (see the
+    limits in the module docstring).
     """
 
     output: str
