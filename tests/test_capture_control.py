@@ -550,3 +550,33 @@ def test_subgraph_models_let_the_main_graph_tools_select_layers_and_axes_inside(
     assert_counts(out[e.output], caps[0].axis + e.stacked, rnn_reference(xs, h0, 4)["a"])
     with pytest.raises(LayerNotFoundError, match="the main graph has no node 'rn'"):
         subgraph_model(rnn_model(), ("rn", "body"))
+
+
+def test_a_loop_inside_a_loop_stacks_two_iteration_axes():
+    inner = helper.make_node(
+        "Loop", ["M", "", "h0"], ["h_in", "neg_in"], name="rnn", body=rnn_body()
+    )
+    outer_body = helper.make_graph(
+        [inner, helper.make_node("Identity", ["c_j"], ["c_j_out"])],
+        "outer_body",
+        [vi("j", I64, []), vi("c_j", B, [])],
+        [vi("c_j_out", B, []), vi("h_in", F, ["N", 4])],
+    )
+    outer = helper.make_node("Loop", ["K", ""], ["hs"], name="outer", body=outer_body)
+    model = make_model(
+        [outer], [*RNN_INPUTS, vi("K", I64, [])], [vi("hs", F, [None, "N", 4])], RNN_INITS
+    )
+    xs, h0 = ints(3, 2, 3), ints(2, 4)
+    s = NestedTensor(("outer", "body", "rnn", "body"), "s")
+    feeds = {"xs": xs, "h0": h0, "M": np.array(3), "K": np.array(2)}
+    exposed, out = check_rewrite(model, [s], feeds)
+    e = exposed[s]
+    assert (e.stacked, e.conditional, e.branch_in_loop, e.shape) == (
+        2,
+        False,
+        False,
+        (None,) * 3 + (4,),
+    )
+    ref = np.stack([rnn_reference(xs, h0, 3)["s"]] * 2)  # (outer, inner, N, 4)
+    np.testing.assert_array_equal(out[e.output], ref.astype(np.float32), strict=True)
+    assert_counts(out[e.output], 1 + e.stacked, ref)
