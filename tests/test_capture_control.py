@@ -435,7 +435,7 @@ def rnn_model():
 
 
 @pytest.mark.parametrize("opset", [9, 11, 13, 21])
-def test_every_owner_at_every_opset_it_can_be_exposed_at(opset):
+def test_every_owner_at_every_opset_and_ir_version_it_can_be_exposed_at(opset):
     cases = [
         (rnn_model(), NestedTensor(("rnn", "body"), "s"), {"M": np.array(2)}),
         (scan_model(), NestedTensor(("scan", "body"), "m"), {"s0": ints(2, 4)}),
@@ -443,6 +443,7 @@ def test_every_owner_at_every_opset_it_can_be_exposed_at(opset):
     ]
     for model, tensor, feeds in cases:
         model.opset_import[0].version = opset
+        model.ir_version = {9: 4, 11: 6, 13: 7, 21: 10}[opset]  # that opset's IR version
         onnx.checker.check_model(model, full_check=True)
         feeds = {"xs": ints(2, 2, 3), "h0": ints(2, 4), "x": ints(2, 3, 8, 8), **feeds}
         feeds.update({f"c{k}": np.array(False) for k in range(4)})
