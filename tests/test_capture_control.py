@@ -581,3 +581,60 @@ def test_a_loop_inside_a_loop_stacks_two_iteration_axes():
     ref = np.stack([rnn_reference(xs, h0, 3)["s"]] * 2)  # (outer, inner, N, 4)
     np.testing.assert_array_equal(out[e.output], ref.astype(np.float32), strict=True)
     assert_counts(out[e.output], 1 + e.stacked, ref)
+
+
+# -- end to end: selection, analysis and inspect see the layers inside --------------------------
+def test_analyze_counts_convs_four_ifs_deep_by_default_selection():
+    """silero-like: every Conv sits inside nested Ifs. The default selection finds them all,
+    each counts exactly the batches whose branch ran, and the outputs keep parity 0."""
+    from onnx_state import analyze
+
+    model = nested_if_model()
+    x = ints(10, 3, 8, 8)
+    flags = {f"c{k}": np.array(True) for k in range(4)}
+    result = analyze(model, {"x": x}, constants=flags, batch_size=5)
+    by_name = {r.name: r for r in result.layers}
+    inner = "_".join(INNER)
+    ran = by_name[f"{inner}_then_branch_t3_conv_post_states"]
+    assert ran.tensor == "c" and ran.axis == 1
+    assert_counts_result(ran, numpy_conv(x, W_IN))
+    idle = by_name[f"{inner}_else_branch_e3_conv_post_states"]
+    assert (idle.neurons, idle.state_count) == (4, 0)
+    assert len(by_name) == 5  # the five Convs of the nest
+    assert result.parity_max_abs_diff == 0.0
+
+
+def assert_counts_result(layer, reference):
+    from tests.reference import assert_states, reference_counts
+
+    assert_states(layer, *reference_counts(reference, 1))
+
+
+def test_analyze_counts_a_loop_body_per_time_step():
+    from onnx_state import analyze
+
+    model = make_model(
+        [rnn_loop()],
+        RNN_INPUTS,
+        [vi("h_T", F, ["N", 4]), vi("neg_s", F, [None, "N", 4])],
+        RNN_INITS,
+    )
+    xs, h0 = ints(4, 6, 3), ints(6, 4)
+    batch = {"xs": xs, "h0": h0, "M": np.array(4)}
+    result = analyze(model, [batch], attach_to=["MatMul"], parity=False)
+    ref = rnn_reference(xs, h0, 4)
+    (a,) = [r for r in result.layers if r.tensor == "a"]
+    assert a.axis == 2 and a.neurons == 4
+    from tests.reference import assert_states, reference_counts
+
+    assert_states(a, *reference_counts(ref["a"], 2))  # one state per step and sample
+
+
+def test_inspect_lists_nested_layers_with_their_path():
+    from onnx_state.capture.describe import describe
+
+    info = describe(nested_if_model())
+    nested = [la for la in info["layers"] if la["inside"]]
+    assert {la["inside"] for la in nested} >= {"/".join((*INNER, "then_branch"))}
+    conv = next(la for la in nested if la["name"].endswith("t3_conv"))
+    assert conv["outputs"][0]["neuron_axis"] == 1

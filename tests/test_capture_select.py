@@ -147,7 +147,7 @@ def test_exclude_removing_everything_and_bad_method():
         capture.select_captures(model, ["Conv"], method="around")
 
 
-def test_tensor_inside_if_body_is_a_clear_error():
+def test_layers_inside_an_if_are_counted_whenever_their_branch_runs():
     then_g = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["inner"], name="inner_relu")],
         "then",
@@ -173,8 +173,22 @@ def test_tensor_inside_if_body_is_a_clear_error():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
         [("zero", np.zeros((), np.float32))],
     )
-    with pytest.raises(LayerNotFoundError, match="inside the body of control-flow node 'branch'"):
-        capture.select_captures(model, ["inner_relu"])
+    (cap,) = capture.select_captures(model, ["inner_relu"])
+    assert cap.name == "branch_then_branch_inner_relu_post_states"
+    assert cap.path == ("branch", "then_branch") and cap.axis == 1
+    rng = np.random.default_rng(0)
+    up = rng.normal(size=(6, 3)).astype(np.float32) + 2  # sum > 0: the then branch runs
+    down = rng.normal(size=(6, 3)).astype(np.float32) - 2  # the else branch runs
+    from onnx_state import analyze
+
+    result = analyze(model, np.concatenate([up, down, up]), attach_to=["Relu", "Neg"],
+                     batch_size=6)  # fmt: skip
+    by_name = {r.name: r for r in result.layers}
+    relu = by_name["branch_then_branch_inner_relu_post_states"]
+    neg = by_name["branch_else_branch_inner_neg_post_states"]
+    assert_states(relu, *reference_counts(np.maximum(np.concatenate([up, up]), 0), 1))
+    assert_states(neg, *reference_counts(-down, 1))
+    assert result.parity_max_abs_diff == 0.0
 
 
 def test_shape_unknown_tensor_type_is_reported():

@@ -13,6 +13,7 @@ from onnx_state.capture.data import input_specs
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.layers import list_layers
 from onnx_state.capture.load import load_model
+from onnx_state.capture.select import nested_layers
 
 __all__ = ["describe", "describe_table"]
 
@@ -20,10 +21,14 @@ __all__ = ["describe", "describe_table"]
 def describe(model: str | os.PathLike[str] | ModelProto) -> dict[str, Any]:
     """A model's inputs, outputs, opsets, op-type histogram and layers, as plain data.
 
+    Layers inside If/Loop/Scan bodies are listed after the main graph's, named with the
+    path of their owning nodes (``inside``: ``if0/then_branch/If_3/else_branch``).
+
     External data is not loaded, so this is cheap for models of any size.
     """
     proto = load_model(model, load_external=False)
     index = GraphIndex(proto)
+    placed = [((), index, la) for la in list_layers(index)] + nested_layers(index)
     return {
         "inputs": [
             {"name": s.name, "dtype": s.dtype.name, "shape": list(s.shape)}
@@ -39,9 +44,10 @@ def describe(model: str | os.PathLike[str] | ModelProto) -> dict[str, Any]:
                 "op_types": list(la.op_types),
                 "output": la.output,
                 "from_exporter": la.has_metadata,
-                "outputs": [_output(index, t) for t in la.outputs or (la.output,)],
+                "outputs": [_output(where, t) for t in la.outputs or (la.output,)],
+                "inside": "/".join(path),
             }
-            for la in list_layers(index)
+            for path, where, la in placed
         ],
     }
 

@@ -107,6 +107,9 @@ class Capture:
     merge_axis: int | None = None  # a source axis joined into the neurons, before them
     zero_point: int | tuple[int, ...] | None = None  # integer tensors fire iff > this
     arithmetic: Literal["float", "integer", "quantized"] = "float"
+    # For a layer inside If/Loop/Scan bodies: (owner, subgraph attribute, ...) down to its
+    # subgraph (see capture.control); ``tensor`` is then that subgraph's name.
+    path: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -162,27 +165,20 @@ def _names(layer: Layer) -> tuple[str, ...]:
 
 
 def _check_request(
-    index: GraphIndex, layers: Sequence[Layer], attach_to: Sequence[str], exclude: Sequence[str]
+    layers: Sequence[Layer], attach_to: Sequence[str], exclude: Sequence[str]
 ) -> None:
     """Report every key that matches nothing, all at once, with suggestions."""
     vocabulary: set[str] = set()
     for layer in layers:
         vocabulary.update((layer.layer_type, *layer.op_types, *_names(layer)))
-    nested = index.nested_names
     problems = []
     for key in attach_to:
         if any(_layer_matches(layer, key) for layer in layers):
             continue
-        if key in nested:
-            problems.append(
-                f"{key!r} lies inside the body of control-flow node {nested[key]!r}; capturing "
-                "inside If/Loop/Scan bodies is not supported, capture that node's output instead"
-            )
-        else:
-            problems.append(
-                f"{key!r} matches no op type, layer type, layer or tensor name."
-                + did_you_mean(key, vocabulary)
-            )
+        problems.append(
+            f"{key!r} matches no op type, layer type, layer or tensor name."
+            + did_you_mean(key, vocabulary)
+        )
     for key in exclude:
         if not any(key in _names(layer) for layer in layers):
             problems.append(f"exclude {key!r} names no layer." + did_you_mean(key, vocabulary))
@@ -238,12 +234,13 @@ def select_captures(
     if not attach_to:
         raise InputError("attach_to is empty; name at least one op type, layer type or layer")
     index = as_index(model)
-    layers = list_layers(index)
-    _check_request(index, layers, [] if lenient else attach_to, exclude)
+    placed = [((), index, layer) for layer in list_layers(index)] + nested_layers(index)
+    layers = [layer for _, _, layer in placed]
+    _check_request(layers, [] if lenient else attach_to, exclude)
     overrides = dict(neuron_axes or {})
     sides: tuple[Side, ...] = ("before", "after") if method == "both" else (method,)
     captures: list[Capture] = []
-    for layer in layers:
+    for path, where, layer in placed:
         if not any(_layer_matches(layer, k) for k in attach_to):
             continue
         if any(k in _names(layer) for k in exclude):
@@ -253,13 +250,12 @@ def select_captures(
                 tensors = [] if layer.input is None else [(layer.input, "")]
             else:
                 outs = layer.outputs or (layer.output,)
-                tensors = [(t, "" if k == 0 else f".{_position(index, t)}") for k, t in
+                tensors = [(t, "" if k == 0 else f".{_position(where, t)}") for k, t in
                            enumerate(outs)]  # fmt: skip
             for tensor, suffix in tensors:
                 name = capture_name(layer.name + suffix, side)
-                captures.append(
-                    _capture(index, layer, side, tensor, name, overrides, literal, quantized)
-                )
+                capture = _capture(where, layer, side, tensor, name, overrides, literal, quantized)
+                captures.append(replace(capture, path=path) if path else capture)
     _warn_guesses(captures)
     unknown = set(overrides) - {c.layer for c in captures} - {c.name for c in captures}
     if unknown:
@@ -275,6 +271,21 @@ def select_captures(
             f"{attach_to} selected layers, but exclude {exclude} removed them all"
         )
     return _unique_names(captures)
+
+
+def nested_layers(index: GraphIndex) -> list[tuple[tuple[str, ...], GraphIndex, Layer]]:
+    """Layers inside If branches and Loop/Scan bodies, nested to any depth: (path of the
+    subgraph, its index, the layer named with its path, e.g. ``if0/then_branch/conv``)."""
+    if not index.nested_names:
+        return []
+    from onnx_state.capture.control import nested_nodes, subgraph_model
+
+    found = []
+    for path in dict.fromkeys(n.path for n in nested_nodes(index.model)):
+        sub = GraphIndex(subgraph_model(index.model, path))
+        for layer in list_layers(sub):
+            found.append((path, sub, replace(layer, name="/".join((*path, layer.name)))))
+    return found
 
 
 def _position(index: GraphIndex, tensor: str) -> int:

@@ -32,7 +32,7 @@ from onnx_state.capture.data import (
     resolve_batch_size,
 )
 from onnx_state.capture.index import GraphIndex
-from onnx_state.capture.rewrite import add_outputs
+from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
@@ -180,6 +180,8 @@ class Instrumented:
             self.index, attach_to, exclude, method, neuron_axes,
             literal=literal, quantized=quantized,
         )  # fmt: skip
+        # Layers inside If/Loop/Scan bodies read outputs threaded out to the main graph.
+        self._base, self.captures = expose_nested(self.original, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
@@ -199,7 +201,7 @@ class Instrumented:
     @property
     def model(self) -> ModelProto:
         """The instrumented model (a copy of the original with the extra outputs)."""
-        return add_outputs(self.original, self.captures)
+        return add_outputs(self._base, self.captures)
 
     @property
     def session(self) -> Any:
@@ -209,9 +211,9 @@ class Instrumented:
         that moment only (no second copy of the weights in memory).
         """
         if self._session is None:
-            with _extra_outputs(self.original, self.captures):
+            with _extra_outputs(self._base, self.captures):
                 self._session = make_session(
-                    self.original, *self._session_args, config=self.plan.session_config()
+                    self._base, *self._session_args, config=self.plan.session_config()
                 )
         return self._session
 
@@ -413,7 +415,7 @@ def instrument(
     """The rewritten model alone: *model* with the captured tensors as extra outputs."""
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
-    return add_outputs(proto, captures)
+    return add_outputs(*expose_nested(proto, captures))
 
 
 @contextlib.contextmanager
