@@ -197,7 +197,8 @@ def test_one_counter_updated_from_many_threads():
 @pytest.mark.parametrize(
     ("x", "axis", "error", "text"),
     [
-        (np.zeros((2, 3), dtype=np.int32), 1, DTypeError, "int32"),
+        (np.zeros((2, 3), dtype=np.complex64), 1, DTypeError, "complex64"),
+        (np.zeros((2, 3), dtype=">i4"), 1, DTypeError, ">i4"),
         (np.zeros(4, dtype=np.float32), 0, InputError, "rank"),
         (np.zeros((2, 3), dtype=np.float32), 2, InputError, "out of range"),
         (np.zeros((2, 3), dtype=np.float32), 0, InputError, "axis 0"),

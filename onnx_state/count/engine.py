@@ -215,7 +215,7 @@ class ParallelCounting:
                 raise InputError(f"cannot count states of this data: {why}") from None
             n = x.shape[0] if x.ndim else 0
             valid = x.ndim >= 2 and -x.ndim <= axis < x.ndim
-            if valid:
+            if valid and not counter.packed:  # a packed counter knows its width from the start
                 # One width per layer, checked here for every batch: the thread that takes a
                 # piece may hold a shard, or a counter that has not seen a batch yet.
                 width = self._width.setdefault(key, counter.neurons or x.shape[axis])
@@ -259,7 +259,7 @@ class ParallelCounting:
         if split and worker:
             shards = self._shards[worker]
             if key not in shards:
-                shards[key] = StateCounter(self._width[key])
+                shards[key] = counter.empty_copy()  # same width, zero point and input
             counter = shards[key]
         counter.update(x, axis=axis)
 
@@ -288,7 +288,8 @@ def count_states(
     Parameters
     ----------
     x:
-        A captured tensor of rank >= 2 (float16/32/64 or bool), samples on axis 0.
+        A captured tensor of rank >= 2 (float16/32/64, bool or integers; packed uint8
+        bytes for a ``packed`` counter), samples on axis 0.
     axis:
         Its neuron axis.
     threads:
@@ -297,7 +298,8 @@ def count_states(
         The counter to add to; a new one by default. A recording counter is counted on one
         thread, since its states must stay in order.
 
-    Returns the counter; its results are identical for any number of threads.
+    Returns the counter; its results are identical for any number of threads. A given
+    *counter* keeps its zero point and input (``packed``).
     """
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
