@@ -224,3 +224,28 @@ def test_a_lone_hash_table_layer_is_counted_whole_unless_asked(tiny_pieces, upda
     updates.clear()
     assert_states(count_states(x, threads=2), *reference_counts(x, 1))
     assert len({c for c, _, _ in updates}) > 1
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_shards_keep_the_zero_point_and_the_packed_input(tiny_pieces, updates, workers):
+    # Dense layers are cut into shards: each shard must threshold and read as its layer does.
+    rng = np.random.default_rng(workers)
+    q = [rng.integers(-128, 128, (16, 5, 3), dtype=np.int8) for _ in range(3)]
+    zp = np.array([-128, -1, 0, 5, 127], np.int8)
+    bits = [rng.random((16, 3, 13)) < 0.4 for _ in range(3)]
+    counters = {
+        ("q", 1): StateCounter(zero_point=zp),
+        ("bits", 2): StateCounter(13, packed=True),
+    }
+    with ParallelCounting(counters, workers) as counting:
+        for a, b in zip(q, bits):
+            counting({}, {"q": a, "bits": np.packbits(b, axis=2, bitorder="little")})
+    assert_states(counters[("q", 1)], *reference_counts(np.concatenate(q), 1, zp))
+    assert_states(counters[("bits", 2)], *reference_counts(np.concatenate(bits), 2))
+    assert (len({c for c, _, _ in updates}) > 2) == (workers > 1)
+
+
+def test_a_packed_batch_of_another_width_is_refused(tiny_pieces):
+    counters = {("bits", 1): StateCounter(13, packed=True)}
+    with pytest.raises(InputError, match="is 2 bytes"), ParallelCounting(counters, 2) as counting:
+        counting({}, {"bits": np.zeros((64, 3), np.uint8)})
