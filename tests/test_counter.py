@@ -503,3 +503,17 @@ def test_a_table_that_ran_out_of_memory_refuses_to_be_read():
         pytest.skip("needs /proc and RLIMIT_AS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_hash_tables_shard_cheaply_only_while_small(monkeypatch):
+    from onnx_state.count import counter as counter_module
+
+    monkeypatch.setattr(counter_module, "SHARD_TABLE_BYTES", 64 << 10)
+    x = np.random.default_rng(0).standard_normal((20_000, 40)).astype(np.float32)
+    wide = StateCounter(40)
+    assert wide.shards_cheaply  # an empty hash table
+    wide.update(x)  # 20,000 distinct states: 512 KiB of entries
+    assert not wide.shards_cheaply
+    assert StateCounter(20).update(x[:, :20]).shards_cheaply  # dense: always
+    assert not StateCounter(40, record=True).shards_cheaply
+    assert not StateCounter().shards_cheaply  # no table yet

@@ -570,6 +570,15 @@ cdef class StateTable:
     def nwords(self) -> int:
         return self.t.nwords
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the table holds now (its entries, rows and slots)."""
+        if self.t.kind == KIND_DENSE:
+            return self.t.dense.size * sizeof(int64_t)
+        if self.t.kind == KIND_NARROW:
+            return (self.t.narrow.mask + 1) * sizeof(Entry)
+        return (self.t.capacity * (self.t.nwords + 2) + self.t.mask + 1) * sizeof(uint64_t)
+
     cdef _check(self):
         if self.broken:
             raise MemoryError(
