@@ -10,7 +10,8 @@ NCHW) and neurons-last tensors (MatMul, Gemm, LSTM outputs: (rows, hidden)) in f
 float16 and bool; int8 with per-channel zero points and int32 accumulators; bits packed
 beforehand (uint8 from ``np.packbits``), as the capture stage can hand them over. Every
 case is checked against numpy's counts before it is timed. Run by hand; not a test.
-``--quick`` runs small arrays once, to prove the script works.
+Each case has about 2**25 values (``--quick``: 2**20, timed once, to prove the script
+works).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def conv_map(rng: np.random.Generator, n: int, c: int, hw: int, latent: int) -> 
 
 
 def quantize(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """int8 per-channel (along *axis*) quantization of x, and the zero points."""
+    """int8 per-channel (along *axis*) quantization of x, and the zero points
+    (c % 21 - 10 for channel c)."""
     shape = [-1 if a == axis else 1 for a in range(x.ndim)]
     zp = np.arange(x.shape[axis]) % 21 - 10
     scale = np.abs(x).max() / 100
@@ -73,32 +75,76 @@ def quantize(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, zp.astype(np.int8)
 
 
-def cases(quick: bool) -> list[tuple[str, np.ndarray, int, dict[str, Any]]]:
+Case = tuple[str, Callable[[], np.ndarray], int, dict[str, Any]]
+
+
+def cases(size: int) -> list[Case]:
+    """(name, make the array, neuron axis, StateCounter options); about *size* values each
+    (8 * size bits for packed input), made one at a time."""
     rng = np.random.default_rng(0)
-    k = 1 if quick else 8  # quick: about 1/8 of the values
-    conv = conv_map(rng, 32 * k, 64, 24, 12)
-    last = latent_states(rng, 4096 * k * 8, 256, 12)
-    narrow = latent_states(rng, 32768 * k * 8, 16, 10)
-    wide = latent_states(rng, 1024 * k * 8, 1024, 12)
-    q_last, zp_last = quantize(last, 1)
-    q_conv, zp_conv = quantize(conv, 1)
-    acc = np.round(last * 1000).astype(np.int32)  # a MatMulInteger accumulator
-    packed_conv = np.packbits(conv > 0, axis=1, bitorder="little")
-    packed_last = np.packbits(last > 0, axis=1, bitorder="little")
+    per_map = 64 * 24 * 24
+
+    def conv() -> np.ndarray:
+        return conv_map(rng, max(1, size // per_map), 64, 24, 12)
+
+    def last(neurons: int) -> Callable[[], np.ndarray]:
+        return lambda: latent_states(rng, size // neurons, neurons, 12)
+
+    def q(make: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        return lambda: quantize(make(), 1)[0]
+
+    zp = (np.arange(256) % 21 - 10).astype(np.int8)  # quantize()'s zero points
+    zp64 = zp[:64]
     return [
         ("conv NCHW f32 (N,64,24,24)", conv, 1, {}),
-        ("last f32 (rows,256)", last, 1, {}),
-        ("last f32 (rows,16)", narrow, 1, {}),
-        ("last f32 (rows,1024)", wide, 1, {}),
-        ("conv NCHW f16", conv.astype(np.float16), 1, {}),
-        ("last f16 (rows,256)", last.astype(np.float16), 1, {}),
-        ("last bool (rows,256)", last > 0, 1, {}),
-        ("conv int8, zp per channel", q_conv, 1, {"zero_point": zp_conv}),
-        ("last int8, zp per channel", q_last, 1, {"zero_point": zp_last}),
-        ("last int32 accumulator", acc, 1, {}),
-        ("conv packed uint8 (N,8,24,24)", packed_conv, 1, {"neurons": 64, "packed": True}),
-        ("last packed uint8 (rows,32)", packed_last, 1, {"neurons": 256, "packed": True}),
+        ("conv NCHW f32, iid noise", lambda: rng.standard_normal(conv().shape, np.float32), 1, {}),
+        ("last f32 (rows,256)", last(256), 1, {}),
+        ("last f32 (rows,16)", last(16), 1, {}),
+        ("last f32 (rows,1024)", last(1024), 1, {}),
+        ("conv NCHW f16", lambda: conv().astype(np.float16), 1, {}),
+        ("last f16 (rows,256)", lambda: last(256)().astype(np.float16), 1, {}),
+        ("last bool (rows,256)", lambda: last(256)() > 0, 1, {}),
+        ("conv int8, zp per channel", q(conv), 1, {"zero_point": zp64}),
+        ("last int8, zp per channel", q(last(256)), 1, {"zero_point": zp}),
+        ("last int32 accumulator", lambda: np.round(last(256)() * 1000).astype(np.int32), 1, {}),
+        (
+            "conv packed uint8 (N,8,24,24)",
+            lambda: np.packbits(conv() > 0, axis=1, bitorder="little"),
+            1,
+            {"neurons": 64, "packed": True},
+        ),
+        (
+            "last packed uint8 (rows,32)",
+            lambda: np.packbits(last(256)() > 0, axis=1, bitorder="little"),
+            1,
+            {"neurons": 256, "packed": True},
+        ),
     ]
+
+
+def run_case(name: str, x: np.ndarray, axis: int, options: dict[str, Any], repeat: int) -> None:
+    """Check one case against numpy, then time and print it."""
+    ref_zp = "packed" if options.get("packed") else options.get("zero_point")
+
+    def one() -> StateCounter:
+        return StateCounter(**options).update(x, axis)
+
+    def two() -> StateCounter:
+        return count_states(x, axis, threads=2, counter=StateCounter(**options))
+
+    want = numpy_unique_rows(x, axis, ref_zp)
+    assert np.array_equal(np.sort(one().counts()), np.sort(want)), name
+    assert np.array_equal(np.sort(two().counts()), np.sort(want)), name
+    values = x.size * (8 if options.get("packed") else 1)
+    t_sum = best(x.sum, repeat)
+    t_one = best(one, repeat)
+    t_two = best(two, repeat)
+    t_np = best(lambda: numpy_unique_rows(x, axis, ref_zp), 1)
+    ns = 1e9 / values
+    print(
+        f"{name:32s} {values:11d} {t_sum * ns:6.2f} {t_one * ns:6.2f} {t_two * ns:6.2f}"
+        f" {t_np * ns:6.2f} {t_np / t_one:6.1f} {t_one / t_two:6.2f} {len(want):7d}"
+    )
 
 
 def main() -> None:
@@ -107,35 +153,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small arrays, once: a smoke run")
     args = parser.parse_args()
     repeat = 1 if args.quick else args.repeat
-    print("ns per value (per neuron of a state); packed: per neuron, 8 per byte")
+    print("ns per value (per neuron of a state; packed input: 8 per byte)")
     print(
         f"{'case':32s} {'values':>11s} {'sum':>6s} {'thr=1':>6s} {'thr=2':>6s} {'numpy':>6s}"
         f" {'np/t1':>6s} {'t1/t2':>6s} {'uniq':>7s}"
     )
-    for name, x, axis, options in cases(args.quick):
-        zp = options.get("zero_point")
-        ref_zp = "packed" if options.get("packed") else zp
-
-        def one(x: np.ndarray = x, options: dict[str, Any] = options) -> StateCounter:
-            return StateCounter(**options).update(x, axis)
-
-        def two(x: np.ndarray = x, options: dict[str, Any] = options) -> StateCounter:
-            return count_states(x, axis, threads=2, counter=StateCounter(**options))
-
-        want = numpy_unique_rows(x, axis, ref_zp)
-        got = one()
-        assert np.array_equal(np.sort(got.counts()), np.sort(want)), name
-        assert np.array_equal(np.sort(two().counts()), np.sort(want)), name
-        values = x.size * (8 if options.get("packed") else 1)
-        t_sum = best(lambda x=x: x.sum(), repeat)
-        t_one = best(one, repeat)
-        t_two = best(two, repeat)
-        t_np = best(lambda x=x, z=ref_zp: numpy_unique_rows(x, axis, z), 1)
-        ns = 1e9 / values
-        print(
-            f"{name:32s} {values:11d} {t_sum * ns:6.2f} {t_one * ns:6.2f} {t_two * ns:6.2f}"
-            f" {t_np * ns:6.2f} {t_np / t_one:6.1f} {t_one / t_two:6.2f} {len(want):7d}"
-        )
+    for name, make, axis, options in cases(1 << (20 if args.quick else 25)):
+        run_case(name, make(), axis, options, repeat)
 
 
 if __name__ == "__main__":
