@@ -52,9 +52,10 @@ _DTYPE_NAMES = "float16/32/64, bool, int8/16/32/64 or uint8/16/32"
 
 ZeroPoint = int | np.ndarray  # one threshold, or one per neuron
 
-# A hash table is still cut into per-thread shards while it holds at most this much: the
-# size of the dense table of DENSE_NEURONS neurons, which is always cut.
-SHARD_TABLE_BYTES = 8 << DENSE_NEURONS  # int64 counts of 2**DENSE_NEURONS states: 8 MiB
+# A hash table is still cut into per-thread shards while it holds at most this much (some
+# 30,000 states of up to 64 neurons, 16,000 of 256): every thread may keep a shard of that
+# size (and up to one batch more) per layer, merged once at the end.
+SHARD_TABLE_BYTES = 1 << 20
 
 
 def kernel_view(x: Any, axis: int) -> np.ndarray:
@@ -427,9 +428,9 @@ class StateCounter:
         """Whether shards are cheap enough to cut every batch: a dense table (at most
         DENSE_NEURONS neurons) merges in one pass over a fixed array; a hash table's shards
         each grow towards all of its distinct states, so a hash table is cut only while it
-        holds at most SHARD_TABLE_BYTES (a dense table's size): a shard then costs about
-        what a dense layer's does (at most one more batch of states), and wide layers
-        with repeating states (MatMul outputs) still count on every thread."""
+        holds at most SHARD_TABLE_BYTES (1 MiB): a shard then costs little memory (up to
+        one more batch of states), and wide layers with repeating states (MatMul outputs)
+        still count on every thread."""
         if not self.shardable or self._table is None:
             return False
         return self.neurons <= DENSE_NEURONS or self._table.nbytes <= SHARD_TABLE_BYTES

@@ -5,7 +5,7 @@ the next onnxruntime run, and whether onnxruntime's idle threads may spin.
 ``ParallelCounting`` counts each batch's captured tensors on that many threads with results
 identical to one: the counting kernel releases the GIL, so threads scale. Each layer's
 counter is touched by one thread at a time. A layer whose counter ``shards_cheaply`` (a
-dense table, or a hash table still as small as one) is cut by samples into pieces, each
+dense table, or a hash table of at most 1 MiB) is cut by samples into pieces, each
 counted into the taking thread's own shard; with ``shard_any`` (``count_states``: one
 array, nothing else to share out), so is any ``shardable`` counter. Any other layer goes
 whole to one thread: the shards of a large hash table would each grow towards all of the
