@@ -1069,14 +1069,15 @@ def test_counter_update_and_count_states(x, axis, data):
 @given(
     neurons=st.integers(1, 70),
     samples=st.integers(2, 3000),
-    dtype=st.sampled_from(["<f2", "<f4", "<f8", "?"]).map(np.dtype),
+    dtype=st.sampled_from(["<f2", "<f4", "<f8", "?", "i1", "u1", "<i4", "<i8"]).map(np.dtype),
     seed=st.integers(0, 2**32 - 1),
     threads=st.integers(1, 4),
 )
 def test_count_states_cut_into_shards(neurons, samples, dtype, seed, threads):
     """Arrays large enough that count_states cuts them into per-thread shards."""
     rows = max(samples, (2 << 17) // neurons + 1)
-    x = np.random.default_rng(seed).standard_normal((rows, neurons)).astype(dtype)
+    x = np.random.default_rng(seed).standard_normal((rows, neurons)) * 3
+    x = (np.abs(x) if dtype.kind == "u" else x).astype(dtype)
     if dtype.kind == "f":
         x[x > 2.5] = np.nan
     many = onnx_state.count_states(x, 1, threads=threads)
