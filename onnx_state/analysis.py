@@ -13,6 +13,7 @@ from onnx import ModelProto
 from onnx_state import store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
+from onnx_state.capture.session import new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
@@ -128,7 +129,7 @@ def analyze(
         optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
-    counters = {(c.key, c.axis): StateCounter() for c in inst.captures}
+    counters = {(c.key, c.axis): new_counter(c) for c in inst.captures}
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
@@ -234,9 +235,11 @@ def _resume(
     for c, s in zip(inst.captures, stored):
         key = (c.key, c.axis)
         if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
+            zp = c.zero_point
             counters[key] = StateCounter.from_states(
-                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]
-            )
+                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"],
+                zero_point=np.array(zp, np.int64) if isinstance(zp, tuple) else zp,
+            )  # fmt: skip
     state = dict(attrs["checkpoint"])
     for field in ("batches", "n_samples", "correct", "seen"):
         if not isinstance(state.get(field), int) or state[field] < 0:

@@ -34,6 +34,7 @@ from onnx_state.capture.data import (
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
+from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
 
@@ -42,8 +43,10 @@ __all__ = [
     "BatchRun",
     "Instrumented",
     "Optimization",
+    "fires",
     "instrument",
     "make_session",
+    "new_counter",
 ]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
@@ -123,6 +126,24 @@ def make_session(
         if isinstance(exc, InputError):
             raise
         raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
+
+
+def new_counter(capture: Capture, **kwargs: Any) -> StateCounter:
+    """An empty StateCounter for *capture*: integer tensors fire iff > their zero point."""
+    zero_point = capture.zero_point
+    if isinstance(zero_point, tuple):
+        return StateCounter(zero_point=np.array(zero_point, dtype=np.int64), **kwargs)
+    return StateCounter(zero_point=zero_point, **kwargs)
+
+
+def fires(capture: Capture, x: np.ndarray) -> np.ndarray:
+    """Whether each value of *x* (the capture's array with its neurons moved last) fires."""
+    zero_point = capture.zero_point
+    if zero_point is None or zero_point == 0:
+        return x > 0
+    if isinstance(zero_point, tuple):
+        return x > np.array(zero_point, dtype=np.int64)
+    return x > zero_point
 
 
 @dataclass(frozen=True)
