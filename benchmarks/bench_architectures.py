@@ -10,8 +10,8 @@ subprocess (peak RSS is its own), alternating, and the median of --repeat is rep
 
 - ``plain``: onnxruntime alone, session from the path, the same batches and threads.
 - ``analyze``: ``onnx_state.analyze`` with default options (parity check on), the CNNs with
-  every Conv captured, the encoder every MatMul/Gemm, the OCR net Conv + LSTM + MatMul/Gemm,
-  LeNet-5 the default selection.
+  every Conv captured, the encoder every MatMul/Gemm, the OCR net Conv + LSTM + MatMul,
+  LeNet-5 the default selection; ``analyze_noparity`` the same with ``parity=False``.
 - ``parts``: the pieces of analyze measured one by one with the public API: setup (the
   ``Instrumented`` build: load, rewrite, serialize, session), the model hash, the
   instrumented graph against a plain session batch by batch (the observer effect), counting
@@ -48,7 +48,7 @@ from benchmarks.architectures import MODELS, Arch, build, make_data  # noqa: E40
 LENET = Arch("lenet5", 200, (1, 28, 28), None, "the bundled LeNet-5 (default options)")
 ARCHS = {**MODELS, LENET.name: LENET}
 TARGETS = {"bert": 1.5, "lenet5": 1.15}  # every other model is a CNN: 1.3
-MODES = ("plain", "analyze", "parts")
+MODES = ("plain", "analyze", "analyze_noparity", "parts")
 
 
 def target(name: str) -> float:
@@ -68,11 +68,15 @@ def _data(arch: Arch, n: int) -> np.ndarray:
     return (base[rng.integers(0, len(base), n)] + noise).astype(np.float32)
 
 
-def _plain_session(path: str, threads: int) -> Any:
+def _plain_session(path: str, threads: int, spin_stop: bool = False) -> Any:
+    """onnxruntime as a user runs it; *spin_stop* for one beside another session, whose
+    threads would otherwise spin against it after every run."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
+    if spin_stop:
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
@@ -87,12 +91,17 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def child(mode: str, name: str, path: str, batches: int, threads: int) -> dict[str, Any]:
-    """One configuration in this process; its figures as a dict."""
+def child(
+    mode: str, name: str, path: str, batches: int, threads: int, attach_to: str | None = None
+) -> dict[str, Any]:
+    """One configuration in this process; its figures as a dict. *attach_to* (comma-separated)
+    replaces the model's selection."""
     arch = ARCHS[name]
     bs = arch.batch_size
     x = _data(arch, batches * bs)
     attach = list(arch.attach_to) if arch.attach_to else None
+    if attach_to:
+        attach = attach_to.split(",")
     import onnx_state  # imported before timing, as for plain
 
     out: dict[str, Any] = {"mode": mode, "rss_before_mb": _peak_mb()}
@@ -104,10 +113,10 @@ def child(mode: str, name: str, path: str, batches: int, threads: int) -> dict[s
         for i in range(0, len(x), bs):
             sess.run(None, {feed: x[i : i + bs]})
         out.update(seconds=time.perf_counter() - t, setup=t_setup)
-    elif mode == "analyze":
+    elif mode in ("analyze", "analyze_noparity"):
         t = time.perf_counter()
         a = onnx_state.analyze(path, x, attach_to=attach, batch_size=bs, threads=threads,
-                               progress=False)  # fmt: skip
+                               parity=mode == "analyze", progress=False)  # fmt: skip
         out.update(seconds=time.perf_counter() - t, captures=len(a.layers),
                    parity=a.parity_max_abs_diff)  # fmt: skip
     elif mode == "parts":
@@ -130,7 +139,7 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
     model_sha256(inst.original)
     sha = clock() - t
     t = clock()
-    plain = _plain_session(path, threads)
+    plain = _plain_session(path, threads, spin_stop=True)
     setup_plain = clock() - t
     feed = inst.specs[0].name
     keys = {(c.tensor, c.axis) for c in inst.captures}
@@ -199,9 +208,13 @@ def _graphs(path: str, attach: Any, threads: int) -> dict[str, Any]:
 
 
 # -- parent -----------------------------------------------------------------------------------
-def run_child(mode: str, name: str, path: Path, batches: int, threads: int) -> dict[str, Any]:
+def run_child(
+    mode: str, name: str, path: Path, batches: int, threads: int, attach_to: str | None = None
+) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", mode, "--model", name, "--path", str(path),
            "--batches", str(batches), "--threads", str(threads)]  # fmt: skip
+    if attach_to:
+        cmd += ["--attach-to", attach_to]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{name} {mode} failed:\n{proc.stderr[-3000:]}")
@@ -236,6 +249,7 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
     print(f"   {int(p['captures'])} captures, {batches} batches of {arch.batch_size}, "
           f"{p['captured_mb_per_batch']:.1f} MiB captured per batch")  # fmt: skip
     diff = rows["analyze"][0]["parity"]
+    noparity = median(rows["analyze_noparity"], "seconds")
     print(f"   plain {plain:.3f} s   analyze {analyze:.3f} s   ratio {ratio:.2f} "
           f"(target <= {target(name)}: {ok})   parity diff {diff:.2g}")  # fmt: skip
     print(f"   extra {extra:.3f} s = " + ", ".join(
@@ -246,14 +260,18 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
           f"{p['count_1thread']:.3f} s; setup: Instrumented {p['setup_instrumented']:.3f} s, "
           f"hash {p['sha256']:.3f} s, plain session {p['setup_plain']:.3f} s, parity "
           f"{p['parity']:.3f} s")  # fmt: skip
-    rss = {m: median(rows[m], "peak_rss_mb") for m in ("plain", "analyze")}
+    print(f"   analyze with parity=False {noparity:.3f} s (ratio {noparity / plain:.2f}): the "
+          f"parity check costs {analyze - noparity:.3f} s end to end")  # fmt: skip
+    rss = {m: median(rows[m], "peak_rss_mb") for m in ("plain", "analyze", "analyze_noparity")}
     base = median(rows["plain"], "rss_before_mb")
-    print(f"   peak RSS: plain {rss['plain']:.0f} MB, analyze {rss['analyze']:.0f} MB "
+    print(f"   peak RSS: plain {rss['plain']:.0f} MB, analyze {rss['analyze']:.0f} MB, "
+          f"without parity {rss['analyze_noparity']:.0f} MB "
           f"(after imports {base:.0f} MB)")  # fmt: skip
     if graphs:
         ops = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in graphs["ops"].items())
         print(f"   onnxruntime's optimized graph, plain -> instrumented: {ops}")
     return {"model": name, "ratio": ratio, "plain_s": plain, "analyze_s": analyze,
+            "analyze_noparity_s": noparity,
             "parts": p, "rss_mb": rss, "graphs": graphs}  # fmt: skip
 
 
@@ -265,13 +283,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--folder", help="where the models are built (and reused)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 batches, 1 repeat")
+    ap.add_argument("--attach-to", help="comma-separated selection replacing every model's "
+                    "(BatchNorm2d, ReLU: what capturing elsewhere costs)")  # fmt: skip
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--child", choices=(*MODES, "graphs"), help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         (name,) = args.model
-        print(json.dumps(child(args.child, name, args.path, args.batches, args.threads)))
+        figures = child(args.child, name, args.path, args.batches, args.threads, args.attach_to)
+        print(json.dumps(figures))
         return
     if args.quick:
         args.batches, args.repeat = 2, 1
@@ -290,15 +311,16 @@ def main() -> None:
     print(f"{args.batches} batches per run, {args.threads} threads, median of {args.repeat} "
           "alternating repeats, each configuration in its own process")  # fmt: skip
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {n: {m: [] for m in MODES} for n in names}
-    for _ in range(args.repeat):
+    for r in range(args.repeat):
         for name in names:
+            print(f"  repeat {r + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
             for mode in MODES:
                 rows[name][mode].append(
-                    run_child(mode, name, paths[name], args.batches, args.threads)
+                    run_child(mode, name, paths[name], args.batches, args.threads, args.attach_to)
                 )
     results = []
     for name in names:
-        graphs = run_child("graphs", name, paths[name], 1, args.threads)
+        graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to)
         results.append(report(name, rows[name], graphs, args.batches))
     print("\nmodel          ratio  target")
     for r in results:
