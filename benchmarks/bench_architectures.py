@@ -105,6 +105,7 @@ def child(
     import onnx_state  # imported before timing, as for plain
 
     out: dict[str, Any] = {"mode": mode, "rss_before_mb": _peak_mb()}
+    cpu0 = time.process_time()
     if mode == "plain":
         t = time.perf_counter()
         sess = _plain_session(path, threads)
@@ -124,6 +125,7 @@ def child(
     elif mode == "graphs":
         out.update(_graphs(path, attach, threads))
     out["peak_rss_mb"] = _peak_mb()
+    out["cpu_seconds"] = time.process_time() - cpu0  # every thread of the timed part
     return out
 
 
@@ -260,6 +262,10 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
           f"{p['count_1thread']:.3f} s; setup: Instrumented {p['setup_instrumented']:.3f} s, "
           f"hash {p['sha256']:.3f} s, plain session {p['setup_plain']:.3f} s, parity "
           f"{p['parity']:.3f} s")  # fmt: skip
+    cpu = {m: median(rows[m], "cpu_seconds") for m in ("plain", "analyze")}
+    print(f"   CPU time (all threads): plain {cpu['plain']:.2f} s, "
+          f"analyze {cpu['analyze']:.2f} s ({cpu['analyze'] / cpu['plain']:.2f}x; less "
+          "sensitive to a busy machine than wall time, but plain's threads spin)")  # fmt: skip
     print(f"   analyze with parity=False {noparity:.3f} s (ratio {noparity / plain:.2f}): the "
           f"parity check costs {analyze - noparity:.3f} s end to end")  # fmt: skip
     rss = {m: median(rows[m], "peak_rss_mb") for m in ("plain", "analyze", "analyze_noparity")}
@@ -272,7 +278,7 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
         print(f"   onnxruntime's optimized graph, plain -> instrumented: {ops}")
     return {"model": name, "ratio": ratio, "plain_s": plain, "analyze_s": analyze,
             "analyze_noparity_s": noparity,
-            "parts": p, "rss_mb": rss, "graphs": graphs}  # fmt: skip
+            "parts": p, "rss_mb": rss, "graphs": graphs, "runs": rows}  # fmt: skip
 
 
 def main() -> None:
