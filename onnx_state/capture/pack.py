@@ -17,9 +17,11 @@ first, exactly as ``np.packbits(x > 0, axis, bitorder="little")``: neuron ``8*j 
   out NaN; zero means every byte is exact, anything else must be refused by the caller.
 - ``compare`` route (any other rank, axis or float type). ``Greater(x, 0)`` gives the bits
   directly (False for NaN, as numpy's ``x > 0``), a Cast makes them 0/1 floats and a 1x1 Conv
-  (neurons on axis 1) or a MatMul (any other axis, moved last) packs them. No NaN output is
-  needed. onnxruntime cannot run Greater in NCHWc, so on conv maps this route still converts
-  the full map inside the graph; it is the slower one there (see benchmarks/bench_packing.py).
+  (neurons on axis 1) or a MatMul (any other axis, moved last) packs them. No NaN check is
+  needed for exactness; the graph also returns the number of NaN values, as the unpacked
+  counter reports it. onnxruntime cannot run Greater in NCHWc, so on conv maps this route
+  still converts the full map inside the graph: it is the slower one there
+  (benchmarks/bench_packing.py).
 """
 
 from __future__ import annotations
@@ -85,8 +87,12 @@ class PackedOutput:
     ``output`` is a uint8 graph output whose axis ``axis`` holds ``bytes`` bytes of packed bits
     (neuron ``8*j + i`` is bit ``i`` of byte ``j``; bits past ``neurons`` are 0). Its other axes
     are the tensor's in their order, except on the ``compare`` route with neurons on an inner
-    axis, which moves the neuron axis last. ``nan_output``, when set, is a scalar int64 output:
-    the number of packed bytes that a NaN made undefined (0: every byte is exact).
+    axis, which moves the neuron axis last. Each packed capture has one scalar int64 NaN
+    output: ``nan_output`` (``compare`` route) counts the tensor's NaN values, which do not
+    fire, as ``StateCounter.nan_count`` does; ``nan_bytes_output`` (``scale`` route) counts the
+    packed bytes that a NaN made undefined: 0 means every byte is exact, anything else means
+    the batch cannot be counted from these bytes (capture that tensor with
+    ``method="compare"`` or unpacked).
     """
 
     tensor: str
@@ -95,6 +101,7 @@ class PackedOutput:
     neurons: int
     route: str
     nan_output: str | None = None
+    nan_bytes_output: str | None = None
 
     @property
     def bytes(self) -> int:
@@ -259,27 +266,37 @@ def _pack_one(
             fired = b.node("Transpose", [fired], "last", perm=perm)
         packed = _pack_matmul(b, fired, req.neurons, weight)
         byte_axis = req.rank - 1
-    nan_output = None
-    if route == "scale":  # NaN propagates through Clip into the packed sums
-        isnan = b.node(
-            "Cast", [b.node("IsNaN", [packed], "isnan")], "isnan_i64", to=TensorProto.INT64
-        )
-        nan_output = names(f"{req.tensor}_packed_nan")
-        model.graph.node.append(helper.make_node("ReduceSum", [isnan], [nan_output], keepdims=0))
-    data = b.node("Cast", [packed], "u8", to=TensorProto.UINT8)
-    output = names(f"{req.tensor}_packed")
-    if padded != nbytes:
-        starts, ends, axes = (b.const(k, np.array([v], np.int64)) for k, v in
-                              (("start", 0), ("end", nbytes), ("axes", 1)))  # fmt: skip
-        model.graph.node.append(helper.make_node("Slice", [data, starts, ends, axes], [output]))
-    else:
-        model.graph.node.append(helper.make_node("Identity", [data], [output]))
+    # On the scale route a NaN propagates through Clip into the packed sums; counting the
+    # tensor's own NaN values there would need the full map back in NCHW.
+    nan = names(f"{req.tensor}_packed_nan" + ("_bytes" if route == "scale" else ""))
+    _count_nan(b, packed if route == "scale" else req.tensor, nan)
+    output = _to_bytes(b, packed, nbytes, padded, names(f"{req.tensor}_packed"))
     shape: list[int | None] = [None] * req.rank
     shape[byte_axis] = nbytes
     model.graph.output.append(helper.make_tensor_value_info(output, TensorProto.UINT8, shape))
-    if nan_output is not None:
-        model.graph.output.append(helper.make_tensor_value_info(nan_output, TensorProto.INT64, []))
-    return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, nan_output)
+    model.graph.output.append(helper.make_tensor_value_info(nan, TensorProto.INT64, []))
+    if route == "scale":
+        return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, None, nan)
+    return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, nan)
+
+
+def _count_nan(b: _Builder, tensor: str, output: str) -> None:
+    isnan = b.node("IsNaN", [tensor], "isnan")
+    as_int = b.node("Cast", [isnan], "isnan_i64", to=TensorProto.INT64)
+    b.graph.node.append(helper.make_node("ReduceSum", [as_int], [output], keepdims=0))
+
+
+def _to_bytes(b: _Builder, packed: str, nbytes: int, padded: int, output: str) -> str:
+    """uint8 bytes of the packed sums, the padding channels cut off."""
+    data = b.node("Cast", [packed], "u8", to=TensorProto.UINT8)
+    if padded == nbytes:
+        b.graph.node.append(helper.make_node("Identity", [data], [output]))
+        return output
+    ends = [
+        b.const(k, np.array([v], np.int64)) for k, v in (("start", 0), ("end", nbytes), ("axes", 1))
+    ]
+    b.graph.node.append(helper.make_node("Slice", [data, *ends], [output]))
+    return output
 
 
 def _scale_indicator(b: _Builder, channels: int) -> str:
