@@ -13,8 +13,8 @@ first, exactly as ``np.packbits(x > 0, axis, bitorder="little")``: neuron ``8*j 
   small integers are exact in any order) and a Cast makes it uint8. onnxruntime keeps all of
   this in its blocked NCHWc layout (Conv + Clip fuse, 1x1 Convs are NCHWc kernels), so only
   the packed map is converted back, an eighth of the channels. A NaN in the tensor makes its
-  packed sums NaN (Clip propagates NaN), so the graph also returns how many packed channel maps
-  hold a NaN; zero means every byte is exact, anything else must be refused by the caller.
+  packed sums NaN (Clip propagates NaN), so the graph also returns their sum: finite means
+  every byte is exact, NaN means the caller must not count that batch from these bytes.
 - ``compare`` route (any other rank, axis or float type). ``Greater(x, 0)`` gives the bits
   directly (False for NaN, as numpy's ``x > 0``), a Cast makes them 0/1 floats and a 1x1 Conv
   (neurons on axis 1) or a MatMul (any other axis, moved last) packs them. No NaN check is
@@ -87,12 +87,12 @@ class PackedOutput:
     ``output`` is a uint8 graph output whose axis ``axis`` holds ``bytes`` bytes of packed bits
     (neuron ``8*j + i`` is bit ``i`` of byte ``j``; bits past ``neurons`` are 0). Its other axes
     are the tensor's in their order, except on the ``compare`` route with neurons on an inner
-    axis, which moves the neuron axis last. Each packed capture has one scalar int64 NaN
-    output: ``nan_output`` (``compare`` route) counts the tensor's NaN values, which do not
-    fire, as ``StateCounter.nan_count`` does; ``nan_maps_output`` (``scale`` route) counts the
-    (sample, packed channel) maps in which a NaN made bytes undefined: 0 means every byte is
-    exact, anything else means the batch cannot be counted from these bytes (capture that
-    tensor with ``method="compare"`` or unpacked).
+    axis, which moves the neuron axis last. Each packed capture has one scalar NaN output:
+    ``nan_output`` (``compare`` route, int64) counts the tensor's NaN values, which do not
+    fire, as ``StateCounter.nan_count`` does; ``nan_check_output`` (``scale`` route, float32)
+    is the sum of the packed values, NaN iff a NaN reached them: then this batch cannot be
+    counted from these bytes (capture that tensor with ``method="compare"`` or unpacked);
+    finite means every byte is exact.
     """
 
     tensor: str
@@ -101,7 +101,7 @@ class PackedOutput:
     neurons: int
     route: str
     nan_output: str | None = None
-    nan_maps_output: str | None = None
+    nan_check_output: str | None = None
 
     @property
     def bytes(self) -> int:
@@ -266,22 +266,21 @@ def _pack_one(
             fired = b.node("Transpose", [fired], "last", perm=perm)
         packed = _pack_matmul(b, fired, req.neurons, weight)
         byte_axis = req.rank - 1
-    # On the scale route a NaN propagates through Clip into the packed sums, and on into
-    # their per-channel means (NCHWc's GlobalAveragePool, cheap); counting the tensor's own
-    # NaN values there would need the full map back in NCHW.
-    if route == "scale":
-        nan = names(f"{req.tensor}_packed_nan_maps")
-        _count_nan(b, b.node("GlobalAveragePool", [packed], "means"), nan)
-    else:
-        nan = names(f"{req.tensor}_packed_nan")
-        _count_nan(b, req.tensor, nan)
-    output = _to_bytes(b, packed, nbytes, padded, names(f"{req.tensor}_packed"))
+    output = names(f"{req.tensor}_packed")
+    _to_bytes(b, packed, nbytes, padded, output)
     shape: list[int | None] = [None] * req.rank
     shape[byte_axis] = nbytes
     model.graph.output.append(helper.make_tensor_value_info(output, TensorProto.UINT8, shape))
-    model.graph.output.append(helper.make_tensor_value_info(nan, TensorProto.INT64, []))
     if route == "scale":
-        return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, None, nan)
+        # A NaN propagates through Clip into the packed sums, so one small sum tells; the
+        # tensor's own NaN count would need the full map back in NCHW.
+        check = names(f"{req.tensor}_packed_nan_check")
+        model.graph.node.append(helper.make_node("ReduceSum", [packed], [check], keepdims=0))
+        model.graph.output.append(helper.make_tensor_value_info(check, TensorProto.FLOAT, []))
+        return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, None, check)
+    nan = names(f"{req.tensor}_packed_nan")
+    _count_nan(b, req.tensor, nan)
+    model.graph.output.append(helper.make_tensor_value_info(nan, TensorProto.INT64, []))
     return PackedOutput(req.tensor, output, byte_axis, req.neurons, route, nan)
 
 
@@ -292,17 +291,16 @@ def _count_nan(b: _Builder, tensor: str, output: str) -> None:
     b.graph.node.append(helper.make_node("Cast", [total], [output], to=TensorProto.INT64))
 
 
-def _to_bytes(b: _Builder, packed: str, nbytes: int, padded: int, output: str) -> str:
-    """uint8 bytes of the packed sums, the padding channels cut off."""
-    data = b.node("Cast", [packed], "u8", to=TensorProto.UINT8)
+def _to_bytes(b: _Builder, packed: str, nbytes: int, padded: int, output: str) -> None:
+    """uint8 bytes of the packed sums as graph output *output*, padding channels cut off."""
     if padded == nbytes:
-        b.graph.node.append(helper.make_node("Identity", [data], [output]))
-        return output
+        b.graph.node.append(helper.make_node("Cast", [packed], [output], to=TensorProto.UINT8))
+        return
+    data = b.node("Cast", [packed], "u8", to=TensorProto.UINT8)
     ends = [
         b.const(k, np.array([v], np.int64)) for k, v in (("start", 0), ("end", nbytes), ("axes", 1))
     ]
     b.graph.node.append(helper.make_node("Slice", [data, *ends], [output]))
-    return output
 
 
 def _scale_indicator(b: _Builder, channels: int) -> str:
