@@ -15,11 +15,12 @@ Every Conv output is captured. Variants, run in one process, batch by batch in t
 - ``packed``: ``add_packed_outputs`` (``scale`` route: stays in NCHWc, bits leave as bytes);
 - ``packed-compare``: ``add_packed_outputs(method="compare")`` (Greater, out of NCHWc).
 
-Printed per variant: time per batch (median and min over the batches), ÷ plain, the
-ReorderOutput nodes of onnxruntime's optimized graph, and the bytes leaving the graph per
-batch. Then checks: packed bytes == np.packbits(literal > 0, axis=1, bitorder="little") on
-every batch, the original outputs bitwise equal to the literal model's, and their max |diff|
-from the plain model's.
+Printed per variant: wall time per batch (median and min over the batches), ÷ plain, the
+process CPU time per batch (median; with --no-spin it measures work alone, which a loaded
+machine disturbs far less than wall time), the ReorderOutput nodes of onnxruntime's
+optimized graph, and the bytes leaving the graph per batch. Then checks: packed bytes ==
+np.packbits(literal > 0, axis=1, bitorder="little") on every batch, the original outputs
+bitwise equal to the literal model's, and their max |diff| from the plain model's.
 """
 
 from __future__ import annotations
@@ -171,11 +172,16 @@ def packed(model: onnx.ModelProto, convs: list[tuple[str, int]], method: Any) ->
     return add_packed_outputs(model, requests, method=method)[0]
 
 
+SPIN = {"session.force_spinning_stop": "1"}  # what onnx_state's sessions use on the CPU
+
+
 def session(
     model: onnx.ModelProto, threads: int, no_nchwc: bool, optimized: str | None = None
 ) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
+    for key, value in SPIN.items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if optimized:
@@ -207,6 +213,7 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
     for s in sessions.values():  # warm up
         s.run(None, {"x": data[0]})
     times: dict[str, list[float]] = {k: [] for k in sessions}
+    cpu: dict[str, list[float]] = {k: [] for k in sessions}
     out_bytes: dict[str, int] = {}
     n_out = len(model.graph.output)
     exact = parity = True
@@ -214,9 +221,10 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
     for x in data:
         results = {}
         for k, s in sessions.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             results[k] = s.run(None, {"x": x})
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
             out_bytes[k] = sum(a.nbytes for a in results[k])
         lit = results["literal"]
         for k in ("packed", "packed-compare"):
@@ -231,14 +239,16 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
     print(f"\n{net}: {len(convs)} Conv captured, batch {batch_size}, {batches} batches, "
           f"{threads} threads")  # fmt: skip
     print(f"{'variant':18s} {'median ms':>10s} {'min ms':>8s} {'÷plain':>7s} {'÷plain(min)':>11s} "
-          f"{'ReorderOutput':>13s} {'nodes':>6s} {'bytes out/batch':>16s}")  # fmt: skip
+          f"{'CPU ms':>7s} {'÷plain':>7s} {'ReorderOutput':>13s} {'nodes':>6s} "
+          f"{'bytes out/batch':>16s}")  # fmt: skip
     base, base_min = np.median(times["plain"]), min(times["plain"])
+    base_cpu = np.median(cpu["plain"])
     for k, (m, off) in variants.items():
         ops = optimized_ops(m, threads, off)
-        med, low = np.median(times[k]), min(times[k])
+        med, low, work = np.median(times[k]), min(times[k]), np.median(cpu[k])
         print(f"{k:18s} {med * 1e3:10.2f} {low * 1e3:8.2f} {med / base:7.2f} "
-              f"{low / base_min:11.2f} {ops['ReorderOutput']:13d} {sum(ops.values()):6d} "
-              f"{out_bytes[k]:16,d}")  # fmt: skip
+              f"{low / base_min:11.2f} {work * 1e3:7.1f} {work / base_cpu:7.2f} "
+              f"{ops['ReorderOutput']:13d} {sum(ops.values()):6d} {out_bytes[k]:16,d}")  # fmt: skip
     print(f"packed bytes == np.packbits(literal > 0): {exact}; original outputs of packed == "
           f"literal bitwise: {parity}; literal vs plain max |diff|: {worst:.3g}")  # fmt: skip
 
@@ -250,7 +260,11 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="2 batches of 2: proves it runs")
+    p.add_argument("--no-spin", action="store_true",
+                   help="idle onnxruntime threads sleep, so CPU ms measures work")  # fmt: skip
     args = p.parse_args()
+    if args.no_spin:
+        SPIN["session.intra_op.allow_spinning"] = "0"
     batch_size, batches = (2, 2) if args.smoke else (args.batch_size, args.batches)
     for net in args.nets.split(","):
         bench(net, batch_size, batches, args.threads)
