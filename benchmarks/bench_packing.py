@@ -39,6 +39,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from onnx_state.capture.pack import PackRequest, add_packed_outputs
+from onnx_state.count.counter import StateCounter
 
 
 class NetBuilder:
@@ -218,6 +219,11 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
     n_out = len(model.graph.output)
     exact = parity = True
     worst = 0.0
+    counters: dict[str, list[StateCounter]] = {
+        k: [StateCounter(c) for _, c in convs] for k in ("literal", "packed")
+    }
+    count_s = {k: 0.0 for k in counters}
+    can_count_packed = hasattr(StateCounter, "update_packed")  # another branch adds it
     for x in data:
         results = {}
         for k, s in sessions.items():
@@ -236,6 +242,16 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
             )
         worst = max(worst, *(float(np.abs(a - b).max()) for a, b in
                              zip(results["plain"][:n_out], lit[:n_out])))  # fmt: skip
+        t = time.perf_counter()
+        for counter, a in zip(counters["literal"], lit[n_out:]):
+            counter.update(a, 1)
+        count_s["literal"] += time.perf_counter() - t
+        if can_count_packed:
+            bits = [a for a in results["packed"][n_out:] if a.dtype == np.uint8]
+            t = time.perf_counter()
+            for counter, a, (_, c) in zip(counters["packed"], bits, convs):
+                counter.update_packed(a, 1, c)  # type: ignore[attr-defined]
+            count_s["packed"] += time.perf_counter() - t
     print(f"\n{net}: {len(convs)} Conv captured, batch {batch_size}, {batches} batches, "
           f"{threads} threads")  # fmt: skip
     print(f"{'variant':18s} {'median ms':>10s} {'min ms':>8s} {'÷plain':>7s} {'÷plain(min)':>11s} "
@@ -251,6 +267,16 @@ def bench(net: str, batch_size: int, batches: int, threads: int) -> None:
               f"{ops['ReorderOutput']:13d} {sum(ops.values()):6d} {out_bytes[k]:16,d}")  # fmt: skip
     print(f"packed bytes == np.packbits(literal > 0): {exact}; original outputs of packed == "
           f"literal bitwise: {parity}; literal vs plain max |diff|: {worst:.3g}")  # fmt: skip
+    ms = {k: v / batches * 1e3 for k, v in count_s.items()}
+    line = f"counting per batch (one thread): literal floats {ms['literal']:.1f} ms"
+    if can_count_packed:
+        same = all(np.array_equal(a.state_ids(), b.state_ids()) and
+                   np.array_equal(a.counts(), b.counts())
+                   for a, b in zip(counters["literal"], counters["packed"]))  # fmt: skip
+        line += f", packed bytes {ms['packed']:.1f} ms (same states and counts: {same})"
+    else:
+        line += "; packed bytes: needs StateCounter.update_packed"
+    print(line)
 
 
 def main() -> None:
