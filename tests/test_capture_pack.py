@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnx_state.capture.pack import PackRequest, add_packed_outputs
+from onnx_state.capture.pack import PackRequest, add_packed_outputs, pack_request
 from onnx_state.capture.rewrite import add_outputs
 from onnx_state.capture.select import Capture
 from onnx_state.capture.session import make_session
@@ -206,3 +206,11 @@ def test_bad_requests_are_reported_together():
     assert "element type 6 cannot be packed" in text and "declares 1" in text
     with pytest.raises(InputError, match="method must be one of"):
         add_packed_outputs(model, [PackRequest("t", 1, 4, 16)], method="fast")  # type: ignore[arg-type]
+
+
+def test_pack_request_from_a_capture_needs_a_known_neuron_count():
+    fixed = Capture("c", "t", "l", "Conv", "Conv", "after", 1, 4, TensorProto.FLOAT, (2, 9, 3, 5))
+    assert pack_request(fixed) == PackRequest("t", 1, 4, 9, TensorProto.FLOAT)
+    symbolic = Capture("c", "t", "l", "Conv", "Conv", "after", 1, 4, shape=("N", "C", 3, 5))
+    with pytest.raises(InputError, match="cannot pack c: the size of its neuron axis 1"):
+        pack_request(symbolic)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
+from onnx_state.capture.select import Capture
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "PackRequest",
     "PackedOutput",
     "add_packed_outputs",
+    "pack_request",
 ]
 
 PackMethod = Literal["auto", "compare"]
@@ -107,6 +109,18 @@ class PackedOutput:
     def bytes(self) -> int:
         """The packed size of the neuron axis."""
         return -(-self.neurons // 8)
+
+
+def pack_request(capture: Capture) -> PackRequest:
+    """The request that packs *capture*'s tensor; its rank and neuron count must be known."""
+    shape = capture.shape
+    neurons = shape[capture.axis] if shape is not None and capture.rank else None
+    if capture.rank is None or not isinstance(neurons, int):
+        raise InputError(
+            f"cannot pack {capture.name}: the size of its neuron axis {capture.axis} is not "
+            "known (run onnx.shape_inference with fixed shapes, or capture it unpacked)"
+        )
+    return PackRequest(capture.tensor, capture.axis, capture.rank, neurons, capture.elem_type)
 
 
 def add_packed_outputs(
