@@ -111,8 +111,10 @@ def test_conv_maps_pack_exactly(rank, channels):
     assert got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected(t, 1))  # the literal tensor, as captured
     np.testing.assert_array_equal(got, expected(x, 1))  # numpy's statement of t
-    # The original output is unchanged: bitwise equal to the unpacked model's.
+    # The original output is unchanged: bitwise equal to the unpacked and the original model's.
     assert values["y"].tobytes() == y_lit.tobytes()
+    (y_orig,) = make_session(model).run(["y"], {"x": x})
+    assert values["y"].tobytes() == y_orig.tobytes()
     if out.route == "scale":
         assert np.isfinite(values[out.nan_check_output])
     else:
