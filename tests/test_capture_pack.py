@@ -25,7 +25,7 @@ ONNX_OF = {np.float32: TensorProto.FLOAT, np.float16: TensorProto.FLOAT16,
            np.float64: TensorProto.DOUBLE}  # fmt: skip
 
 
-def identity_net(rank: int, channels: int, dtype=F32, producer: str = "conv"):
+def identity_net(rank: int, channels: int, dtype=F32, producer: str = "conv", opset: int = 17):
     """x -> t = identity of x (a depthwise Conv of weight 1, or Mul by 1) -> Relu -> y.
 
     The depthwise Conv keeps t a real conv map that onnxruntime runs in its NCHWc layout;
@@ -50,7 +50,7 @@ def identity_net(rank: int, channels: int, dtype=F32, producer: str = "conv"):
         [helper.make_tensor_value_info("y", et, shape)],
         [numpy_helper.from_array(one, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
@@ -216,3 +216,13 @@ def test_pack_request_from_a_capture_needs_a_known_neuron_count():
     symbolic = Capture("c", "t", "l", "Conv", "Conv", "after", 1, 4, shape=("N", "C", 3, 5))
     with pytest.raises(InputError, match="cannot pack c: the size of its neuron axis 1"):
         pack_request(symbolic)
+
+
+def test_old_opsets_take_the_compare_route_or_are_refused():
+    model = identity_net(4, 16, opset=10)  # Clip takes its bounds as inputs from opset 11
+    x = special_data((2, 16, 3, 5), nan=True, seed=6)
+    values, (out,) = run_packed(model, [PackRequest("t", 1, 4, 16)], x)
+    assert out.route == "compare"
+    np.testing.assert_array_equal(values[out.output], expected(x, 1))
+    with pytest.raises(InputError, match="opset 8 is below 9"):
+        add_packed_outputs(identity_net(4, 16, opset=8), [PackRequest("t", 1, 4, 16)])

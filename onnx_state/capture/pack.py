@@ -196,6 +196,11 @@ def _check_requests(model: ModelProto, requests: Sequence[PackRequest]) -> None:
         if name in seen and seen[name] != req:
             problems.append(f"{name}: requested twice with different parameters")
         seen.setdefault(name, req)
+    opset = _default_opset(model)
+    if requests and opset < 9:  # IsNaN and Greater on every float type arrive with opset 9
+        problems.append(
+            f"the model's opset {opset} is below 9 (convert it with onnx.version_converter)"
+        )
     if missing:
         hints = "".join(did_you_mean(m, known) for m in missing[:3])
         raise LayerNotFoundError(
