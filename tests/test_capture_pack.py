@@ -200,12 +200,16 @@ def test_bad_requests_are_reported_together():
         PackRequest("t", 4, 4, 16),
         PackRequest("x", 1, 4, 0),
         PackRequest("y", 1, 4, 16, TensorProto.INT32),
+        PackRequest("x", 1, 3, 16),
+        PackRequest("y", 1, 4, 15),
     ]
     with pytest.raises(InputError) as err:
         add_packed_outputs(model, bad)
     text = str(err.value)
-    assert "axis 4 is out of range" in text and "at least 1" in text and "int32" not in text
-    assert "element type 6 cannot be packed" in text and "declares 1" in text
+    assert "axis 4 is out of range" in text and "at least 1" in text
+    assert "element type INT32 cannot be packed" in text and "model declares FLOAT" in text
+    assert "x: requested twice" in text and "rank 3, the model 4" in text
+    assert "says 15 neurons, the model's axis 1 has 16" in text
     with pytest.raises(InputError, match="method must be one of"):
         add_packed_outputs(model, [PackRequest("t", 1, 4, 16)], method="fast")  # type: ignore[arg-type]
 

@@ -12,9 +12,10 @@ first, exactly as ``np.packbits(x > 0, axis, bitorder="little")``: neuron ``8*j 
   A 1x1 Conv with weights 2**(i + 23) sums each group of 8 into an integer 0..255 (sums of
   small integers are exact in any order) and a Cast makes it uint8. onnxruntime keeps all of
   this in its blocked NCHWc layout (Conv + Clip fuse, 1x1 Convs are NCHWc kernels), so only
-  the packed map is converted back, an eighth of the channels. A NaN in the tensor makes its
-  packed sums NaN (Clip propagates NaN), so the graph also returns their sum: finite means
-  every byte is exact, NaN means the caller must not count that batch from these bytes.
+  the packed map is converted back: an eighth of the channels, padded to a multiple of 16.
+  A NaN in the tensor makes its packed sums NaN (Clip propagates NaN), so the graph also
+  returns their sum: finite means every byte is exact, NaN means the caller must not count
+  that batch from these bytes.
 - ``compare`` route (any other rank, axis or float type). ``Greater(x, 0)`` gives the bits
   directly (False for NaN, as numpy's ``x > 0``), a Cast makes them 0/1 floats and a 1x1 Conv
   (neurons on axis 1) or a MatMul (any other axis, moved last) packs them. No NaN check is
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+from onnx import ModelProto, NodeProto, TensorProto, TypeProto, helper, numpy_helper
 
 from onnx_state.capture.select import Capture
 from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
@@ -167,7 +168,7 @@ def _check_requests(model: ModelProto, requests: Sequence[PackRequest]) -> None:
     known = {o for n in graph.node for o in n.output if o}
     known.update(i.name for i in graph.input)
     declared = {
-        vi.name: vi.type.tensor_type.elem_type
+        vi.name: vi.type.tensor_type
         for vi in (*graph.input, *graph.value_info, *graph.output)
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type
     }
@@ -181,18 +182,15 @@ def _check_requests(model: ModelProto, requests: Sequence[PackRequest]) -> None:
             continue
         if req.elem_type not in PACK_TYPES:
             problems.append(
-                f"{name}: element type {req.elem_type} cannot be packed (use one of "
+                f"{name}: element type {_type_name(req.elem_type)} cannot be packed (use one of "
                 f"{', '.join(PACK_TYPES.values())}; capture it unpacked instead)"
-            )
-        if name in declared and declared[name] != req.elem_type:
-            problems.append(
-                f"{name}: the request says element type {req.elem_type}, the model declares "
-                f"{declared[name]}"
             )
         if req.rank < 1 or not -req.rank <= req.axis < req.rank:
             problems.append(f"{name}: neuron axis {req.axis} is out of range for rank {req.rank}")
         if req.neurons < 1:
             problems.append(f"{name}: neurons must be at least 1, got {req.neurons}")
+        if name in declared:
+            problems.extend(_mismatches(req, declared[name]))
         if name in seen and seen[name] != req:
             problems.append(f"{name}: requested twice with different parameters")
         seen.setdefault(name, req)
@@ -208,6 +206,35 @@ def _check_requests(model: ModelProto, requests: Sequence[PackRequest]) -> None:
         )
     if problems:
         raise InputError("cannot pack: " + "; ".join(problems))
+
+
+def _type_name(elem_type: int) -> str:
+    try:
+        return str(TensorProto.DataType.Name(elem_type))
+    except ValueError:
+        return str(elem_type)
+
+
+def _mismatches(req: PackRequest, declared: TypeProto.Tensor) -> list[str]:
+    """How *req* contradicts the model's declared type and shape of its tensor."""
+    out = []
+    if declared.elem_type != req.elem_type:
+        out.append(
+            f"{req.tensor}: the request says element type {_type_name(req.elem_type)}, the "
+            f"model declares {_type_name(declared.elem_type)}"
+        )
+    if declared.HasField("shape"):
+        dims = declared.shape.dim
+        if len(dims) != req.rank:
+            out.append(f"{req.tensor}: the request says rank {req.rank}, the model {len(dims)}")
+        elif -req.rank <= req.axis < req.rank:
+            dim = dims[req.axis]
+            if dim.HasField("dim_value") and dim.dim_value != req.neurons:
+                out.append(
+                    f"{req.tensor}: the request says {req.neurons} neurons, the model's axis "
+                    f"{req.axis} has {dim.dim_value}"
+                )
+    return out
 
 
 class _Names:
