@@ -230,3 +230,42 @@ def test_old_opsets_take_the_compare_route_or_are_refused():
     np.testing.assert_array_equal(values[out.output], expected(x, 1))
     with pytest.raises(InputError, match="opset 8 is below 9"):
         add_packed_outputs(identity_net(4, 16, opset=8), [PackRequest("t", 1, 4, 16)])
+
+
+def test_scale_route_keeps_onnxruntimes_nchwc_layout(tmp_path):
+    """Only the packed map (16 channels) is converted out of NCHWc, not the 32-channel map."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(7)
+    w = rng.normal(size=(32, 16, 3, 3)).astype(F32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["t"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["t"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32, 8, 8])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+
+    def reorders(m):
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+        options.log_severity_level = 3
+        ort.InferenceSession(m.SerializeToString(), options, ["CPUExecutionProvider"])
+        nodes = onnx.load(options.optimized_model_filepath).graph.node
+        if not any(n.domain == "com.microsoft.nchwc" for n in nodes):
+            pytest.skip("this onnxruntime build has no NCHWc kernels")
+        return sorted(
+            next(a.i for a in n.attribute if a.name == "channels")
+            for n in nodes
+            if n.op_type == "ReorderOutput"
+        )
+
+    literal = add_outputs(model, [Capture("t", "t", "t", "Conv", "Conv", "after", 1)])
+    assert reorders(literal) == [32, 32]  # the captured map and the Relu output
+    packed, _ = add_packed_outputs(model, [PackRequest("t", 1, 4, 32)])
+    assert reorders(packed) == [16, 32]  # the packed map instead of the captured one
