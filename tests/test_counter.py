@@ -266,11 +266,13 @@ def int_tensors(draw, max_neurons=70):
     x = rng.choice(values, size=shape)
     kind = draw(st.sampled_from(["none", "scalar", "vector"]))
     zp = {"none": None, "scalar": int(rng.choice(values)), "vector": rng.choice(values, neurons)}
-    layout = draw(st.sampled_from(["C", "neurons last in memory", "stepped"]))
+    layout = draw(st.sampled_from(["C", "neurons last in memory", "stepped", "reversed"]))
     if layout == "neurons last in memory":
         x = np.moveaxis(np.moveaxis(x, axis, -1).copy(), -1, axis)
     elif layout == "stepped":
         x = np.repeat(x, 2, axis=0)[::2]
+    elif layout == "reversed":  # negative strides
+        x = np.flip(x, draw(st.integers(0, rank - 1)))
     return x, axis, zp[kind]
 
 
@@ -376,6 +378,9 @@ def packed_tensors(draw):
         packed[tuple(last)] |= np.uint8((0xFF << (neurons % 8)) & 0xFF)
     if draw(st.booleans()):  # bytes last in memory
         packed = np.moveaxis(np.moveaxis(packed, axis, -1).copy(), -1, axis)
+    if draw(st.booleans()):  # negative strides on any axis but the bytes'
+        flip = draw(st.sampled_from([a for a in range(rank) if a != axis]))
+        bits, packed = np.flip(bits, flip), np.flip(packed, flip)
     return bits, packed, axis
 
 
