@@ -426,6 +426,20 @@ def test_bad_packed_input_raises_one_clear_error(make, x, error, text):
         make().update(x, axis=0 if text == "axis 0" else 1)
 
 
+def test_packed_batches_carry_the_nan_count_of_their_tensor():
+    x = np.array([[np.nan, 1.0, -1.0], [2.0, np.nan, np.nan]], np.float32)
+    packed = np.packbits(x > 0, axis=1, bitorder="little")
+    counter = StateCounter(3).update_packed(packed, nan_count=int(np.isnan(x).sum()))
+    assert_states(counter, *reference_counts(x, 1))
+    assert counter.nan_count == StateCounter().update(x).nan_count == 3
+    counter.update_packed(packed[:0], nan_count=2)  # a count alone
+    assert counter.nan_count == 5 and counter.state_count == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="nan_count"):
+            counter.update_packed(packed, nan_count=bad)
+    assert counter.state_count == 2
+
+
 def test_update_packed_needs_the_neuron_count():
     packed = np.zeros((2, 2), np.uint8)
     with pytest.raises(InputError, match="neurons="):
