@@ -16,7 +16,7 @@ from onnx_state import distributed, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
-from onnx_state.capture.load import model_sha256
+from onnx_state.capture.session import new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
@@ -36,6 +36,9 @@ def analyze(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
+    pack: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -77,6 +80,16 @@ def analyze(
         Capture each layer's output (``after``), its data input (``before``), or both.
     neuron_axes:
         Neuron-axis overrides by layer or capture name.
+    literal:
+        Read each layer's tensor itself, not the output of a Relu-like activation that
+        alone consumes it (same states; the default keeps onnxruntime's fusions).
+    quantized:
+        In a QDQ model, read each float tensor that only a QuantizeLinear consumes as that
+        quantized tensor (fires iff > its zero point): the deployed int8 arithmetic.
+    pack:
+        Read float32 conv maps as their firing bits, packed inside the graph
+        (``capture.pack``): exact, 13-32x fewer bytes to count; a batch in which a NaN
+        reaches a packed layer is refused.
     batch_size:
         Samples per onnxruntime run; None takes the model's fixed batch dimension when it
         has one, else 200.
@@ -121,7 +134,8 @@ def analyze(
     if cluster is not None:
         return _analyze_on(
             cluster, model, data, labels=labels, attach_to=attach_to, exclude=exclude,
-            method=method, neuron_axes=neuron_axes, batch_size=batch_size,
+            method=method, neuron_axes=neuron_axes, literal=literal, quantized=quantized,
+            pack=pack, batch_size=batch_size,
             constants=constants, output_batch_axis=output_batch_axis, providers=providers,
             threads=threads, optimization=optimization, parity=parity, progress=progress,
             checkpoint=checkpoint, overwrite=overwrite,
@@ -136,14 +150,16 @@ def analyze(
         check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
-        output_batch_axis=output_batch_axis,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
+        output_batch_axis=output_batch_axis, pack=pack,
     )  # fmt: skip
-    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    counters = {(c.key, c.axis): new_counter(c) for c in inst.captures}
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
-    sha = model_sha256(inst.original)
+    sha = inst.sha256
+    inst.parity_first = parity and not resume
     n_samples = done = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
@@ -191,7 +207,7 @@ def analyze(
                 assert checkpoint is not None
                 counting.flush()  # (inline counting: batch *done* is counted already)
                 partial = Analysis(
-                    layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
+                    layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
                 )  # fmt: skip
@@ -204,7 +220,7 @@ def analyze(
                     "fingerprint": digest.hexdigest(),
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
-    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -242,11 +258,13 @@ def _resume(
             f"captures {names}; resume with the same selection"
         )
     for c, s in zip(inst.captures, stored):
-        key = (c.tensor, c.axis)
+        key = (c.key, c.axis)
         if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
+            zp = c.zero_point
             counters[key] = StateCounter.from_states(
-                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]
-            )
+                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"],
+                zero_point=np.array(zp, np.int64) if isinstance(zp, tuple) else zp,
+            )  # fmt: skip
     state = dict(attrs["checkpoint"])
     for field in ("batches", "n_samples", "correct", "seen"):
         if not isinstance(state.get(field), int) or state[field] < 0:
@@ -327,7 +345,7 @@ class _AnalyzeRanges:
         start: int, labels: Any, shared: Any,
     ) -> _AnalyzePart:  # fmt: skip
         inst = context[0]
-        counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+        counters = {(c.key, c.axis): new_counter(c) for c in inst.captures}
         accuracy = accuracy_of(labels)
         part = _AnalyzePart(start, {}, 0, 0, 0, None)
         # The thread plan of the worker's session, as in one process: counting overlaps the
@@ -338,7 +356,9 @@ class _AnalyzeRanges:
                 constants=self.constants,
             ):  # fmt: skip
                 if self.parity and start == 0 and part.parity is None:
-                    part.parity = inst.parity(run.batch, run.outputs)
+                    # both models on the first batch's head, as parity_first runs it in
+                    # one process (this cached session may have run before)
+                    part.parity = inst.parity(inst._parity_batch(run.batch))
                 if accuracy is not None:
                     accuracy.update(inst.class_scores(run), run.samples)
                 part.n_samples += run.samples
@@ -367,15 +387,16 @@ def instrument_on_worker(
 ) -> tuple[Instrumented, int]:
     """The Instrumented model of a worker: onnxruntime on the worker's *threads* unless
     the call fixed them; the model must be the one the client read."""
-    attach_to, exclude, method, neuron_axes = selection
+    attach_to, exclude, method, neuron_axes, literal, quantized, pack = selection
     providers, fixed_threads, optimization = session
     source: str | ModelProto = model if isinstance(model, str) else onnx.load_from_string(model)
     inst = Instrumented(
         source, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=fixed_threads or threads, optimization=optimization,
-        output_batch_axis=output_batch_axis,
+        literal=literal, quantized=quantized, providers=providers,
+        threads=fixed_threads or threads, optimization=optimization,
+        output_batch_axis=output_batch_axis, pack=pack,
     )  # fmt: skip
-    if model_sha256(inst.original) != sha:
+    if inst.sha256 != sha:
         raise InputError(
             f"a worker reads another model at {model!r} than the client; every worker needs "
             "the same file at the same path"
@@ -404,6 +425,9 @@ def _analyze_on(
     exclude: Sequence[str] | str,
     method: Method,
     neuron_axes: Mapping[str, int] | None,
+    literal: bool,
+    quantized: bool,
+    pack: bool,
     batch_size: int | None,
     constants: Mapping[str, Any] | None,
     output_batch_axis: int | None,
@@ -426,8 +450,8 @@ def _analyze_on(
         check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=1, optimization=optimization,
-        output_batch_axis=output_batch_axis,
+        literal=literal, quantized=quantized, providers=providers, threads=1,
+        optimization=optimization, output_batch_axis=output_batch_axis, pack=pack,
     )  # fmt: skip
     fixed = inst.constants(constants)
     inputs, n = distributed.open_inputs(data, inst.specs, fixed)
@@ -435,11 +459,12 @@ def _analyze_on(
     y = None if labels is None else labels_array(labels)
     if y is not None and len(y) != n:
         raise InputError(f"got {len(y)} labels for {n} samples; they must match")
-    sha = model_sha256(inst.original)
+    sha = inst.sha256
     work = _AnalyzeRanges(
         os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else
         inst.original.SerializeToString(), sha,
-        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes)),
+        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes),
+         literal, quantized, pack),
         (None if providers is None else list(providers), threads, optimization),
         output_batch_axis, size, fixed, parity,
     )  # fmt: skip
@@ -449,7 +474,7 @@ def _analyze_on(
             fingerprint=True,
         )  # fmt: skip
     part: _AnalyzePart = ran.merged
-    layers = [_table_result(c, part.tables[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [_table_result(c, part.tables[(c.key, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(

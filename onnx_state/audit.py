@@ -25,8 +25,7 @@ from onnx_state import distributed, metrics
 from onnx_state.analysis import instrument_on_worker, layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
-from onnx_state.capture.load import model_sha256
-from onnx_state.count import StateCounter
+from onnx_state.capture.session import new_counter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import Accuracy, accuracy_of
@@ -302,7 +301,7 @@ class _LayerWatch:
     def __init__(self, capture: Capture, k: int, reference: LayerResult | None) -> None:
         self.capture = capture
         self.k = k
-        self.counter = StateCounter()
+        self.counter = new_counter(capture)
         self.topk: np.ndarray | None = None
         self.reference_ids = None if reference is None else reference.state_ids()
         self.novel_per_sample: list[np.ndarray] = []
@@ -351,6 +350,8 @@ def audit(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -390,7 +391,8 @@ def audit(
     ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
@@ -403,14 +405,14 @@ def audit(
 
     def consume(run: BatchRun) -> None:
         for w in watches:
-            x = run.captured[w.capture.tensor]
-            w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
+            x = run.captured[w.capture.key]
+            w.update(x, inst.batch_axis(w.capture.key, x, run.samples))
 
     accuracy = accuracy_of(labels)
     n = 0
     if cluster is not None:  # the same watches and tallies, from ranges run on Dask
         n = _audit_on(cluster, model, inst, watches, accuracy, data, batch_size, constants,
-                      top_k, (attach_to, exclude, method, neuron_axes),
+                      top_k, (attach_to, exclude, method, neuron_axes, literal, quantized, False),
                       (providers, threads, optimization), output_batch_axis, progress)  # fmt: skip
     else:
         for run in inst.stream(data, batch_size, consume, progress, constants=constants):
@@ -511,8 +513,8 @@ class _AuditRanges:
 
         def consume(run: BatchRun) -> None:
             for w in watches:
-                x = run.captured[w.capture.tensor]
-                w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
+                x = run.captured[w.capture.key]
+                w.update(x, inst.batch_axis(w.capture.key, x, run.samples))
 
         accuracy = accuracy_of(labels)
         n = 0
@@ -564,11 +566,12 @@ def _audit_on(
     size = resolve_batch_size(batch_size, data_specs(inst.specs, fixed), n)
     if accuracy is not None and len(accuracy.labels) != n:
         raise InputError(f"got {len(accuracy.labels)} labels for {n} samples; they must match")
-    attach_to, exclude, method, neuron_axes = selection
+    attach_to, exclude, method, neuron_axes, literal, quantized, pack = selection
     work = _AuditRanges(
         os.path.abspath(model) if isinstance(model, (str, os.PathLike)) else
-        inst.original.SerializeToString(), model_sha256(inst.original),
-        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes)),
+        inst.original.SerializeToString(), inst.sha256,
+        (attach_to, exclude, method, None if neuron_axes is None else dict(neuron_axes),
+         literal, quantized, pack),
         (None if session[0] is None else list(session[0]), *session[1:]),
         output_batch_axis, size, fixed, top_k,
     )  # fmt: skip

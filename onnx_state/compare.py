@@ -39,8 +39,7 @@ from onnx_state.capture import (
     open_data,
     resolve_batch_size,
 )
-from onnx_state.capture.load import model_sha256
-from onnx_state.count import StateCounter
+from onnx_state.capture.session import fires, new_counter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import Accuracy, accuracy_of, labels_array
@@ -137,8 +136,8 @@ class _PairStats:
         self.sum_abs = 0.0
         self.values = 0
         self.dot = self.norm_a = self.norm_b = 0.0
-        self.counter_a = StateCounter()
-        self.counter_b = StateCounter()
+        self.counter_a = new_counter(a)
+        self.counter_b = new_counter(b)
 
     def update(self, ta: np.ndarray, tb: np.ndarray) -> None:
         if self.refused:
@@ -152,7 +151,7 @@ class _PairStats:
         if len(xa) != len(xb):
             self.refused = f"state counts per batch differ ({len(xa)} vs {len(xb)})"
             return
-        fa, fb = xa > 0, xb > 0
+        fa, fb = fires(self.a, xa), fires(self.b, xb)
         same = fa == fb
         self.states += len(fa)
         self.identical += int(np.count_nonzero(same.all(axis=1)))
@@ -601,12 +600,13 @@ def _instruments(
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
     inst_a = Instrumented(
         model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=True, providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     inst_b = Instrumented(
         model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
         method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
+        literal=True,
         providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
@@ -657,7 +657,7 @@ def _step(
         raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
     run_b = inst_b.run(batch_b, run_a.samples)
     for s in stats:
-        s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
+        s.update(run_a.captured[s.a.key], run_b.captured[s.b.key])
     n = run_a.samples
     out_a: np.ndarray | None
     out_b: np.ndarray | None
@@ -799,7 +799,7 @@ class _CompareRanges:
         settings["threads"] = settings["threads"] or threads  # on the worker's threads
         inst_a, inst_b, pairs, _, _ = _instruments(models[0], models[1], **settings)
         for inst, sha, model in zip((inst_a, inst_b), self.shas, self.models):
-            if model_sha256(inst.original) != sha:
+            if inst.sha256 != sha:
                 raise InputError(
                     f"a worker reads another model at {model!r} than the client; every "
                     "worker needs the same file at the same path"
@@ -841,7 +841,7 @@ class _CompareRanges:
             accuracy_a.correct, accuracy_b.correct)  # fmt: skip
         tables = [(Table.of(s.counter_a), Table.of(s.counter_b)) for s in stats]
         for s in stats:  # the states travel as tables
-            s.counter_a, s.counter_b = StateCounter(), StateCounter()
+            s.counter_a, s.counter_b = new_counter(s.a), new_counter(s.b)
         return _ComparePart(start, stats, tables, sums, outputs.max_diff, outputs.agree,
                             correct, n)  # fmt: skip
 
@@ -916,7 +916,7 @@ def _compare_on(
         inst.original.SerializeToString() for m, inst in zip(models, insts)
     )  # fmt: skip
     work = _CompareRanges(
-        (names[0], names[1]), (model_sha256(insts[0].original), model_sha256(insts[1].original)),
+        (names[0], names[1]), (insts[0].sha256, insts[1].sha256),
         settings, size, fixed_a, fixed_b, data_b is not None,
     )  # fmt: skip
     with distributed.connect(cluster) as client:
