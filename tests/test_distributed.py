@@ -163,6 +163,13 @@ def test_several_inputs_and_a_constant_from_a_zarr_group_equal_one_process(clien
     assert_same_analysis(ran, local)
 
 
+def test_packed_bits_equal_one_process(client, digits):
+    model, x, _ = digits
+    local = onnx_state.analyze(model, x, batch_size=BATCH, threads=1, pack=True)
+    ran = onnx_state.analyze(model, x, batch_size=BATCH, cluster=client, pack=True)
+    assert_same_analysis(ran, local)
+
+
 def test_analyze_saves_the_same_store(client, digits, tmp_path):
     model, x, _ = digits
     local = onnx_state.analyze(model, x, batch_size=BATCH, threads=1)
