@@ -35,7 +35,6 @@ import numpy as np
 import onnx_state
 from onnx_state.analysis import _AnalyzeRanges
 from onnx_state.capture import Instrumented, load_array
-from onnx_state.capture.load import model_sha256
 from onnx_state.data import example_paths
 
 
@@ -107,7 +106,7 @@ def range_figures(model: str, data: str, bs: int, range_samples: int) -> dict:
     import zarr
 
     inst = Instrumented(model, threads=1)
-    work = _AnalyzeRanges(model, model_sha256(inst.original), (None, (), "after", None),
+    work = _AnalyzeRanges(model, inst.sha256, (None, (), "after", None, False, False, False),
                           (None, 1, "all"), None, bs, {}, False)  # fmt: skip
     context = work.build(1)
     z = zarr.open_array(data, mode="r")
