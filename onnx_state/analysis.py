@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state import store
+from onnx_state import metrics, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.load import model_sha256
@@ -143,6 +143,13 @@ def analyze(
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
     skipped: list[int] = []
+    # Per-class state sets (audit's Hamming novelty): with labels, on runs that are not
+    # checkpointed (a checkpoint does not keep them, so a resumed run could not finish them).
+    by_class: dict[tuple[str, int], dict[int, StateCounter]] | None = (
+        {key: {} for key in counters}
+        if accuracy is not None and checkpoint_every is None and not resume
+        else None
+    )
 
     def rehash(batch: dict[str, np.ndarray]) -> None:
         digest.update(batch)
@@ -153,9 +160,19 @@ def analyze(
                 f"{done} batches do not match; resume with the same data and batch size"
             )
 
+    labelled = [0]  # samples whose labels went to by_class (consume runs in order)
+
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
+
+        def consume(r: BatchRun) -> None:
+            counting(r.batch, r.captured)
+            if by_class is not None and accuracy is not None:
+                truth = accuracy.labels[labelled[0] : labelled[0] + r.samples]
+                labelled[0] += r.samples
+                _count_by_class(inst, r, truth, by_class)
+
         runs = inst.stream(
-            data, batch_size, lambda r: counting(r.batch, r.captured), progress,
+            data, batch_size, consume, progress,
             overlap=False if checkpoint_every else None, constants=fixed, skip=done,
             on_skip=rehash,
         )  # fmt: skip
@@ -186,6 +203,12 @@ def analyze(
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    if by_class is not None:
+        for c, r in zip(inst.captures, layers):
+            per = by_class[(c.tensor, c.axis)]
+            r.class_counts = metrics.class_table(
+                r.state_ids(), {k: (v.state_ids(), v.counts()) for k, v in per.items()}
+            )
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -233,6 +256,22 @@ def _resume(
         if not isinstance(state.get(field), int) or state[field] < 0:
             raise StoreError(f"{path}: checkpoint {field} is {state.get(field)!r}; not resumable")
     return state
+
+
+def _count_by_class(
+    inst: Instrumented,
+    run: BatchRun,
+    truth: np.ndarray,
+    by_class: dict[tuple[str, int], dict[int, StateCounter]],
+) -> None:
+    """Count each capture's states of this batch once more, split by the samples' labels."""
+    classes = np.unique(truth)
+    for (tensor, axis), per in by_class.items():
+        x = run.captured[tensor]
+        batch_axis = inst.batch_axis(tensor, x, run.samples)
+        for c in classes:
+            chosen = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)
+            per.setdefault(int(c), StateCounter()).update(chosen, axis=axis)
 
 
 def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:
