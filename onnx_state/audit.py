@@ -808,7 +808,7 @@ def audit(
         raise InputError(f"top_k must be at least 1, got {top_k}")
     if novelty not in NOVELTY:
         raise InputError(
-            f"unknown novelty mode {novelty!r}; use one of {', '.join(NOVELTY)}"
+            f"unknown novelty mode {novelty!r} (use {' or '.join(NOVELTY)})."
             + did_you_mean(novelty, NOVELTY)
         )
     if window is not None and window < 1:

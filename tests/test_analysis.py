@@ -85,3 +85,22 @@ def test_keep_outputs_returns_the_final_outputs_in_order(net):
     a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, keep_outputs=True)
     np.testing.assert_allclose(a.outputs[0], ref["y"], rtol=0, atol=1e-4)
     assert onnx_state.analyze(model, x, attach_to="Conv").outputs is None
+
+
+def test_labels_give_per_class_state_counts_equal_to_numpy(net, tmp_path):
+    model, _, x, ref = net
+    labels = np.arange(len(x)) % 3
+    a = onnx_state.analyze(model, x, labels=labels, attach_to=["Conv", "Relu"], batch_size=10)
+    a.save(tmp_path / "s.zarr")
+    back = onnx_state.Analysis.load(tmp_path / "s.zarr")
+    for r, tensor in zip(a.layers, ("c", "r")):
+        ids = [row.tobytes() for row in r.state_ids()]
+        expected = []
+        for c in range(3):  # numpy: each class's states, as rows of the layer's state ids
+            cids, counts = reference_counts(ref[tensor][labels == c], 1)
+            expected += [[ids.index(i.tobytes()), c, int(n)] for i, n in zip(cids, counts)]
+        assert r.class_counts.tolist() == sorted(expected)
+        assert np.array_equal(back.layer(r.name).class_counts, r.class_counts)
+    assert all(
+        r.class_counts is None for r in onnx_state.analyze(model, x, attach_to="Conv").layers
+    )
