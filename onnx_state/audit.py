@@ -708,7 +708,15 @@ def _run_pass(
         start = seen[0]
         seen[0] += run.samples
         scores = inst.class_scores(run) if (predicted or msp) else None
-        pred = None if scores is None or not predicted else predicted_classes(scores)
+        pred = None
+        if scores is not None and predicted:
+            try:
+                pred = predicted_classes(scores)
+            except InputError:
+                raise InputError(
+                    f"per-class novelty needs class scores (N, K) as the model's first output, "
+                    f"got {scores.shape}; pass by_class=False (--any-class)"
+                ) from None
         if scores is not None and msp:
             probabilities.append(metrics.max_softmax(scores))
         truth = None

@@ -434,27 +434,38 @@ def redundant_neurons(ids: np.ndarray, neurons: int) -> NeuronGroups:
     )
 
 
+def _keys(ids: np.ndarray) -> np.ndarray:
+    """One sortable key per packed row: a uint64 for rows of up to 8 bytes (fast sorts),
+    else the row as an opaque void value."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    n, width = ids.shape
+    if width > 8:
+        return _rows(ids)
+    padded = np.zeros((n, 8), dtype=np.uint8)
+    padded[:, :width] = ids
+    return padded.view("<u8").ravel()
+
+
 def class_table(
     ids: np.ndarray, by_class: Mapping[int, tuple[np.ndarray, np.ndarray]]
 ) -> np.ndarray:
     """(row, class, count) triples [pairs, 3], ascending by (row, class): for each class,
     its states (packed rows, every one among *ids*) and their counts, as rows of *ids*."""
     ids = np.ascontiguousarray(ids, dtype=np.uint8)
-    parts = []
-    for c in sorted(by_class):
-        cids, ccounts = by_class[c]
-        if len(cids) == 0:
-            continue
-        both = np.concatenate([_rows(ids), _rows(np.asarray(cids, dtype=np.uint8))])
-        _, inverse = np.unique(both, return_inverse=True)
-        inverse = inverse.ravel()
-        position = np.full(inverse.max() + 1, -1, dtype=np.int64)
-        position[inverse[: len(ids)]] = np.arange(len(ids))
-        rows = position[inverse[len(ids) :]]
-        if np.any(rows < 0):
-            raise InputError(f"class {c} has states that are not among the layer's states")
-        parts.append(np.column_stack([rows, np.full(len(rows), c), ccounts]).astype(np.int64))
-    if not parts:
+    classes = [c for c in sorted(by_class) if len(by_class[c][0])]
+    if not classes:
         return np.zeros((0, 3), dtype=np.int64)
+    keys = _keys(ids)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    parts = []
+    for c in classes:
+        cids, ccounts = by_class[c]
+        wanted = _keys(np.asarray(cids, dtype=np.uint8).reshape(len(cids), ids.shape[1]))
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), len(ids) - 1)
+        if np.any(sorted_keys[at] != wanted):
+            raise InputError(f"class {c} has states that are not among the layer's states")
+        rows = order[at]
+        parts.append(np.column_stack([rows, np.full(len(rows), c), ccounts]).astype(np.int64))
     table = np.concatenate(parts)
     return table[np.lexsort((table[:, 1], table[:, 0]))]
