@@ -35,6 +35,7 @@ __all__ = [
     "network_efficiency",
     "redundant_neurons",
     "seen_in",
+    "state_keys",
 ]
 
 _LN2 = math.log(2.0)
@@ -434,7 +435,7 @@ def redundant_neurons(ids: np.ndarray, neurons: int) -> NeuronGroups:
     )
 
 
-def _keys(ids: np.ndarray) -> np.ndarray:
+def state_keys(ids: np.ndarray) -> np.ndarray:
     """One sortable key per packed row: a uint64 for rows of up to 8 bytes (fast sorts),
     else the row as an opaque void value."""
     ids = np.ascontiguousarray(ids, dtype=np.uint8)
@@ -455,13 +456,13 @@ def class_table(
     classes = [c for c in sorted(by_class) if len(by_class[c][0])]
     if not classes:
         return np.zeros((0, 3), dtype=np.int64)
-    keys = _keys(ids)
+    keys = state_keys(ids)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     parts = []
     for c in classes:
         cids, ccounts = by_class[c]
-        wanted = _keys(np.asarray(cids, dtype=np.uint8).reshape(len(cids), ids.shape[1]))
+        wanted = state_keys(np.asarray(cids, dtype=np.uint8).reshape(len(cids), ids.shape[1]))
         at = np.minimum(np.searchsorted(sorted_keys, wanted), len(ids) - 1)
         if np.any(sorted_keys[at] != wanted):
             raise InputError(f"class {c} has states that are not among the layer's states")

@@ -165,14 +165,7 @@ class ReferenceLayer:
 def _unique_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(distinct rows, inverse) of packed states; rows of up to 8 bytes sort as one uint64
     (np.unique over axis 0 sorts structured rows, several times slower)."""
-    n, width = ids.shape
-    if width > 8:
-        keys = np.ascontiguousarray(ids).view(np.dtype((np.void, width))).ravel()
-    else:
-        padded = np.zeros((n, 8), dtype=np.uint8)
-        padded[:, :width] = ids
-        keys = padded.view(np.uint64).ravel()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(metrics.state_keys(ids), return_index=True, return_inverse=True)
     return ids[first], inverse.ravel()
 
 
