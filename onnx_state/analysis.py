@@ -16,7 +16,7 @@ from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Met
 from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
-from onnx_state.labels import accuracy_of
+from onnx_state.labels import accuracy_of, predicted_classes
 from onnx_state.outputs import check_output
 from onnx_state.results import Analysis, LayerResult, States
 
@@ -62,7 +62,8 @@ def analyze(
         its first axis.
     labels:
         Class indices or one-hot rows (or a path to them), one per sample: enable accuracy
-        and aIQ.
+        and aIQ, and (on runs without checkpoints) each layer's per-class state counts
+        (``LayerResult.class_counts``, kept in the store for audit's per-class novelty).
     attach_to:
         ONNX op types, framework layer types (case-insensitive) or layer, node and tensor
         names; None means Conv, ConvTranspose, Gemm and MatMul.
@@ -167,6 +168,8 @@ def analyze(
         def consume(r: BatchRun) -> None:
             counting(r.batch, r.captured)
             if by_class is not None and accuracy is not None:
+                # the class scores first, so that a model without them fails as accuracy does
+                predicted_classes(inst.class_scores(r))
                 truth = accuracy.labels[labelled[0] : labelled[0] + r.samples]
                 labelled[0] += r.samples
                 _count_by_class(inst, r, truth, by_class)

@@ -429,7 +429,11 @@ def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> 
             "little-endian integer value"
         )
     table = None
-    if "class_counts" in group:  # optional: analyses with labels write it
+    try:
+        present = "class_counts" in group  # optional: analyses with labels write it
+    except Exception as exc:  # zarr's metadata errors: JSON, types, validation
+        raise StoreError(f"{at}: cannot open class_counts ({_why(exc)})") from None
+    if present:
         table = _read_array(group, "class_counts", at, np.int64, "[pairs, 3]")
         _check_class_counts(table, counts, at)
     return StoredLayer(attrs, ids, counts, table)
