@@ -45,7 +45,17 @@ from onnx_state.store import (
     shown,
 )
 
-__all__ = ["NOVELTY", "RULES", "Audit", "Detection", "LayerAudit", "Window", "audit", "load_rules"]
+__all__ = [
+    "CLASSES",
+    "NOVELTY",
+    "RULES",
+    "Audit",
+    "Detection",
+    "LayerAudit",
+    "Window",
+    "audit",
+    "load_rules",
+]
 
 SCHEMA = "onnx_state.audit"
 SCHEMA_VERSION = 1
@@ -675,6 +685,7 @@ def _check_reference(reference: Analysis, captures: Sequence[Capture]) -> dict[s
 
 
 NOVELTY = ("hamming", "exact")
+CLASSES = ("predicted", "labels")  # the class whose reference states a sample is compared with
 
 
 @dataclass
@@ -697,9 +708,11 @@ def _run_pass(
     labels: Any = None,
     per_class: bool = False,
     predicted: bool = False,
+    given: bool = False,
     msp: bool = False,
 ) -> _Pass:
-    """Stream *data* through the model once, feeding every watch."""
+    """Stream *data* through the model once, feeding every watch; distances per class of
+    the *predicted* class, or of the *given* class (the labels)."""
     accuracy = accuracy_of(labels)
     seen = [0]
     probabilities: list[np.ndarray] = []
@@ -720,8 +733,10 @@ def _run_pass(
         if scores is not None and msp:
             probabilities.append(metrics.max_softmax(scores))
         truth = None
-        if per_class and accuracy is not None:
+        if (per_class or given) and accuracy is not None:
             truth = accuracy.labels[start : start + run.samples]
+            pred = truth if given else pred
+            truth = truth if per_class else None
         for w in watches:
             x = run.captured[w.capture.tensor]
             w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples), start, pred, truth)
@@ -746,6 +761,7 @@ def audit(
     window: int | None = None,
     novelty: str = "hamming",
     by_class: bool = True,
+    class_from: str = "predicted",
     quantile: float = 0.95,
     min_votes: int | None = None,
     attach_to: Sequence[str] | str | None = None,
@@ -795,6 +811,10 @@ def audit(
         With Hamming novelty, compare each sample only with the reference states of its
         predicted class (the argmax of the model's first output) when the reference has
         per-class states.
+    class_from:
+        ``predicted`` (default): the class a sample is compared under is the model's
+        prediction; ``labels``: its given label (needs *labels*; not with *ood_data* or
+        *calibration*, which have none).
     quantile:
         A layer votes when a sample's distance exceeds this quantile of the reference's
         held-out distances.
@@ -819,6 +839,15 @@ def audit(
             f"unknown novelty mode {novelty!r} (use {' or '.join(NOVELTY)})."
             + did_you_mean(novelty, NOVELTY)
         )
+    if class_from not in CLASSES:
+        raise InputError(f"class_from must be one of {', '.join(CLASSES)}, got {class_from!r}")
+    if class_from == "labels" and (
+        labels is None or ood_data is not None or calibration is not None
+    ):
+        raise InputError(
+            "class_from='labels' compares each sample with its labelled class: it needs "
+            "labels= and takes no ood_data or calibration (they have no labels)"
+        )
     if window is not None and window < 1:
         raise InputError(f"window must be at least 1 sample, got {window}")
     for given, what in ((ood_data, "ood_data (--ood-data)"), (calibration, "calibration")):
@@ -836,6 +865,7 @@ def audit(
         for name, r in ref_layers.items()
     } if ref is not None and novelty == "hamming" else {}  # fmt: skip
     per_class = any(h.by_class for h in hamming.values())
+    by_label = per_class and class_from == "labels"
 
     def watches_for(win: int | None) -> list[_LayerWatch]:
         return [
@@ -851,7 +881,8 @@ def audit(
             hamming[w.capture.name].calibrate(np.concatenate(w.distance_per_sample))
     watches = watches_for(window)
     main = _run_pass(inst, data, watches, **feed, labels=labels, per_class=labels is not None,
-                     predicted=per_class, msp=ood_data is not None)  # fmt: skip
+                     predicted=per_class and not by_label, given=by_label,
+                     msp=ood_data is not None)  # fmt: skip
     layers = [_layer_audit(w, ref_layers.get(w.capture.name)) for w in watches]
     result = Audit(
         layers=layers,

@@ -273,3 +273,39 @@ def test_cli_reports_detection_and_windows_and_gates_exit_1(bundled, tmp_path):
     r = run_cli("audit", model, "--data", tmp_path / "held.npy", "--ood-data",
                 tmp_path / "ood.npy", "--attach-to", "Linear")  # fmt: skip
     assert r.exit_code == 2 and "needs a reference" in r.output
+
+
+def test_hamming_distances_by_predicted_or_given_class_equal_brute_force(bundled):
+    from onnx_state.capture import Instrumented
+
+    model, x, y = bundled
+    ref = onnx_state.analyze(model, x[:400], labels=y[:400], attach_to="Linear", parity=False)
+    (r,) = ref.layers
+    bits = np.unpackbits(r.state_ids(), axis=1, bitorder="little")[:, :10]
+    table = r.class_counts
+    data, labels = x[1500:1560], y[1500:1560]
+    inst = Instrumented(model, attach_to=["Linear"])
+    run = inst.run({"x": data})
+    states = np.unpackbits(reference_states(run.captured[inst.captures[0].tensor], 1), axis=1,
+                           bitorder="little")[:, :10]  # fmt: skip
+    predicted = run.outputs[0].argmax(axis=1)
+
+    def nearest(state, c):
+        rows = table[table[:, 1] == c, 0]
+        return (bits[rows] != state).sum(axis=1).min()
+
+    by_pred = audit(model, data, reference=ref, attach_to="Linear")
+    by_label = audit(model, data, reference=ref, labels=labels, class_from="labels",
+                     attach_to="Linear")  # fmt: skip
+    anyclass = audit(model, data, reference=ref, by_class=False, attach_to="Linear")
+    name = r.name
+    assert np.array_equal(by_pred.sample_distance[name],
+                          [nearest(s, c) for s, c in zip(states, predicted)])  # fmt: skip
+    assert np.array_equal(by_label.sample_distance[name],
+                          [nearest(s, c) for s, c in zip(states, labels)])  # fmt: skip
+    assert np.array_equal(anyclass.sample_distance[name],
+                          [(bits != s).sum(axis=1).min() for s in states])  # fmt: skip
+    from onnx_state.errors import InputError
+
+    with pytest.raises(InputError, match="needs labels"):
+        audit(model, data, reference=ref, class_from="labels", attach_to="Linear")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from onnx_state.audit import NOVELTY, RULES, audit, load_rules
+from onnx_state.audit import CLASSES, NOVELTY, RULES, audit, load_rules
 from onnx_state.cli.options import (
     data_option,
     feeding,
@@ -37,7 +37,9 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--novelty", type=click.Choice(NOVELTY), default="hamming", show_default=True,
               help="Hamming-tolerant novelty, or the strict exact-membership mode.")  # fmt: skip
 @click.option("--by-class/--any-class", default=True, show_default=True,
-              help="Compare with the reference states of the predicted class.")  # fmt: skip
+              help="Compare with the reference states of the sample's class.")  # fmt: skip
+@click.option("--class-from", type=click.Choice(CLASSES), default="predicted",
+              show_default=True, help="Whose class a sample is compared under.")  # fmt: skip
 @click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.95, show_default=True, help="Vote threshold quantile.")  # fmt: skip
 @click.option("--min-votes", type=click.IntRange(min=0),
