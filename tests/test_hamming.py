@@ -64,3 +64,20 @@ def test_words_pad_with_zeros_and_widths_must_match():
     assert not words.view(np.uint8).reshape(2, 16)[:, 9:].any()
     with pytest.raises(InputError, match="bytes"):
         HammingIndex(ids).min_distances(ids[:, :3])
+
+
+def test_all_ones_rows_of_64_neurons_and_excluded_duplicates():
+    rng = np.random.default_rng(9)
+    reference = rng.integers(0, 256, (50, 8), dtype=np.uint8)
+    reference[0] = 255  # all 64 neurons on
+    reference[1] = 255
+    reference[1, 3] = 0xFE  # one bit from row 0
+    index = HammingIndex(reference)
+    query = reference[:2].copy()
+    assert index.min_distances(query).tolist() == [0, 0]
+    own = index.min_distances(query, exclude=np.array([0, 1]))
+    assert np.array_equal(own, brute_force(query, reference, np.array([0, 1])))
+    assert own.tolist() == [1, 1]
+    queries = rng.integers(0, 256, (300, 8), dtype=np.uint8)
+    queries[:50] = reference ^ (1 << rng.integers(0, 8, (50, 8))).astype(np.uint8)
+    assert np.array_equal(index.min_distances(queries), brute_force(queries, reference))

@@ -10,4 +10,5 @@ def min_distances(
     start: int,
     stop: int,
     skip: np.ndarray | None = None,
+    floor: int = 0,
 ) -> None: ...

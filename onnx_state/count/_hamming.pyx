@@ -28,25 +28,38 @@ cdef inline int _capped(const uint64_t* a, const uint64_t* b, Py_ssize_t w, int 
 
 
 cdef inline int _scan(const uint64_t* q, const uint64_t[:, ::1] ref, int64_t lo, int64_t hi,
-                      int64_t skip, Py_ssize_t w, int best) noexcept nogil:
+                      int64_t skip, Py_ssize_t w, int best, int floor) noexcept nogil:
+    """The best distance over rows [lo, hi) but *skip*, stopping once it reaches *floor*."""
     cdef int64_t r
     cdef int d
+    cdef uint64_t q0
+    if w == 1:  # one word: no inner loop, a branch that is almost never taken
+        q0 = q[0]
+        for r in range(lo, hi):
+            d = os_popcount64(q0 ^ ref[r, 0])
+            if d < best and r != skip:
+                best = d
+                if best <= floor:
+                    return best
+        return best
     for r in range(lo, hi):
         if r == skip:
             continue
         d = _capped(q, &ref[r, 0], w, best)
         if d < best:
             best = d
-            if best == 0:
-                return 0
+            if best <= floor:
+                return best
     return best
 
 
 def min_distances(const uint64_t[:, ::1] query, const uint64_t[:, ::1] reference,
                   const int64_t[::1] offsets, int32_t[::1] out, Py_ssize_t start,
-                  Py_ssize_t stop, const int64_t[::1] skip=None) -> None:
+                  Py_ssize_t stop, const int64_t[::1] skip=None, int floor=0) -> None:
     """out[i] = min over reference rows r (r != skip[i]) of H(query[i], reference[r]),
-    for i in [start, stop); the GIL is released.
+    for i in [start, stop); the GIL is released. *floor* is a lower bound the caller
+    knows for every query (e.g. 2 when no row lies within distance 1): the search stops
+    as soon as it finds a row at that distance.
 
     *reference* is sorted by popcount and ``offsets`` (length max_popcount + 2) holds the
     bucket starts. A query with no reference row left gets 64 * words + 1.
@@ -75,13 +88,13 @@ def min_distances(const uint64_t[:, ::1] query, const uint64_t[:, ::1] reference
             s = skip[i] if has_skip else -1
             best = <int>(64 * w + 1)
             delta = 0
-            while delta < best:
+            while delta < best and best > floor:
                 b = p - delta
                 if 0 <= b <= top:
-                    best = _scan(q, reference, offsets[b], offsets[b + 1], s, w, best)
+                    best = _scan(q, reference, offsets[b], offsets[b + 1], s, w, best, floor)
                 b = p + delta
-                if delta > 0 and 0 <= b <= top:
-                    best = _scan(q, reference, offsets[b], offsets[b + 1], s, w, best)
+                if delta > 0 and 0 <= b <= top and best > floor:
+                    best = _scan(q, reference, offsets[b], offsets[b + 1], s, w, best, floor)
                 if p - delta <= 0 and p + delta >= top:
                     break
                 delta += 1

@@ -44,6 +44,10 @@ def _popcounts(words: np.ndarray) -> np.ndarray:
 class HammingIndex:
     """A reference set of packed states for exact nearest-Hamming-distance queries.
 
+    Rows of up to 8 bytes (64 neurons) are also kept as sorted integer keys: a query is
+    first looked up exactly (distance 0), then with each of its bits flipped (distance 1),
+    and only the rest go to the kernel, which then stops at the first row at distance 2.
+
     Parameters
     ----------
     reference_ids:
@@ -62,6 +66,8 @@ class HammingIndex:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.rank = np.empty(len(self.order), dtype=np.int64)  # original row -> sorted row
         self.rank[self.order] = np.arange(len(self.order))
+        self.keys = words[:, 0] if self.width <= 8 and len(words) else None  # original order
+        self.sorted_keys = None if self.keys is None else np.sort(self.keys)
 
     def __len__(self) -> int:
         return len(self.words)
@@ -83,23 +89,68 @@ class HammingIndex:
             )
         query = to_words(ids)
         n = len(query)
-        out = np.empty(n, dtype=np.int32)
-        skip = None
         if exclude is not None:
             exclude = np.asarray(exclude, dtype=np.int64)
             if exclude.shape != (n,):
                 raise InputError(
                     f"exclude needs one row index per query ({n}), got {exclude.shape}"
                 )
+        out = np.zeros(n, dtype=np.int64)
+        rest, floor = np.arange(n), 0
+        if self.keys is not None and n:
+            rest = self._near(query[:, 0], exclude, out)
+            floor = 2
+        if len(rest):
+            out[rest] = self._scan(query[rest], threads, floor,
+                                   None if exclude is None else exclude[rest])  # fmt: skip
+        return out
+
+    def _near(self, keys: np.ndarray, exclude: np.ndarray | None, out: np.ndarray) -> np.ndarray:
+        """Settle the queries at distance 0 or 1 by lookups of their keys (in *out*); return
+        the indices of the others, which lie at distance 2 or more."""
+        assert self.keys is not None and self.sorted_keys is not None
+        if exclude is None:
+            skipped, has = np.zeros(len(keys), dtype=np.uint64), np.zeros(len(keys), dtype=bool)
+        else:
+            skipped, has = self.keys[np.maximum(exclude, 0)], exclude >= 0
+        zero = self._hits(keys, skipped, has)
+        rest = np.flatnonzero(~zero)
+        flips = np.uint64(1) << np.arange(8 * self.width, dtype=np.uint64)
+        near = np.zeros(len(rest), dtype=bool)
+        for s in range(0, len(rest), 8192):  # bounded memory: 8192 x 64 keys at a time
+            part = rest[s : s + 8192]
+            flipped = keys[part, None] ^ flips[None, :]
+            hits = self._hits(flipped, skipped[part, None], has[part, None])
+            near[s : s + 8192] = hits.any(axis=1)
+        out[rest[near]] = 1
+        return rest[~near]
+
+    def _hits(self, keys: np.ndarray, skipped: np.ndarray, has: np.ndarray) -> np.ndarray:
+        """Whether each key occurs among the reference rows, the skipped row (where *has*)
+        not counting."""
+        assert self.sorted_keys is not None
+        found = np.searchsorted(self.sorted_keys, keys, side="right") - np.searchsorted(
+            self.sorted_keys, keys, side="left"
+        )
+        return np.asarray(found - ((keys == skipped) & has) > 0)
+
+    def _scan(
+        self, query: np.ndarray, threads: int | None, floor: int, exclude: np.ndarray | None
+    ) -> np.ndarray:
+        """The kernel over *query* words, rows split over threads."""
+        n = len(query)
+        out = np.empty(n, dtype=np.int32)
+        skip = None
+        if exclude is not None:
             skip = np.where(exclude >= 0, self.rank[np.maximum(exclude, 0)], -1)
         workers = max(1, min(threads or available_cpus(), -(-n // _CHUNK)))
         if workers == 1:
-            _min_distances(query, self.words, self.offsets, out, 0, n, skip)
+            _min_distances(query, self.words, self.offsets, out, 0, n, skip, floor)
         else:
             with ThreadPoolExecutor(workers) as pool:
                 jobs = [
                     pool.submit(_min_distances, query, self.words, self.offsets, out, s,
-                                min(n, s + _CHUNK), skip)
+                                min(n, s + _CHUNK), skip, floor)
                     for s in range(0, n, _CHUNK)
                 ]  # fmt: skip
                 for job in jobs:
