@@ -13,7 +13,7 @@ from onnx import ModelProto
 from onnx_state import metrics, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
-from onnx_state.capture.load import model_sha256
+from onnx_state.capture.session import new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of, predicted_classes
@@ -32,6 +32,9 @@ def analyze(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
+    pack: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -73,6 +76,16 @@ def analyze(
         Capture each layer's output (``after``), its data input (``before``), or both.
     neuron_axes:
         Neuron-axis overrides by layer or capture name.
+    literal:
+        Read each layer's tensor itself, not the output of a Relu-like activation that
+        alone consumes it (same states; the default keeps onnxruntime's fusions).
+    quantized:
+        In a QDQ model, read each float tensor that only a QuantizeLinear consumes as that
+        quantized tensor (fires iff > its zero point): the deployed int8 arithmetic.
+    pack:
+        Read float32 conv maps as their firing bits, packed inside the graph
+        (``capture.pack``): exact, 13-32x fewer bytes to count; a batch in which a NaN
+        reaches a packed layer is refused.
     batch_size:
         Samples per onnxruntime run; None takes the model's fixed batch dimension when it
         has one, else 200.
@@ -118,14 +131,16 @@ def analyze(
         check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
-        output_batch_axis=output_batch_axis,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
+        output_batch_axis=output_batch_axis, pack=pack,
     )  # fmt: skip
-    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    counters = {(c.key, c.axis): new_counter(c) for c in inst.captures}
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
-    sha = model_sha256(inst.original)
+    sha = inst.sha256
+    inst.parity_first = parity and not resume
     n_samples = done = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
@@ -146,8 +161,9 @@ def analyze(
     skipped: list[int] = []
     # Per-class state sets (audit's Hamming novelty): with labels, on runs that are not
     # checkpointed (a checkpoint does not keep them, so a resumed run could not finish them).
+    # Packed captures (pack=True) keep no per-class sets: their bytes are counted as a whole.
     by_class: dict[tuple[str, int], dict[int, StateCounter]] | None = (
-        {key: {} for key in counters}
+        {(c.key, c.axis): {} for c in inst.captures if not c.packed}
         if accuracy is not None and checkpoint_every is None and not resume
         else None
     )
@@ -192,7 +208,7 @@ def analyze(
                 assert checkpoint is not None
                 counting.flush()  # (inline counting: batch *done* is counted already)
                 partial = Analysis(
-                    layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
+                    layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
                 )  # fmt: skip
@@ -205,10 +221,12 @@ def analyze(
                     "fingerprint": digest.hexdigest(),
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
-    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
     if by_class is not None:
         for c, r in zip(inst.captures, layers):
-            per = by_class[(c.tensor, c.axis)]
+            per = by_class.get((c.key, c.axis))
+            if per is None:
+                continue
             r.class_counts = metrics.class_table(
                 r.state_ids(), {k: (v.state_ids(), v.counts()) for k, v in per.items()}
             )
@@ -249,11 +267,13 @@ def _resume(
             f"captures {names}; resume with the same selection"
         )
     for c, s in zip(inst.captures, stored):
-        key = (c.tensor, c.axis)
+        key = (c.key, c.axis)
         if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
+            zp = c.zero_point
             counters[key] = StateCounter.from_states(
-                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]
-            )
+                s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"],
+                zero_point=np.array(zp, np.int64) if isinstance(zp, tuple) else zp,
+            )  # fmt: skip
     state = dict(attrs["checkpoint"])
     for field in ("batches", "n_samples", "correct", "seen"):
         if not isinstance(state.get(field), int) or state[field] < 0:
@@ -269,12 +289,13 @@ def _count_by_class(
 ) -> None:
     """Count each capture's states of this batch once more, split by the samples' labels."""
     classes = np.unique(truth)
-    for (tensor, axis), per in by_class.items():
-        x = run.captured[tensor]
-        batch_axis = inst.batch_axis(tensor, x, run.samples)
+    captures = {(c.key, c.axis): c for c in inst.captures}
+    for (key, axis), per in by_class.items():
+        x = run.captured[key]
+        batch_axis = inst.batch_axis(key, x, run.samples)
         for c in classes:
             chosen = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)
-            per.setdefault(int(c), StateCounter()).update(chosen, axis=axis)
+            per.setdefault(int(c), new_counter(captures[(key, axis)])).update(chosen, axis=axis)
 
 
 def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:

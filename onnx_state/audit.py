@@ -27,6 +27,7 @@ from onnx import ModelProto
 from onnx_state import metrics
 from onnx_state.analysis import layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
+from onnx_state.capture.session import fires, new_counter
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import accuracy_of, predicted_classes
@@ -610,7 +611,7 @@ class _LayerWatch:
     ) -> None:
         self.capture = capture
         self.k = k
-        self.counter = StateCounter()
+        self.counter = new_counter(capture)
         self.topk: np.ndarray | None = None
         self.reference_ids = None if reference is None else reference.state_ids()
         self.hamming = hamming
@@ -645,7 +646,7 @@ class _LayerWatch:
         self.topk[np.unique(top)] = True
         if self.reference_ids is not None:
             positions = rows.shape[1]
-            packed = np.packbits(rows > 0, axis=-1, bitorder="little").reshape(
+            packed = np.packbits(fires(self.capture, rows), axis=-1, bitorder="little").reshape(
                 -1, (neurons + 7) // 8
             )
             novel = ~metrics.seen_in(packed, self.reference_ids)
@@ -657,13 +658,14 @@ class _LayerWatch:
         if truth is not None:
             for c in np.unique(truth):
                 part = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)
-                self.by_class.setdefault(int(c), StateCounter()).update(part, axis=axis)
+                counter = self.by_class.setdefault(int(c), new_counter(self.capture))
+                counter.update(part, axis=axis)
         if self.window is not None:
             w = self.window
             for k_w in range(start // w, (start + n - 1) // w + 1):
                 lo, hi = max(start, k_w * w) - start, min(start + n, (k_w + 1) * w) - start
                 while len(self.windows) <= k_w:
-                    self.windows.append(StateCounter())
+                    self.windows.append(new_counter(self.capture))
                 part = np.take(x, np.arange(lo, hi), axis=batch_axis)
                 self.windows[k_w].update(part, axis=axis)
 
@@ -738,8 +740,8 @@ def _run_pass(
             pred = truth if given else pred
             truth = truth if per_class else None
         for w in watches:
-            x = run.captured[w.capture.tensor]
-            w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples), start, pred, truth)
+            x = run.captured[w.capture.key]
+            w.update(x, inst.batch_axis(w.capture.key, x, run.samples), start, pred, truth)
 
     n = 0
     for run in inst.stream(data, batch_size, consume, progress, constants=constants):
@@ -768,6 +770,8 @@ def audit(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -820,8 +824,8 @@ def audit(
         held-out distances.
     min_votes:
         Votes that flag a sample as novel; None means half the layers, rounded up.
-    attach_to, exclude, method, neuron_axes:
-        The layers to audit (as for ``analyze``).
+    attach_to, exclude, method, neuron_axes, literal, quantized:
+        The layers to audit and how their tensors are read (as for ``analyze``).
     batch_size, constants, output_batch_axis:
         Batching and constant inputs (as for ``analyze``).
     top_k:
@@ -856,7 +860,8 @@ def audit(
     ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}

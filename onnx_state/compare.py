@@ -38,7 +38,7 @@ from onnx_state.capture import (
     open_data,
     resolve_batch_size,
 )
-from onnx_state.count import StateCounter
+from onnx_state.capture.session import fires, new_counter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
 from onnx_state.store import (
@@ -134,8 +134,8 @@ class _PairStats:
         self.sum_abs = 0.0
         self.values = 0
         self.dot = self.norm_a = self.norm_b = 0.0
-        self.counter_a = StateCounter()
-        self.counter_b = StateCounter()
+        self.counter_a = new_counter(a)
+        self.counter_b = new_counter(b)
 
     def update(self, ta: np.ndarray, tb: np.ndarray) -> None:
         if self.refused:
@@ -149,7 +149,7 @@ class _PairStats:
         if len(xa) != len(xb):
             self.refused = f"state counts per batch differ ({len(xa)} vs {len(xb)})"
             return
-        fa, fb = xa > 0, xb > 0
+        fa, fb = fires(self.a, xa), fires(self.b, xb)
         same = fa == fb
         self.states += len(fa)
         self.identical += int(np.count_nonzero(same.all(axis=1)))
@@ -517,12 +517,13 @@ def compare(
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
     inst_a = Instrumented(
         model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=True, providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     inst_b = Instrumented(
         model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
         method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
+        literal=True,
         providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
@@ -566,7 +567,7 @@ def compare(
             raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
         run_b = inst_b.run(batch_b, run_a.samples)
         for s in stats:
-            s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
+            s.update(run_a.captured[s.a.key], run_b.captured[s.b.key])
         n = run_a.samples
         out_a: np.ndarray | None
         out_b: np.ndarray | None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,8 +32,9 @@ from onnx_state.capture.data import (
     resolve_batch_size,
 )
 from onnx_state.capture.index import GraphIndex
-from onnx_state.capture.rewrite import add_outputs
+from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
+from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
 
@@ -41,8 +43,10 @@ __all__ = [
     "BatchRun",
     "Instrumented",
     "Optimization",
+    "fires",
     "instrument",
     "make_session",
+    "new_counter",
 ]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
@@ -50,7 +54,7 @@ OPTIMIZATION_LEVELS: tuple[Optimization, ...] = ("disable", "basic", "extended",
 
 
 def make_session(
-    model: ModelProto,
+    model: ModelProto | str,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
@@ -62,7 +66,8 @@ def make_session(
     Parameters
     ----------
     model:
-        The model to run.
+        The model to run, or the path of a model file that ``load.load_model`` checked
+        (onnxruntime then reads it, and its external data, itself: nothing is serialized).
     providers:
         onnxruntime execution providers in order of preference; None means the CPU.
     threads:
@@ -105,6 +110,8 @@ def make_session(
             f"{', '.join(available)} (install onnxruntime-gpu for CUDA)"
         )
     try:
+        if isinstance(model, str):
+            return ort.InferenceSession(model, options, providers=providers)
         if model.ByteSize() < load.LARGE_MODEL_BYTES and not load.has_external_data(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         folder = Path(model_dir or ".")
@@ -119,6 +126,28 @@ def make_session(
         if isinstance(exc, InputError):
             raise
         raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
+
+
+def new_counter(capture: Capture, **kwargs: Any) -> StateCounter:
+    """An empty StateCounter for *capture*: integer tensors fire iff > their zero point,
+    packed captures are counted from their bytes."""
+    if capture.packed:
+        assert capture.shape is not None
+        return StateCounter(int(capture.shape[capture.axis] or 0), packed=True, **kwargs)
+    zero_point = capture.zero_point
+    if isinstance(zero_point, tuple):
+        return StateCounter(zero_point=np.array(zero_point, dtype=np.int64), **kwargs)
+    return StateCounter(zero_point=zero_point, **kwargs)
+
+
+def fires(capture: Capture, x: np.ndarray) -> np.ndarray:
+    """Whether each value of *x* (the capture's array with its neurons moved last) fires."""
+    zero_point = capture.zero_point
+    if zero_point is None or zero_point == 0:
+        return x > 0
+    if isinstance(zero_point, tuple):
+        return x > np.array(zero_point, dtype=np.int64)
+    return x > zero_point
 
 
 @dataclass(frozen=True)
@@ -139,8 +168,8 @@ class Instrumented:
     ----------
     model:
         A .onnx path or a ModelProto.
-    attach_to, exclude, method, neuron_axes:
-        Which tensors to capture (see ``capture.select.select_captures``).
+    attach_to, exclude, method, neuron_axes, literal, quantized:
+        Which tensors to capture and read (see ``capture.select.select_captures``).
     providers, threads, optimization:
         The onnxruntime session (see ``make_session``). *threads* also decides how states
         are counted (``count.engine.plan_threads``).
@@ -157,48 +186,107 @@ class Instrumented:
         exclude: Sequence[str] | str = (),
         method: Method = "after",
         neuron_axes: Mapping[str, int] | None = None,
+        literal: bool = False,
+        quantized: bool = False,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         optimization: Optimization = "all",
         output_batch_axis: int | None = None,
+        pack: bool = False,
     ) -> None:
-        path = None if isinstance(model, ModelProto) else Path(model)
+        self.path = None if isinstance(model, ModelProto) else Path(model)
         # Read through the module: one limit, which tests can lower.
-        self.original = load.load_model(model, max_bytes=load.LARGE_MODEL_BYTES)
-        self.model_dir = path.parent if path is not None else None
+        self.original, self.sha256, by_path = load.load_model_hashed(
+            model, max_bytes=load.LARGE_MODEL_BYTES
+        )
+        self._runnable_path = str(self.path) if by_path and self.path is not None else None
+        self.model_dir = self.path.parent if self.path is not None else None
         self.index = GraphIndex(self.original)
         self.captures: list[Capture] = select_captures(
-            self.index, attach_to, exclude, method, neuron_axes
-        )
-        self.model = add_outputs(self.original, self.captures)
+            self.index, attach_to, exclude, method, neuron_axes,
+            literal=literal, quantized=quantized,
+        )  # fmt: skip
+        # Layers inside If/Loop/Scan bodies read outputs threaded out to the main graph.
+        self._base, self.captures = expose_nested(self.original, self.captures)
+        self.captures = [replace(c, packed=True) if pack and _packable(c) else c
+                         for c in self.captures]  # fmt: skip
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
             raise ModelError("the model declares no graph outputs; it cannot be run")
         self.plan: ThreadPlan = plan_threads(providers, threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
-        self.session = make_session(
-            self.model, *self._session_args, config=self.plan.session_config()
-        )
-        self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+        self._session: Any = None  # built on first use: see ``session``
+        self._plain_first: list[np.ndarray] | None = None  # see ``parity``
+        self.parity_first = False
+        self._packed: dict[str, Any] = {}  # read tensor -> capture.pack.PackedOutput
+        self.tensors = list(dict.fromkeys(c.read for c in self.captures if not c.packed))
         if output_batch_axis is not None and not isinstance(output_batch_axis, int):
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
         self._batch_axes: dict[str, int] = {}  # per output or tensor, once decided
         self._constant_names: set[str] = set()  # of the current stream
 
+    @property
+    def model(self) -> ModelProto:
+        """The instrumented model (a copy of the original with the extra outputs)."""
+        return add_outputs(self._base, self.captures)
+
+    @property
+    def session(self) -> Any:
+        """The instrumented model's onnxruntime session, built on first use.
+
+        The model is serialized once, with the extra outputs added to the original proto for
+        that moment only (no second copy of the weights in memory).
+        """
+        if self._session is None:
+            base = self._base
+            packed = [c for c in self.captures if c.packed]
+            if packed:  # a copy with the packing nodes, dropped once the session is built
+                from onnx_state.capture.pack import PackRequest, add_packed_outputs
+
+                requests = [PackRequest(c.read, c.axis, c.rank or 4, int(c.shape[c.axis]))  # type: ignore[index,arg-type]
+                            for c in packed]  # fmt: skip
+                base, outs = add_packed_outputs(base, requests)
+                self._packed = {c.read: o for c, o in zip(packed, outs)}
+            with _extra_outputs(base, [c for c in self.captures if not c.packed]):
+                self._session = make_session(
+                    base, *self._session_args, config=self.plan.session_config()
+                )
+        return self._session
+
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
         """Run one checked batch: its final outputs and captured tensors by name.
 
         *samples* defaults to the length of the batch's first input.
         """
-        try:
-            values = self.session.run(self.output_names + self.tensors, dict(batch))
-        except Exception as exc:  # onnxruntime raises its own classes, one per status code
-            raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
+        if self.parity_first and self._session is None:
+            # The original model's outputs first, from a session released before the
+            # instrumented one is built: never two copies of the weights at once.
+            self._plain_first = self._plain_outputs(batch)
+        session = self.session
+        extra = [
+            name for o in dict.fromkeys(self._packed.values())
+            for name in (o.output, o.nan_check_output) if name
+        ]  # fmt: skip
+        values = _run(session, self.output_names + self.tensors + extra, batch)
         k = len(self.output_names)
         n = batch_samples(batch) if samples is None else samples
-        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])), n)
+        read = dict(zip(self.tensors + extra, values[k:]))
+        captured = {}
+        for c in self.captures:
+            if not c.packed:
+                captured[c.key] = c.view(read[c.read])
+                continue
+            out = self._packed[c.read]
+            if out.nan_check_output and np.isnan(read[out.nan_check_output]):
+                raise ModelError(
+                    f"layer {c.layer!r}: a NaN activation reached the packed bits of {c.name}, "
+                    "which cannot say where it was; analyse this data without pack "
+                    "(--pack-bits)"
+                )
+            captured[c.key] = read[out.output]
+        return BatchRun(dict(batch), values[:k], captured, n)
 
     def stream(
         self,
@@ -343,15 +431,29 @@ class Instrumented:
 
         Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
         *finals* are the instrumented model's outputs for *batch* when already computed.
+        With ``parity_first`` set before the first batch, the original's outputs for that
+        batch were computed before the instrumented session existed (and that batch is the
+        one to pass); otherwise a session of the original is built now, next to it.
         """
-        plain = make_session(self.original, *self._session_args, config=self.plan.session_config())
-        a = plain.run(self.output_names, dict(batch))
-        b = finals if finals is not None else self.session.run(self.output_names, dict(batch))
+        plain, self._plain_first = self._plain_first, None
+        if plain is None:
+            plain = self._plain_outputs(batch)
+        b = finals if finals is not None else _run(self.session, self.output_names, batch)
         diffs = [
             float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-            for x, y in zip(a, b)
+            for x, y in zip(plain, b)
         ]
         return max(diffs, default=0.0)
+
+    def _plain_outputs(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The original model's final outputs for *batch*, from a session of its own that is
+        released on return (built from the file when there is one: nothing serialized)."""
+        source: str | ModelProto = self._runnable_path or self.original
+        plain = make_session(source, *self._session_args, config=self.plan.session_config())
+        try:
+            return _run(plain, self.output_names, batch)
+        finally:
+            del plain
 
 
 def instrument(
@@ -365,7 +467,50 @@ def instrument(
     """The rewritten model alone: *model* with the captured tensors as extra outputs."""
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
-    return add_outputs(proto, captures)
+    return add_outputs(*expose_nested(proto, captures))
+
+
+def _packable(c: Capture) -> bool:
+    """Whether *c* can be read as bits packed inside the graph on the exact, layout-keeping
+    route of ``capture.pack``: a float32 conv map (rank 4, neurons on axis 1, known)."""
+    return (
+        c.elem_type == onnx.TensorProto.FLOAT
+        and c.rank == 4
+        and c.axis == 1
+        and c.merge_axis is None
+        and c.shape is not None
+        and isinstance(c.shape[1], int)
+        and c.shape[1] > 0
+    )
+
+
+def _run(session: Any, names: list[str], batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run, its failures as one ModelError line."""
+    try:
+        return list(session.run(names, dict(batch)))
+    except Exception as exc:  # onnxruntime raises its own classes, one per status code
+        raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
+
+
+@contextlib.contextmanager
+def _extra_outputs(model: ModelProto, captures: Sequence[Capture]) -> Iterator[None]:
+    """*model* with the captures' outputs appended for the duration (then exactly as it
+    was): the rewrite of ``rewrite.add_outputs`` without copying the weights."""
+    graph = model.graph
+    before = len(graph.output)
+    extra = add_outputs(_skeleton(model), captures).graph.output[before:]
+    graph.output.extend(extra)
+    try:
+        yield
+    finally:
+        del graph.output[before:]
+
+
+def _skeleton(model: ModelProto) -> ModelProto:
+    """A model with *model*'s outputs only: what ``add_outputs`` reads to append to them."""
+    out = ModelProto()
+    out.graph.output.extend(model.graph.output)
+    return out
 
 
 def _fixed(dim: int | str | None) -> bool:

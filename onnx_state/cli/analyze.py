@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from onnx_state.analysis import analyze
-from onnx_state.cli.options import data_option, echo_json, feeding, selection, session
+from onnx_state.cli.options import (
+    data_option,
+    echo_json,
+    feeding,
+    reading,
+    selection,
+    session,
+)
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
 from onnx_state.store import is_store
@@ -19,6 +26,7 @@ from onnx_state.store import is_store
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy and aIQ.")
 @click.option("--example", is_flag=True, help="Analyse the bundled LeNet-5 on digits.")
 @selection
+@reading
 @feeding()
 @session
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
@@ -33,6 +41,9 @@ from onnx_state.store import is_store
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run whose checkpoint is at --output.")  # fmt: skip
 @click.option("--no-parity", is_flag=True, help="Skip the instrumented-vs-original check.")
+@click.option("--pack-bits", "pack", is_flag=True,
+              help="Pack float32 conv maps' firing bits inside the graph (exact; fewer bytes "
+              "to count).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_command(

@@ -13,6 +13,7 @@ from onnx_state.cli.options import (
     feeding,
     json_option,
     print_gated,
+    reading,
     selection,
     session,
 )
@@ -45,6 +46,7 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--min-votes", type=click.IntRange(min=0),
               help="Layer votes that flag a sample (default: half the layers).")  # fmt: skip
 @selection
+@reading
 @feeding()
 @click.option("--top-k", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--rules", type=click.Path(dir_okay=False), callback=_rules,
