@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 from onnx import ModelProto
 
-from onnx_state import store
+from onnx_state import metrics, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.session import new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
-from onnx_state.labels import accuracy_of
+from onnx_state.labels import accuracy_of, predicted_classes
 from onnx_state.outputs import check_output
 from onnx_state.results import Analysis, LayerResult, States
 
@@ -65,7 +65,8 @@ def analyze(
         its first axis.
     labels:
         Class indices or one-hot rows (or a path to them), one per sample: enable accuracy
-        and aIQ.
+        and aIQ, and (on runs without checkpoints) each layer's per-class state counts
+        (``LayerResult.class_counts``, kept in the store for audit's per-class novelty).
     attach_to:
         ONNX op types, framework layer types (case-insensitive) or layer, node and tensor
         names; None means Conv, ConvTranspose, Gemm and MatMul.
@@ -158,6 +159,14 @@ def analyze(
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
     skipped: list[int] = []
+    # Per-class state sets (audit's Hamming novelty): with labels, on runs that are not
+    # checkpointed (a checkpoint does not keep them, so a resumed run could not finish them).
+    # Packed captures (pack=True) keep no per-class sets: their bytes are counted as a whole.
+    by_class: dict[tuple[str, int], dict[int, StateCounter]] | None = (
+        {(c.key, c.axis): {} for c in inst.captures if not c.packed}
+        if accuracy is not None and checkpoint_every is None and not resume
+        else None
+    )
 
     def rehash(batch: dict[str, np.ndarray]) -> None:
         digest.update(batch)
@@ -168,9 +177,21 @@ def analyze(
                 f"{done} batches do not match; resume with the same data and batch size"
             )
 
+    labelled = [0]  # samples whose labels went to by_class (consume runs in order)
+
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
+
+        def consume(r: BatchRun) -> None:
+            counting(r.batch, r.captured)
+            if by_class is not None and accuracy is not None:
+                # the class scores first, so that a model without them fails as accuracy does
+                predicted_classes(inst.class_scores(r))
+                truth = accuracy.labels[labelled[0] : labelled[0] + r.samples]
+                labelled[0] += r.samples
+                _count_by_class(inst, r, truth, by_class)
+
         runs = inst.stream(
-            data, batch_size, lambda r: counting(r.batch, r.captured), progress,
+            data, batch_size, consume, progress,
             overlap=False if checkpoint_every else None, constants=fixed, skip=done,
             on_skip=rehash,
         )  # fmt: skip
@@ -201,6 +222,14 @@ def analyze(
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
+    if by_class is not None:
+        for c, r in zip(inst.captures, layers):
+            per = by_class.get((c.key, c.axis))
+            if per is None:
+                continue
+            r.class_counts = metrics.class_table(
+                r.state_ids(), {k: (v.state_ids(), v.counts()) for k, v in per.items()}
+            )
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -250,6 +279,23 @@ def _resume(
         if not isinstance(state.get(field), int) or state[field] < 0:
             raise StoreError(f"{path}: checkpoint {field} is {state.get(field)!r}; not resumable")
     return state
+
+
+def _count_by_class(
+    inst: Instrumented,
+    run: BatchRun,
+    truth: np.ndarray,
+    by_class: dict[tuple[str, int], dict[int, StateCounter]],
+) -> None:
+    """Count each capture's states of this batch once more, split by the samples' labels."""
+    classes = np.unique(truth)
+    captures = {(c.key, c.axis): c for c in inst.captures}
+    for (key, axis), per in by_class.items():
+        x = run.captured[key]
+        batch_axis = inst.batch_axis(key, x, run.samples)
+        for c in classes:
+            chosen = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)
+            per.setdefault(int(c), new_counter(captures[(key, axis)])).update(chosen, axis=axis)
 
 
 def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:

@@ -123,6 +123,9 @@ class LayerResult(StateMetrics):
     state_count: int
     nan_count: int
     states: States = field(repr=False)
+    # (state row, class, count) triples [pairs, 3] in state_ids order, from an analysis with
+    # labels; None otherwise. The per-class state sets of audit's Hamming novelty.
+    class_counts: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ids(self) -> np.ndarray:
@@ -255,7 +258,9 @@ class Analysis:
         """
         attrs = {k: v for k, v in self.to_dict().items() if k != "layers"}
         layers = [
-            store.StoredLayer({k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted())
+            store.StoredLayer(
+                {k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted(), r.class_counts
+            )
             for r in self.layers
         ]
         store.write_store(path, attrs, layers, overwrite=overwrite, checkpoint=checkpoint)
@@ -267,7 +272,11 @@ class Analysis:
         passes: schema, completeness, attribute types, array dtypes, shapes and consistency."""
         attrs, stored = store.read_store(path)
         layers = [
-            LayerResult(**{k: s.attrs[k] for k in _LAYER_ATTRS}, states=States(s.ids, s.counts))
+            LayerResult(
+                **{k: s.attrs[k] for k in _LAYER_ATTRS},
+                states=States(s.ids, s.counts),
+                class_counts=s.class_counts,
+            )
             for s in stored
         ]
         return cls(

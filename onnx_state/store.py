@@ -10,6 +10,9 @@ Layout (schema version 1; also in the README):
                              op_type, kind, neurons, axis, state_count, nan_count
         state_ids            uint8 [n_unique, ceil(neurons / 8)], packbits little-endian
         counts               int64 [n_unique]
+        class_counts         optional, int64 [pairs, 3]: (state row, class, count) for each
+                             state seen with a class label, ascending by (row, class); rows
+                             sum to counts (written when the analysis had labels)
 
 The group is built in a hidden sibling folder and renamed into place, so an interrupted
 run leaves no store that loads; ``complete`` guards against copies of a partial folder.
@@ -65,6 +68,7 @@ class StoredLayer(NamedTuple):
     attrs: dict[str, Any]
     ids: np.ndarray  # uint8 [n_unique, ceil(neurons / 8)], ascending
     counts: np.ndarray  # int64 [n_unique]
+    class_counts: np.ndarray | None = None  # int64 [pairs, 3]: (row, class, count), optional
 
 
 def write_store(
@@ -115,6 +119,9 @@ def write_store(
                 ids = layer.ids.reshape(len(layer.ids), width)
                 g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
                 g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
+                if layer.class_counts is not None:
+                    table = np.ascontiguousarray(layer.class_counts, dtype=np.int64)
+                    g.create_array("class_counts", data=table.reshape(-1, 3))
             full = {**attrs, "schema": SCHEMA, "schema_version": SCHEMA_VERSION}
             full["complete"] = checkpoint is None
             if checkpoint is not None:
@@ -421,7 +428,41 @@ def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> 
             f"{at}: state_ids row {r} is below row {r - 1}; expected rows ascending by their "
             "little-endian integer value"
         )
-    return StoredLayer(attrs, ids, counts)
+    table = None
+    try:
+        present = "class_counts" in group  # optional: analyses with labels write it
+    except Exception as exc:  # zarr's metadata errors: JSON, types, validation
+        raise StoreError(f"{at}: cannot open class_counts ({_why(exc)})") from None
+    if present:
+        table = _read_array(group, "class_counts", at, np.int64, "[pairs, 3]")
+        _check_class_counts(table, counts, at)
+    return StoredLayer(attrs, ids, counts, table)
+
+
+def _check_class_counts(table: np.ndarray, counts: np.ndarray, at: str) -> None:
+    """(row, class, count) triples: 3 columns, rows of state_ids, classes >= 0, counts >= 1,
+    ascending by (row, class) without repeats, and summing per row to the state's count."""
+    if table.shape[1] != 3:
+        raise StoreError(f"{at}: class_counts has {table.shape[1]} columns; expected 3")
+    if not len(table):
+        return
+    row, cls, cnt = table[:, 0], table[:, 1], table[:, 2]
+    if row.min() < 0 or row.max() >= len(counts):
+        raise StoreError(f"{at}: class_counts names state rows outside [0, {len(counts) - 1}]")
+    if cls.min() < 0 or cnt.min() < 1:
+        raise StoreError(f"{at}: class_counts has a class < 0 or a count < 1")
+    step = np.diff(row)
+    if np.any(step < 0) or np.any((step == 0) & (np.diff(cls) <= 0)):
+        raise StoreError(f"{at}: class_counts is not ascending by (row, class) without repeats")
+    per_row = np.bincount(row, weights=cnt, minlength=len(counts))
+    seen = np.zeros(len(counts), dtype=bool)
+    seen[row] = True
+    if np.any(per_row[seen] != counts[seen]):
+        bad = int(np.flatnonzero(seen & (per_row != counts))[0])
+        raise StoreError(
+            f"{at}: class_counts of state row {bad} sum to {int(per_row[bad])} but its count "
+            f"is {int(counts[bad])}"
+        )
 
 
 def _read_array(group: Any, name: str, at: str, dtype: type[Any], shape: str) -> np.ndarray:

@@ -231,3 +231,30 @@ def test_a_signal_held_during_a_failed_save_is_not_lost():
         signal.raise_signal(signal.SIGINT)
         raise OSError("disk full")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_class_counts_are_optional_and_checked(tmp_path):
+    import zarr
+
+    ids = np.array([[1], [2]], dtype=np.uint8)
+    table = np.array([[0, 0, 2], [1, 0, 1], [1, 4, 2]])
+    states = onnx_state.results.States(ids, np.array([2, 3]))
+    layer = onnx_state.LayerResult("l", "t", "l", "T", "Op", "post", 3, 1, 5, 0, states,
+                                   class_counts=table)  # fmt: skip
+    a = onnx_state.Analysis([layer], 5, "0" * 64, "xxh3_128:" + "0" * 32)
+    a.save(tmp_path / "a.zarr")
+    assert onnx_state.Analysis.load(tmp_path / "a.zarr").layers[0].class_counts.tolist() == [
+        [0, 0, 2], [1, 0, 1], [1, 4, 2]
+    ]  # fmt: skip
+    for bad, message in (
+        ([[0, 0, 2], [1, 0, 1], [1, 4, 1]], "sum to 2 but its count is 3"),
+        ([[1, 0, 1], [0, 0, 2], [1, 4, 2]], "ascending"),
+        ([[0, 0, 2], [1, 0, 1], [2, 4, 2]], "outside"),
+    ):
+        layer.class_counts = np.array(bad)
+        a.save(tmp_path / "a.zarr", overwrite=True)
+        with pytest.raises(StoreError, match=message):
+            onnx_state.Analysis.load(tmp_path / "a.zarr")
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")
+    del group["layers/0/class_counts"]  # a store without them still loads
+    assert onnx_state.Analysis.load(tmp_path / "a.zarr").layers[0].class_counts is None
