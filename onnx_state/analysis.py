@@ -18,7 +18,7 @@ from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
 from onnx_state.outputs import check_output
-from onnx_state.results import Analysis, LayerResult, States
+from onnx_state.results import Analysis, LayerResult, RunRecord, States
 
 __all__ = ["analyze", "layer_result"]
 
@@ -143,6 +143,7 @@ def analyze(
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
     skipped: list[int] = []
+    size = 0  # samples per run, from the first run
 
     def rehash(batch: dict[str, np.ndarray]) -> None:
         digest.update(batch)
@@ -160,6 +161,7 @@ def analyze(
             on_skip=rehash,
         )  # fmt: skip
         for run in runs:
+            size = size or run.samples
             if parity and parity_diff is None:
                 parity_diff = inst.parity(run.batch, run.outputs)
             if accuracy is not None:
@@ -175,6 +177,7 @@ def analyze(
                     layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
+                    run=RunRecord.of_session(inst, threads, optimization, size),
                 )  # fmt: skip
                 partial.save(checkpoint, overwrite=True, checkpoint={
                     "batches": done, "n_samples": n_samples, "parity": parity_diff,
@@ -200,6 +203,7 @@ def analyze(
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
+        run=RunRecord.of_session(inst, threads, optimization, size or None),
     )
     if checkpoint is not None:  # the finished run replaces its checkpoints
         result.save(checkpoint, overwrite=True)

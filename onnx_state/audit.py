@@ -27,7 +27,7 @@ from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimiza
 from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
-from onnx_state.results import Analysis, LayerResult
+from onnx_state.results import Analysis, LayerResult, RunRecord
 from onnx_state.store import (
     MISSING,
     SLACK,
@@ -35,6 +35,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_run,
     check_schema,
     check_str,
     label,
@@ -188,6 +189,7 @@ class Audit:
     accuracy: float | None = None
     reference: str | None = None
     sample_novelty: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    run: dict[str, Any] | None = None  # the run record (``results.RunRecord.to_dict``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (schema ``onnx_state.audit``); ``from_dict`` reads it back.
@@ -207,6 +209,7 @@ class Audit:
             "top_k": self.k,
             "accuracy": self.accuracy,
             "reference": self.reference,
+            "run": self.run,
         }
 
     @classmethod
@@ -219,7 +222,14 @@ class Audit:
         _check_audit(d)
         names = [f.name for f in fields(LayerAudit)]
         layers = [LayerAudit(**{k: la[k] for k in names}) for la in d["layers"]]
-        return cls(layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"])
+        run = d.get("run")
+        return cls(layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"],
+                   run=None if run is None else check_run(run, "audit:"))  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import audit_html
+
+        return audit_html(self)
 
     def violations(
         self,
@@ -401,8 +411,9 @@ def audit(
             w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
 
     accuracy = accuracy_of(labels)
-    n = 0
+    n = size = 0
     for run in inst.stream(data, batch_size, consume, progress, constants=constants):
+        size = size or run.samples
         if accuracy is not None:
             accuracy.update(inst.class_scores(run), run.samples)
         n += run.samples
@@ -447,6 +458,7 @@ def audit(
         accuracy=top1,
         reference=None if reference is None else _describe(reference),
         sample_novelty=novelty_by_layer,
+        run=RunRecord.of_session(inst, threads, optimization, size or None).to_dict(),
     )
 
 
