@@ -590,10 +590,11 @@ def compare(
             out_b = _samples_first(inst_b, run_b.outputs[0], n)
         outputs.update(out_a, out_b, run_a.outputs[0], run_b.outputs[0])
 
-    n = 0
+    n = first = 0
     # A then B, batch after batch: overlapped, B would compete with A's next run.
     for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
         n += run.samples
+        first = first or run.samples
     top1_a = None if accuracy_a is None else accuracy_a.result(n)
     top1_b = None if accuracy_b is None else accuracy_b.result(n)
     if batches_b is not None and next(batches_b, None) is not None:
@@ -608,7 +609,7 @@ def compare(
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,
-        run=RunRecord.of_session(inst_a, threads, optimization, size).to_dict(),
+        run=RunRecord.of_session(inst_a, threads, optimization, first or None).to_dict(),
     )
 
 

@@ -56,7 +56,7 @@ SECTIONS = {
     "audit": "Audit",
     "separation": "Class separation",
 }
-_RANK_POINTS = 200  # points per rank–frequency curve (log-spaced ranks)
+_RANK_POINTS = 120  # points per rank–frequency curve (log-spaced ranks)
 _PAGE_STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222;
 padding:0 1em}
@@ -85,6 +85,7 @@ def _pyplot() -> Any:
 def _style() -> Iterator[Any]:
     plt = _pyplot()
     rc = {"svg.fonttype": "none", "svg.hashsalt": "onnx_state", "font.size": 8,
+          "font.sans-serif": ["DejaVu Sans", "Arial"],  # (named in every SVG text element)
           "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
           "grid.alpha": 0.3, "legend.fontsize": 7, "legend.frameon": False}  # fmt: skip
     with plt.rc_context(rc):
@@ -249,6 +250,32 @@ def _audit_plot(a: Audit) -> str:
         return _svg(fig)
 
 
+def _matrix_mosaic(plt: Any, s: SeparationResult, split: str) -> Any:
+    """Every layer's class x class matrix, tiled into one image (one small PNG in the SVG,
+    drawn at its own resolution: a cell per class pair), the layer named above each."""
+    k = len(s.classes)
+    cols = min(5, len(s.layers))
+    rows = math.ceil(len(s.layers) / cols)
+    step_x, step_y = k + 1, k + 2  # a blank column between tiles, two blank rows for names
+    mosaic = np.full((rows * step_y, cols * step_x - 1), np.nan)
+    for i, layer in enumerate(s.layers):
+        r, c = divmod(i, cols)
+        y, x = r * step_y + 2, c * step_x
+        mosaic[y : y + k, x : x + k] = s.matrix(layer, split)
+    fig, ax = plt.subplots(figsize=(min(11.0, 1.9 * cols + 1.2), 1.9 * rows + 0.4))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")
+    im = ax.imshow(mosaic, vmin=0, vmax=1, cmap=cmap, interpolation="none")
+    for i, layer in enumerate(s.layers):
+        r, c = divmod(i, cols)
+        ax.text(c * step_x + (k - 1) / 2, r * step_y + 1.2, layer[:26], ha="center",
+                va="bottom", fontsize=6)  # fmt: skip
+    ax.set_axis_off()
+    ax.set_title(f"class x class separation ({split}, friedman_rafsky); rows and columns: "
+                 f"classes {s.classes[0]} to {s.classes[-1]} in order", fontsize=7)  # fmt: skip
+    fig.colorbar(im, ax=ax, shrink=min(1.0, 4 / rows), label="separation")
+    return fig
+
+
 def _separation_plots(s: SeparationResult) -> list[str]:
     figures = []
     with _style() as plt:
@@ -262,19 +289,7 @@ def _separation_plots(s: SeparationResult) -> list[str]:
         _layer_axis(ax, s.layers)
         figures.append(_svg(fig))
         for split in s.cross:
-            cols = min(5, len(s.layers))
-            rows = math.ceil(len(s.layers) / cols)
-            fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.0 * rows), squeeze=False)
-            for ax, layer in zip(axes.flat, s.layers):
-                im = ax.imshow(s.matrix(layer, split), vmin=0, vmax=1, cmap="viridis")
-                ax.set_title(layer[:26], fontsize=7)
-                ax.set_xticks(range(len(s.classes)), s.classes, fontsize=5)
-                ax.set_yticks(range(len(s.classes)), s.classes, fontsize=5)
-                ax.grid(False)
-            for ax in list(axes.flat)[len(s.layers) :]:
-                ax.axis("off")
-            fig.colorbar(im, ax=axes, shrink=0.6, label=f"separation ({split}, friedman_rafsky)")
-            figures.append(_svg(fig))
+            figures.append(_svg(_matrix_mosaic(plt, s, split)))
     return figures
 
 
@@ -305,27 +320,30 @@ def _figure(svg: str) -> str:
 
 
 def _run_record(a: Analysis | None, others: Sequence[tuple[str, Any]]) -> str:
-    rows: list[list[str]] = []
+    """One table: a row per field, a column per result (analysis, compare, audit, ...),
+    then the tensor each layer captured."""
+    columns: dict[str, dict[str, str]] = {}
     if a is not None:
-        rows += [
-            ["schema version", str(a.schema_version)],
-            ["model sha256", a.model_sha256],
-            ["data fingerprint", a.data_fingerprint],
-            ["samples", str(a.n_samples)],
-            ["accuracy", percent(a.accuracy)],
-            ["parity (instrumented vs original, max |diff|)", number(a.parity_max_abs_diff, ".3g")],
-        ]
+        col = {
+            "schema version": str(a.schema_version), "model sha256": a.model_sha256,
+            "data fingerprint": a.data_fingerprint, "samples": str(a.n_samples),
+            "accuracy": percent(a.accuracy),
+            "parity (instrumented vs original, max |diff|)": number(a.parity_max_abs_diff, ".3g"),
+        }  # fmt: skip
         if a.run is None:
-            rows.append(["run", "not recorded (a schema version 1 store)"])
+            col["run"] = "not recorded (a schema version 1 store)"
         else:
-            rows += [[k.replace("_", " "), _shown(v)] for k, v in a.run.to_dict().items()]
+            col.update({k.replace("_", " "): _shown(v) for k, v in a.run.to_dict().items()})
+        columns["analysis"] = col
     for what, result in others:
         run = getattr(result, "run", None)
-        if run:
-            rows += [[f"{what}: {k.replace('_', ' ')}", _shown(v)] for k, v in run.items()]
-    if not rows:
-        rows.append(["run", "not recorded"])
-    body = table_html(["", "value"], rows, left=2)
+        col = {"samples": str(result.n_samples)} if hasattr(result, "n_samples") else {}
+        col.update({k.replace("_", " "): _shown(v) for k, v in (run or {}).items()})
+        columns[what] = col if run else {**col, "run": "not recorded"}
+    fields = list(dict.fromkeys(f for col in columns.values() for f in col))
+    rows = [[f, *(col.get(f, "") for col in columns.values())] for f in fields]
+    body = '<div class="scroll">' + table_html(["", *columns], rows, left=len(columns) + 1)
+    body += "</div>"
     if a is not None and a.layers:
         captured = [
             [r.name, r.layer, r.kind, r.op_type, r.tensor, r.captured or "(the same)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,16 +53,47 @@ def _layer(name: str, neurons: int, unique: int, seed: int, total: int = 0) -> L
     )  # fmt: skip
 
 
-def _synthetic(n_layers: int) -> Analysis:
+def synthetic(n_layers: int, classes: int = 10) -> dict[str, Any]:
+    """``build_report`` keywords for a synthetic model of *n_layers* layers: an analysis,
+    a comparison, an audit and a separation result (no model is run)."""
+    from onnx_state.audit import Audit, LayerAudit
+    from onnx_state.compare import Comparison, PairResult
+    from onnx_state.separation import SeparationResult
+
     layers = [
         _layer(f"block{i}.conv", [16, 64, 128, 512][i % 4], [50, 2000, 500, 3000][i % 4], i)
         for i in range(n_layers)
     ]
-    return Analysis(
+    run = RunRecord.now(["CPUExecutionProvider"], None, "all", 200)
+    analysis = Analysis(
         layers=layers, n_samples=10_000, model_sha256="0" * 64, data_fingerprint="xxh3_128:0",
-        accuracy=0.9, parity_max_abs_diff=0.0,
-        run=RunRecord.now(["CPUExecutionProvider"], None, "all", 200),
+        accuracy=0.9, parity_max_abs_diff=0.0, run=run,
     )  # fmt: skip
+    rng = np.random.default_rng(0)
+    agree = np.clip(1 - np.cumsum(rng.uniform(0, 0.01, n_layers)), 0, 1)
+    pairs: list[Any] = [
+        PairResult(r.name, r.name, "name", r.neurons, r.state_count, float(a), float(a),
+                   float(a), float((1 - a) * r.neurons), 0.1, 0.01, 0.999, 0.3, 0.3, 0.01)
+        for r, a in zip(layers, agree)
+    ]  # fmt: skip
+    comparison = Comparison(pairs, [], [], 10_000, 0.2, 0.99, 0.9, 0.9, run=run.to_dict())
+    audited = [
+        LayerAudit(r.name, r.neurons, r.state_count, r.efficiency(), [0, 1], [], 0.9, 0.8,
+                   float(rng.uniform()), 0.1, 0.01, [3, 1, 4])
+        for r in layers
+    ]  # fmt: skip
+    audit = Audit(audited, 10_000, 2, 0.9, "reference.zarr", run=run.to_dict())
+    cross = {}
+    for r in layers:
+        s = rng.integers(1, 40, (classes, classes))
+        s = np.triu(s, 1) + np.triu(s, 1).T
+        np.fill_diagonal(s, -1)
+        cross[r.name] = s
+    separation = SeparationResult(list(range(classes)), [r.name for r in layers],
+                                  {"train": cross}, {"train": [100] * classes},
+                                  run=run.to_dict())  # fmt: skip
+    return {"analysis": analysis, "comparison": comparison, "audit": audit,
+            "separation": separation}  # fmt: skip
 
 
 def test_example_report_holds_every_analysis_section_and_the_right_figures(example):
@@ -117,12 +149,14 @@ def test_a_report_is_offline_and_holds_no_raw_states():
 
 
 def test_a_100_layer_report_fits_its_size_budget(tmp_path):
-    a = _synthetic(100)
-    path = save_report(tmp_path / "big.html", a)
+    results = synthetic(100)
+    a = results["analysis"]
+    path = save_report(tmp_path / "big.html", **results)
     size = path.stat().st_size
-    print(f"100-layer report: {size / 1e6:.2f} MB")
+    print(f"100-layer report, every section: {size / 1e6:.2f} MB")
     assert size <= 2_000_000
     text = path.read_text()
+    assert all(f'<section id="{ident}">' in text for ident in SECTIONS)
     # every layer is in the table, with its dead neurons counted from the raw bits
     rows = re.findall(r"<tr><td class=l>block\d+\.conv</td><td class=l>Conv2d</td>.*?</tr>", text)
     assert len(rows) == 100
@@ -155,7 +189,10 @@ def test_compare_audit_and_separation_sections(tmp_path):
     assert "<tr class=mark><td class=l>conv_post_states" in text  # and the table's
     for la in audited.layers:
         assert f"{100 * la.novelty:.3f}%" in text
-    assert "compare: onnxruntime" in text and "separation: batch size" in text
+    heads = re.search(r'<section id="run-record">.*?<thead>(.*?)</thead>', text).group(1)
+    assert re.findall(r"<th[^>]*>([^<]*)</th>", heads) == ["", "compare", "audit", "separation"]
+    batch = re.search(r"<td class=l>batch size</td>(.*?)</tr>", text).group(1)
+    assert re.findall(r"<td[^>]*>([^<]*)</td>", batch) == ["53", "23", "20"]
     n_sep = len(separated.cross)
     assert text.count("<svg") == 1 + 1 + 1 + n_sep  # compare, audit, mean, a grid per split
 
@@ -189,7 +226,7 @@ def test_the_commands_write_reports_and_read_them_back_from_json(tmp_path):
 
 
 def test_report_building_shows_progress_when_asked(capsys):
-    build_report(_synthetic(3), progress=True)
+    build_report(synthetic(3)["analysis"], progress=True)
     assert "report" in capsys.readouterr().err
 
 
