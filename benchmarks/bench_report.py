@@ -24,7 +24,7 @@ from onnx_state.data import example_paths
 from onnx_state.report import save_report
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' synthetic results
-from tests.test_report import synthetic  # noqa: E402
+from tests.test_report import synthetic
 
 
 def main() -> None:

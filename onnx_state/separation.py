@@ -349,6 +349,7 @@ def _features(
     batch_size: int | None,
     with_input: bool,
     constants: Mapping[str, np.ndarray],
+    progress: bool | None = False,
 ) -> tuple[dict[str, np.ndarray], int]:
     """Flattened captured tensors (and the inputs) of the chosen samples, per capture name,
     and the samples of the first run (the batch size used)."""
@@ -365,9 +366,19 @@ def _features(
             t = inst.batch_first(c.tensor, run.captured[c.tensor], n)
             feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
 
-    for run in inst.stream(rows, batch_size, consume, progress=False, constants=constants):
+    for run in inst.stream(rows, batch_size, consume, progress=progress, constants=constants):
         first = first or run.samples
     return {k: np.concatenate(v) for k, v in feats.items()}, first
+
+
+def _bar(total: int, enabled: bool | None, what: str) -> Any:
+    """A tqdm bar over *total* layers (off unless *enabled*, or None and stderr a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, unit="layer", desc=what, leave=False, disable=not show)
 
 
 def _pair_counts(f: np.ndarray, groups: list[np.ndarray], max_bytes: int) -> np.ndarray:
@@ -420,6 +431,7 @@ def separation(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
+    progress: bool | None = False,
 ) -> SeparationResult:
     """Henze–Penrose separation of every class pair at every captured layer.
 
@@ -451,6 +463,9 @@ def separation(
         Two class labels whose 2-D PCA projection is kept at each layer, for plotting.
     providers, threads, optimization:
         The onnxruntime session (as for ``analyze``).
+    progress:
+        Show progress bars (the runs, then the MSTs layer by layer); None shows them when
+        stderr is a terminal.
     """
     if draw not in ("first", "random"):
         raise InputError(f"draw must be 'first' or 'random', got {draw!r}")
@@ -489,12 +504,17 @@ def separation(
         if found != classes:
             raise InputError(f"{split} has classes {found} but train has {classes}")
         groups = _choose(y, classes, samples_per_class, draw, seed)
-        feats, size = _features(inst, x, np.concatenate(groups), batch_size, include_input, fixed)
+        feats, size = _features(inst, x, np.concatenate(groups), batch_size, include_input, fixed,
+                                progress)  # fmt: skip
         run_size = run_size or size
         names = list(feats)
         offsets = np.cumsum([0] + [len(g) for g in groups])
         local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(groups))]
-        cross[split] = {name: _pair_counts(f, local, max_matrix_bytes) for name, f in feats.items()}
+        with _bar(len(feats), progress, f"MSTs ({split})") as bar:
+            cross[split] = {}
+            for name, f in feats.items():
+                cross[split][name] = _pair_counts(f, local, max_matrix_bytes)
+                bar.update(1)
         sizes[split] = [len(g) for g in groups]
         if pca_pair is not None and split == "train":
             missing = [c for c in pca_pair if c not in classes]

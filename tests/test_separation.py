@@ -123,7 +123,7 @@ def test_separation_error_paths(bundled):
         separation(model, x, labels=y, samples_per_class=5, test_data=x)
 
 
-def test_per_pair_separations_for_both_formulas_in_the_result_json_and_table(tmp_path):
+def test_per_pair_separations_for_both_formulas_in_the_result_json_and_table(tmp_path, capsys):
     import onnx
 
     from tests.models import conv_net, int_data
@@ -131,7 +131,8 @@ def test_per_pair_separations_for_both_formulas_in_the_result_json_and_table(tmp
     model, _ = conv_net()
     x = int_data(60)
     y = np.arange(60) % 3
-    r = separation(model, x, labels=y, attach_to="Conv", samples_per_class=12)
+    r = separation(model, x, labels=y, attach_to="Conv", samples_per_class=12, progress=True)
+    assert "MSTs (train)" in capsys.readouterr().err  # a bar over the layers' MSTs
     d = r.to_dict()
     for layer in r.layers:
         s = r.cross["train"][layer]

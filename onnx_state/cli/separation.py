@@ -52,6 +52,7 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 @click.option("--pca-pair", nargs=2, type=int, help="Two classes for the PCA scatter plots.")
 @_FORMULA
 @session
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
 def separation_command(
     model: str,
@@ -65,6 +66,7 @@ def separation_command(
     formula: Formula,
     report: str | None,
     pairs: bool,
+    quiet: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -79,7 +81,8 @@ def separation_command(
         check_output(report, overwrite=overwrite, kind="file")
     if not pca_pair and plots:
         pca_pair = first_classes(labels)
-    result = separation(model, data, labels=labels, pca_pair=pca_pair or None, **options)
+    result = separation(model, data, labels=labels, pca_pair=pca_pair or None,
+                        progress=False if quiet else None, **options)  # fmt: skip
     if output:
         result.save(output, overwrite=overwrite)
     if plots:
