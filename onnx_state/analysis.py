@@ -13,7 +13,6 @@ from onnx import ModelProto
 from onnx_state import store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
-from onnx_state.capture.load import model_sha256
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
@@ -32,6 +31,8 @@ def analyze(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -72,6 +73,12 @@ def analyze(
         Capture each layer's output (``after``), its data input (``before``), or both.
     neuron_axes:
         Neuron-axis overrides by layer or capture name.
+    literal:
+        Read each layer's tensor itself, not the output of a Relu-like activation that
+        alone consumes it (same states; the default keeps onnxruntime's fusions).
+    quantized:
+        In a QDQ model, read each float tensor that only a QuantizeLinear consumes as that
+        quantized tensor (fires iff > its zero point): the deployed int8 arithmetic.
     batch_size:
         Samples per onnxruntime run; None takes the model's fixed batch dimension when it
         has one, else 200.
@@ -117,14 +124,16 @@ def analyze(
         check_output(checkpoint, overwrite=overwrite, kind="store", is_ours=store.is_store)
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
-    counters = {(c.tensor, c.axis): StateCounter() for c in inst.captures}
+    counters = {(c.key, c.axis): StateCounter() for c in inst.captures}
     accuracy = accuracy_of(labels)
     fixed = inst.constants(constants)
     digest = Fingerprint(fixed)
-    sha = model_sha256(inst.original)
+    sha = inst.sha256
+    inst.parity_first = parity and not resume
     n_samples = done = 0
     outputs: list[list[np.ndarray]] = []
     parity_diff = None
@@ -174,7 +183,7 @@ def analyze(
                 assert checkpoint is not None
                 counting.flush()  # (inline counting: batch *done* is counted already)
                 partial = Analysis(
-                    layers=[layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures],
+                    layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
                     run=RunRecord.of_session(inst, threads, optimization, size),
@@ -188,7 +197,7 @@ def analyze(
                     "fingerprint": digest.hexdigest(),
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
-    layers = [layer_result(c, counters[(c.tensor, c.axis)]) for c in inst.captures]
+    layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -227,7 +236,7 @@ def _resume(
             f"captures {names}; resume with the same selection"
         )
     for c, s in zip(inst.captures, stored):
-        key = (c.tensor, c.axis)
+        key = (c.key, c.axis)
         if counters[key].neurons == 0:  # one counter per tensor and axis, filled once
             counters[key] = StateCounter.from_states(
                 s.ids, s.counts, s.attrs["neurons"], s.attrs["nan_count"]
@@ -270,4 +279,6 @@ def layer_result(capture: Capture, counter: StateCounter) -> LayerResult:
         state_count=counter.state_count,
         nan_count=counter.nan_count,
         states=States.deferred(*counter.table_words(), counter.n_bytes),
+        captured=capture.source if capture.source != capture.tensor else "",
+        axis_rule=capture.axis_rule,
     )

@@ -358,6 +358,8 @@ def audit(
     exclude: Sequence[str] | str = (),
     method: Method = "after",
     neuron_axes: Mapping[str, int] | None = None,
+    literal: bool = False,
+    quantized: bool = False,
     batch_size: int | None = None,
     constants: Mapping[str, Any] | None = None,
     output_batch_axis: int | None = None,
@@ -394,7 +396,8 @@ def audit(
     ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=literal, quantized=quantized, providers=providers, threads=threads,
+        optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
@@ -407,8 +410,8 @@ def audit(
 
     def consume(run: BatchRun) -> None:
         for w in watches:
-            x = run.captured[w.capture.tensor]
-            w.update(x, inst.batch_axis(w.capture.tensor, x, run.samples))
+            x = run.captured[w.capture.key]
+            w.update(x, inst.batch_axis(w.capture.key, x, run.samples))
 
     accuracy = accuracy_of(labels)
     n = size = 0

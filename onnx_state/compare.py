@@ -528,12 +528,13 @@ def compare(
         b_select = [*(b_select or _default_types(model_b)), *mapping.values()]
     inst_a = Instrumented(
         model_a, attach_to=a_select, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=True, providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
     inst_b = Instrumented(
         model_b, attach_to=b_select, exclude=exclude if exclude_b is None else exclude_b,
         method=method, neuron_axes=neuron_axes if neuron_axes_b is None else neuron_axes_b,
+        literal=True,
         providers=providers, threads=threads, optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
@@ -577,7 +578,7 @@ def compare(
             raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
         run_b = inst_b.run(batch_b, run_a.samples)
         for s in stats:
-            s.update(run_a.captured[s.a.tensor], run_b.captured[s.b.tensor])
+            s.update(run_a.captured[s.a.key], run_b.captured[s.b.key])
         n = run_a.samples
         out_a: np.ndarray | None
         out_b: np.ndarray | None

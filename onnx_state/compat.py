@@ -270,7 +270,7 @@ def _onnx_model(
         EfficiencyLayer(c.name, c.axis, None if storage is None else storage / f"{c.name}.zarr")
         for c in inst.captures
     ]
-    pairs = [(layer, c.tensor) for layer, c in zip(layers, inst.captures)]
+    pairs = [(layer, c.key) for layer, c in zip(layers, inst.captures)]
 
     def consume(run: BatchRun) -> None:
         for layer, tensor in pairs:

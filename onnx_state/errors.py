@@ -68,3 +68,7 @@ def one_line(exc: BaseException) -> str:
     """
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+class AxisGuessWarning(UserWarning):
+    """A neuron axis (or zero point) that no rule decided: what was assumed, and the override."""

@@ -363,7 +363,7 @@ def _features(
             for k in mapping:
                 feats.setdefault(f"input:{k}", []).append(run.batch[k].reshape(n, -1))
         for c in inst.captures:
-            t = inst.batch_first(c.tensor, run.captured[c.tensor], n)
+            t = inst.batch_first(c.key, run.captured[c.key], n)
             feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
 
     for run in inst.stream(rows, batch_size, consume, progress=progress, constants=constants):
@@ -473,7 +473,7 @@ def separation(
         raise InputError(f"samples_per_class must be at least 2, got {samples_per_class}")
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
-        providers=providers, threads=threads, optimization=optimization,
+        literal=True, providers=providers, threads=threads, optimization=optimization,
     )  # fmt: skip
     splits = {"train": (data, labels)}
     if test_data is not None:

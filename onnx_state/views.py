@@ -17,6 +17,7 @@ __all__ = [
     "bar",
     "comparison_html",
     "esc",
+    "number",
     "percent",
     "separation_html",
     "table_html",

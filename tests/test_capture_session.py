@@ -76,3 +76,67 @@ def test_progress_bar_only_when_asked(net, capsys):
     assert "batch" in capsys.readouterr().err
     onnx_state.analyze(model, x, attach_to="Conv", batch_size=9, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_parity_never_holds_two_sessions_and_a_file_is_not_serialized(net, tmp_path, monkeypatch):
+    """The original's session for the parity check is built from the file and released
+    before the instrumented one exists; the instrumented model is serialized once."""
+    from onnx_state.capture import session as session_module
+
+    model, _, x, _ = net
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    alive, peak, built = [0], [0], []
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    real = session_module.make_session
+
+    class Tracked:
+        def __init__(self, inner):
+            self.inner = inner
+            alive[0] += 1
+            peak[0] = max(peak[0], alive[0])
+
+        def run(self, *args):
+            return self.inner.run(*args)
+
+        def __del__(self):
+            alive[0] -= 1
+
+    def tracked(model, *args, **kwargs):
+        built.append("path" if isinstance(model, str) else "proto")
+        return Tracked(real(model, *args, **kwargs))
+
+    serialized = []
+    real_serialize = onnx.ModelProto.SerializeToString
+
+    def counting(self, *args, **kwargs):
+        data = real_serialize(self, *args, **kwargs)
+        if len(data) > weights:  # a copy with the weights (shape inference gets none)
+            serialized.append(len(data))
+        return data
+
+    monkeypatch.setattr(session_module, "make_session", tracked)
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", counting)
+    result = onnx_state.analyze(path, x, batch_size=10)
+    assert result.parity_max_abs_diff is not None
+    assert built == ["path", "proto"]
+    assert peak[0] == 1
+    assert len(serialized) == 1, (
+        serialized
+    )  # the instrumented model, once (the hash reads the file)
+
+
+def test_the_model_hash_covers_external_weights(tmp_path):
+    model, _ = conv_net()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, location="w.bin",
+              size_threshold=0)  # fmt: skip
+    first = capture.Instrumented(tmp_path / "m.onnx").sha256
+    data = bytearray((tmp_path / "w.bin").read_bytes())
+    data[5] ^= 1  # one bit of one weight
+    (tmp_path / "w.bin").write_bytes(bytes(data))
+    second = capture.Instrumented(tmp_path / "m.onnx").sha256
+    assert first != second
+    import hashlib
+
+    expected = hashlib.sha256((tmp_path / "m.onnx").read_bytes() + bytes(data)).hexdigest()
+    assert second == expected  # the file, then every referenced byte range (one file here)

@@ -262,8 +262,10 @@ def test_version_2_keeps_per_neuron_firing_counts_equal_to_numpy(net, tmp_path):
     for i, r in enumerate(a.layers):
         stored = np.asarray(root[f"layers/{i}/firing_counts"][...])
         np.testing.assert_array_equal(stored, expected[r.name])
-        assert root[f"layers/{i}"].attrs["captured"] == "" == r.captured
-        assert root[f"layers/{i}"].attrs["axis_rule"] == "" == r.axis_rule
+        assert root[f"layers/{i}"].attrs["captured"] == r.captured
+        assert root[f"layers/{i}"].attrs["axis_rule"] == r.axis_rule != ""
+    # the Conv's states are read from the Relu that alone consumes it (same states)
+    assert [r.captured for r in a.layers] == ["r", ""]
     b = onnx_state.Analysis.load(tmp_path / "r.zarr")
     for r in b.layers:
         assert r.firing is not None  # read from the store, not recomputed

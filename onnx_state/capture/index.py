@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from functools import cached_property
+from typing import Any
 
 import onnx
 from onnx import ModelProto, NodeProto
@@ -18,7 +19,15 @@ from onnx_state.capture.load import all_graphs
 from onnx_state.capture.metadata import META_INPUT_AXES
 from onnx_state.errors import ModelError
 
-__all__ = ["FLOAT_TYPES", "GraphIndex", "Shape", "TensorInfo", "as_index", "node_meta"]
+__all__ = [
+    "CAPTURABLE_TYPES",
+    "FLOAT_TYPES",
+    "GraphIndex",
+    "Shape",
+    "TensorInfo",
+    "as_index",
+    "node_meta",
+]
 
 Shape = tuple[int | str | None, ...]
 TensorInfo = tuple[int | None, Shape | None]  # (ONNX elem type, shape)
@@ -26,6 +35,11 @@ TensorInfo = tuple[int | None, Shape | None]  # (ONNX elem type, shape)
 FLOAT_TYPES = {
     onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
     onnx.TensorProto.BFLOAT16, onnx.TensorProto.BOOL,
+}  # fmt: skip
+# Tensors worth counting: floats, and the integer types of quantized arithmetic (int8/uint8
+# quantized values, int32 accumulators). int64 (indices, shapes) and bool (masks) are not.
+CAPTURABLE_TYPES = (FLOAT_TYPES - {onnx.TensorProto.BOOL}) | {
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32,
 }  # fmt: skip
 
 
@@ -105,6 +119,45 @@ class GraphIndex:
         """The shape of *tensor* (None, or None/str entries, where unknown)."""
         return self.info.get(tensor, (None, None))[1]
 
+    def opset(self, domain: str = "") -> int:
+        """The model's opset version for *domain* (``ai.onnx`` for ""); 0 when not imported."""
+        want = "" if domain in ("", "ai.onnx") else domain
+        for entry in self.model.opset_import:
+            if ("" if entry.domain in ("", "ai.onnx") else entry.domain) == want:
+                return int(entry.version)
+        return 0
+
+    def constant_ints(self, name: str) -> list[int] | None:
+        """The values of the integer constant *name* (an initializer or Constant output)."""
+        tensor = self._constant_tensors.get(name)
+        if tensor is None:
+            return None
+        from onnx import numpy_helper
+
+        try:
+            return [int(v) for v in numpy_helper.to_array(tensor).reshape(-1)]
+        except (ValueError, TypeError):
+            return None
+
+    def constant_array(self, name: str) -> Any:
+        """The value of constant *name* as a numpy array, or None when it is not one."""
+        tensor = self._constant_tensors.get(name)
+        if tensor is None:
+            return None
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(tensor)
+
+    @cached_property
+    def _constant_tensors(self) -> dict[str, onnx.TensorProto]:
+        found = {t.name: t for t in self.model.graph.initializer}
+        for node in self.nodes:
+            if node.op_type == "Constant" and node.output:
+                for a in node.attribute:
+                    if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                        found[node.output[0]] = a.t
+        return found
+
     def data_input(self, node: NodeProto) -> str | None:
         """The first input of *node* that is not a constant."""
         return next((i for i in node.input if i and i not in self.constants), None)
@@ -119,12 +172,16 @@ def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
     """Elem type and shape of every tensor in the main graph, after shape inference.
 
     Exporters that declare every node output (torch.onnx does) make inference unneeded.
+    Inference runs on a copy without the large weights (``_skeleton``): onnx serializes the
+    model it is given, which would copy every weight twice.
     """
     inferred = model
     # inference is a convenience; when it fails, fall back to what the model declares
     with contextlib.suppress(Exception):
         if not _fully_declared(model.graph):
-            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+            inferred = onnx.shape_inference.infer_shapes(
+                _skeleton(model), strict_mode=False, data_prop=True
+            )
     info: dict[str, TensorInfo] = {}
     graph = inferred.graph
     for vi in [*graph.input, *graph.value_info, *graph.output]:
@@ -141,6 +198,41 @@ def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
     for init in graph.initializer:
         info.setdefault(init.name, (init.data_type, tuple(init.dims)))
     return info
+
+
+_SMALL_BYTES = 1 << 16  # integer initializers kept whole for inference (shapes, axes)
+_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+
+
+def _skeleton(model: ModelProto) -> ModelProto:
+    """*model* for shape inference: its large initializers become typed graph inputs.
+
+    Inference needs their types and shapes, not their values; integer constants (shapes,
+    axes) and scalars stay whole, for data propagation.
+    """
+    out = ModelProto()
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    out.functions.extend(model.functions)
+    src, graph = model.graph, out.graph
+    graph.name = src.name
+    graph.node.extend(src.node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)
+    graph.sparse_initializer.extend(src.sparse_initializer)
+    inputs = {i.name for i in src.input}
+    for init in src.initializer:
+        size = 1
+        for d in init.dims:
+            size *= d
+        if size <= 16 or (init.data_type in _INT_TYPES and init.ByteSize() <= _SMALL_BYTES):
+            graph.initializer.append(init)
+        elif init.name not in inputs:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+            )
+    return out
 
 
 def _fully_declared(graph: onnx.GraphProto) -> bool:

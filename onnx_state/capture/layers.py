@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from onnx import ModelProto, NodeProto
 
-from onnx_state.capture.index import FLOAT_TYPES, GraphIndex, as_index, node_meta
+from onnx_state.capture.index import (
+    CAPTURABLE_TYPES,
+    FLOAT_TYPES,
+    GraphIndex,
+    as_index,
+    node_meta,
+)
 from onnx_state.capture.metadata import META_LAYER_NAME, META_LAYER_TYPE
 
 __all__ = ["Layer", "list_layers", "node_label"]
@@ -31,6 +37,9 @@ class Layer:
     input: str | None  # data input from outside the layer
     output: str  # final output
     has_metadata: bool
+    # Every output worth a capture, the final one first: a node with several used outputs
+    # (LSTM's Y, Y_h, Y_c; a Split's parts) offers each of them.
+    outputs: tuple[str, ...] = ()
 
 
 def node_label(node: NodeProto, index: int) -> str:
@@ -69,8 +78,10 @@ def list_layers(model: GraphIndex | ModelProto) -> list[Layer]:
     Nodes sharing an ``onnx_state.layer_name`` and connected by data flow form one layer,
     even when other nodes sit between them (tf2onnx interleaves shape arithmetic); a
     module called twice gives two layers (``act``, ``act_1``). A layer's output is the last of its
-    tensors used outside it; its input is the first tensor from outside, preferring float
-    data over shape arithmetic.
+    tensors used outside it (for a layer of one node, its first used output); its input is
+    the first tensor from outside, preferring float data over shape arithmetic. The other
+    used outputs of the node that makes the output (float or 8/32-bit integer) are
+    ``Layer.outputs`` too.
     """
     index = as_index(model)
     info, constants, consumers = index.info, index.constants, index.consumers
@@ -102,6 +113,17 @@ def list_layers(model: GraphIndex | ModelProto) -> list[Layer]:
             name = f"{base}_{k}"
         taken.add(name)
         meta = node_meta(nodes[-1])
+        if has_meta:
+            output = outside[-1] if outside else (list(nodes[-1].output) or [""])[0]
+            last = next((n for n in nodes if output in n.output), nodes[-1])
+        else:  # one node: its first used output is the layer's output, as in TensorState
+            output = (outside or list(nodes[-1].output) or [""])[0]
+            last = nodes[-1]
+        used = set(outside)
+        extra = [
+            o for o in last.output
+            if o in used and o != output and info.get(o, (None,))[0] in CAPTURABLE_TYPES
+        ]  # fmt: skip
         layers.append(
             Layer(
                 name=name,
@@ -109,8 +131,9 @@ def list_layers(model: GraphIndex | ModelProto) -> list[Layer]:
                 op_types=tuple(n.op_type for n in nodes),
                 nodes=tuple(node_label(n, i) for i, n in members),
                 input=(floats or inputs or [None])[0],
-                output=outside[-1] if outside else (list(nodes[-1].output) or [""])[0],
+                output=output,
                 has_metadata=has_meta,
+                outputs=(output, *extra),
             )
         )
     return layers

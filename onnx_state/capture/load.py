@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePath
-from typing import NoReturn
+from typing import IO, Any, NoReturn
 
 import onnx
 from onnx import ModelProto
@@ -41,6 +41,7 @@ __all__ = [
     "external_bytes",
     "has_external_data",
     "load_model",
+    "load_model_hashed",
     "model_sha256",
 ]
 
@@ -334,15 +335,15 @@ def _file_bytes(tensors: Iterable[ExternalTensor]) -> int:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def _read_external(ext: ExternalTensor) -> bytes:
-    """The bytes of one checked reference, read from the very file that was checked."""
+def _changed(ext: ExternalTensor, what: str) -> NoReturn:
+    raise ModelError(
+        f"{ext.where}: the external data file {ext.location!r} {what} since it was "
+        "checked; load the model again once nothing is writing to its folder"
+    )
 
-    def changed(what: str) -> NoReturn:
-        raise ModelError(
-            f"{ext.where}: the external data file {ext.location!r} {what} since it was "
-            "checked; load the model again once nothing is writing to its folder"
-        )
 
+def _open_checked(ext: ExternalTensor) -> tuple[IO[bytes], int]:
+    """The very file that was checked, open for reading, and the reference's length."""
     flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
     flags |= getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in must not block the open
     try:
@@ -352,13 +353,22 @@ def _read_external(ext: ExternalTensor) -> bytes:
             f"{ext.where}: cannot read its external data file {ext.location!r} "
             f"({exc.strerror or exc}); check the file's permissions"
         ) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ext.identity:
-            changed("was replaced")
-        length = st.st_size - ext.offset if ext.length is None else ext.length
-        if ext.offset + length > st.st_size:
-            changed("shrank")
+    f = os.fdopen(fd, "rb")
+    st = os.fstat(f.fileno())
+    if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != ext.identity:
+        f.close()
+        _changed(ext, "was replaced")
+    length = st.st_size - ext.offset if ext.length is None else ext.length
+    if ext.offset + length > st.st_size:
+        f.close()
+        _changed(ext, "shrank")
+    return f, length
+
+
+def _read_external(ext: ExternalTensor) -> bytes:
+    """The bytes of one checked reference, read from the very file that was checked."""
+    f, length = _open_checked(ext)
+    with f:
         try:
             f.seek(ext.offset)
             data = f.read(length)
@@ -368,7 +378,7 @@ def _read_external(ext: ExternalTensor) -> bytes:
                 f"({exc.strerror or exc})"
             ) from None
     if len(data) != length:
-        changed("shrank")
+        _changed(ext, "shrank")
     return data
 
 
@@ -382,8 +392,11 @@ def _load_external(tensors: Iterable[ExternalTensor]) -> None:
 
 
 # -- the model file ---------------------------------------------------------------------------
-def _read_model(path: Path) -> tuple[ModelProto, int]:
-    """Parse the model file at *path* (external data not loaded); the proto and its size."""
+def _read_model(path: Path, digest: Any = None) -> tuple[ModelProto, int]:
+    """Parse the model file at *path* (external data not loaded); the proto and its size.
+
+    *digest* (a hashlib object), when given, is fed the file's bytes.
+    """
     shown = repr(str(path))
     fix = "give the path to a .onnx file"
     try:
@@ -413,6 +426,8 @@ def _read_model(path: Path) -> tuple[ModelProto, int]:
         raise ModelError(
             f"model file {shown} is empty (0 bytes); export or download the model again"
         )
+    if digest is not None:
+        digest.update(data)
     ext = os.path.splitext(path)[1]
     fmt = onnx.serialization.registry.get_format_from_file_extension(ext) or "protobuf"
     try:
@@ -452,6 +467,38 @@ def load_model(
     Every reference is checked (see ``check_external_data``) before any external file is
     read, whatever *load_external* says; failures raise ModelError or InputError.
     """
+    return _load(model, load_external, max_bytes, None, None)
+
+
+def load_model_hashed(
+    model: str | os.PathLike[str] | ModelProto, max_bytes: int | None = None
+) -> tuple[ModelProto, str, bool]:
+    """``load_model``, the model's SHA-256 (covering its external weights too), and whether
+    onnxruntime can load the file by its path as it is.
+
+    For a file, the hash is taken over the bytes as they are read: the model file, then the
+    bytes of every external-data reference in model order (read from their files even where
+    they stay references), so the model is never serialized for it. A proto in memory is
+    hashed by ``model_sha256``. onnxruntime resolves external data from the model's folder
+    only for the main graph's initializers, so a file with external tensors elsewhere must
+    go to it as a loaded proto.
+    """
+    if isinstance(model, ModelProto):
+        proto = load_model(model, max_bytes=max_bytes)
+        return proto, model_sha256(proto), False
+    digest = hashlib.sha256()
+    sites: list[ExternalTensor] = []
+    proto = _load(model, True, max_bytes, digest, sites)
+    return proto, digest.hexdigest(), all(t.top_level for t in sites)
+
+
+def _load(
+    model: str | os.PathLike[str] | ModelProto,
+    load_external: bool,
+    max_bytes: int | None,
+    digest: Any,
+    sites: list[ExternalTensor] | None,
+) -> ModelProto:
     if isinstance(model, ModelProto):
         _check_text(model, "the model given in memory")
         if has_external_data(model):
@@ -463,9 +510,14 @@ def load_model(
             )
         return model
     path = Path(model)
-    proto, size = _read_model(path)
+    proto, size = _read_model(path, digest)
     _check_text(proto, str(path))
     tensors = check_external_data(proto, path.parent, source=str(path))
+    if sites is not None:
+        sites.extend(tensors)
+    if digest is not None:
+        for ext in tensors:  # before loading: every reference, in model order
+            _hash_external(ext, digest)
     if load_external and tensors:
         total = size + _file_bytes(tensors)
         keep = max_bytes is not None and total > max_bytes
@@ -473,9 +525,36 @@ def load_model(
     return proto
 
 
-def model_sha256(model: ModelProto) -> str:
-    """Hash of the serialized model (deterministic serialization)."""
-    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+def _hash_external(ext: ExternalTensor, digest: Any, chunk: int = 1 << 24) -> None:
+    """Feed one checked reference's bytes to *digest*, in chunks (weights may be GBs)."""
+    f, length = _open_checked(ext)
+    with f:
+        try:
+            f.seek(ext.offset)
+            while length > 0:
+                block = f.read(min(chunk, length))
+                if not block:
+                    break
+                digest.update(block)
+                length -= len(block)
+        except OSError as exc:
+            raise ModelError(
+                f"{ext.where}: cannot read its external data file {ext.location!r} "
+                f"({exc.strerror or exc})"
+            ) from None
+    if length:
+        _changed(ext, "shrank")
+
+
+def model_sha256(model: ModelProto, base_dir: str | os.PathLike[str] | None = None) -> str:
+    """SHA-256 of a model in memory: its deterministic serialization, then the bytes of
+    every external-data reference it still holds (resolved in *base_dir*, default the
+    current folder), so that weights kept in files are covered too."""
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    if has_external_data(model):
+        for ext in check_external_data(model, base_dir or Path.cwd()):
+            _hash_external(ext, digest)
+    return digest.hexdigest()
 
 
 def _check_text(model: ModelProto, source: str) -> None:

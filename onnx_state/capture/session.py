@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from onnx_state.capture.data import (
     resolve_batch_size,
 )
 from onnx_state.capture.index import GraphIndex
-from onnx_state.capture.rewrite import add_outputs
+from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
@@ -50,7 +51,7 @@ OPTIMIZATION_LEVELS: tuple[Optimization, ...] = ("disable", "basic", "extended",
 
 
 def make_session(
-    model: ModelProto,
+    model: ModelProto | str,
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
@@ -62,7 +63,8 @@ def make_session(
     Parameters
     ----------
     model:
-        The model to run.
+        The model to run, or the path of a model file that ``load.load_model`` checked
+        (onnxruntime then reads it, and its external data, itself: nothing is serialized).
     providers:
         onnxruntime execution providers in order of preference; None means the CPU.
     threads:
@@ -105,6 +107,8 @@ def make_session(
             f"{', '.join(available)} (install onnxruntime-gpu for CUDA)"
         )
     try:
+        if isinstance(model, str):
+            return ort.InferenceSession(model, options, providers=providers)
         if model.ByteSize() < load.LARGE_MODEL_BYTES and not load.has_external_data(model):
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         folder = Path(model_dir or ".")
@@ -139,8 +143,8 @@ class Instrumented:
     ----------
     model:
         A .onnx path or a ModelProto.
-    attach_to, exclude, method, neuron_axes:
-        Which tensors to capture (see ``capture.select.select_captures``).
+    attach_to, exclude, method, neuron_axes, literal, quantized:
+        Which tensors to capture and read (see ``capture.select.select_captures``).
     providers, threads, optimization:
         The onnxruntime session (see ``make_session``). *threads* also decides how states
         are counted (``count.engine.plan_threads``).
@@ -157,48 +161,80 @@ class Instrumented:
         exclude: Sequence[str] | str = (),
         method: Method = "after",
         neuron_axes: Mapping[str, int] | None = None,
+        literal: bool = False,
+        quantized: bool = False,
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         optimization: Optimization = "all",
         output_batch_axis: int | None = None,
     ) -> None:
-        path = None if isinstance(model, ModelProto) else Path(model)
+        self.path = None if isinstance(model, ModelProto) else Path(model)
         # Read through the module: one limit, which tests can lower.
-        self.original = load.load_model(model, max_bytes=load.LARGE_MODEL_BYTES)
-        self.model_dir = path.parent if path is not None else None
+        self.original, self.sha256, by_path = load.load_model_hashed(
+            model, max_bytes=load.LARGE_MODEL_BYTES
+        )
+        self._runnable_path = str(self.path) if by_path and self.path is not None else None
+        self.model_dir = self.path.parent if self.path is not None else None
         self.index = GraphIndex(self.original)
         self.captures: list[Capture] = select_captures(
-            self.index, attach_to, exclude, method, neuron_axes
-        )
-        self.model = add_outputs(self.original, self.captures)
+            self.index, attach_to, exclude, method, neuron_axes,
+            literal=literal, quantized=quantized,
+        )  # fmt: skip
+        # Layers inside If/Loop/Scan bodies read outputs threaded out to the main graph.
+        self._base, self.captures = expose_nested(self.original, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
             raise ModelError("the model declares no graph outputs; it cannot be run")
         self.plan: ThreadPlan = plan_threads(providers, threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
-        self.session = make_session(
-            self.model, *self._session_args, config=self.plan.session_config()
-        )
-        self.tensors = list(dict.fromkeys(c.tensor for c in self.captures))
+        self._session: Any = None  # built on first use: see ``session``
+        self._plain_first: list[np.ndarray] | None = None  # see ``parity``
+        self.parity_first = False
+        self.tensors = list(dict.fromkeys(c.read for c in self.captures))  # graph outputs read
         if output_batch_axis is not None and not isinstance(output_batch_axis, int):
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
         self._batch_axes: dict[str, int] = {}  # per output or tensor, once decided
         self._constant_names: set[str] = set()  # of the current stream
 
+    @property
+    def model(self) -> ModelProto:
+        """The instrumented model (a copy of the original with the extra outputs)."""
+        return add_outputs(self._base, self.captures)
+
+    @property
+    def session(self) -> Any:
+        """The instrumented model's onnxruntime session, built on first use.
+
+        The model is serialized once, with the extra outputs added to the original proto for
+        that moment only (no second copy of the weights in memory).
+        """
+        if self._session is None:
+            with _extra_outputs(self._base, self.captures):
+                self._session = make_session(
+                    self._base, *self._session_args, config=self.plan.session_config()
+                )
+        return self._session
+
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
         """Run one checked batch: its final outputs and captured tensors by name.
 
         *samples* defaults to the length of the batch's first input.
         """
+        if self.parity_first and self._session is None:
+            # The original model's outputs first, from a session released before the
+            # instrumented one is built: never two copies of the weights at once.
+            self._plain_first = self._plain_outputs(batch)
         try:
             values = self.session.run(self.output_names + self.tensors, dict(batch))
         except Exception as exc:  # onnxruntime raises its own classes, one per status code
             raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
         k = len(self.output_names)
         n = batch_samples(batch) if samples is None else samples
-        return BatchRun(dict(batch), values[:k], dict(zip(self.tensors, values[k:])), n)
+        read = dict(zip(self.tensors, values[k:]))
+        captured = {c.key: c.view(read[c.read]) for c in self.captures}
+        return BatchRun(dict(batch), values[:k], captured, n)
 
     def stream(
         self,
@@ -343,15 +379,29 @@ class Instrumented:
 
         Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
         *finals* are the instrumented model's outputs for *batch* when already computed.
+        With ``parity_first`` set before the first batch, the original's outputs for that
+        batch were computed before the instrumented session existed (and that batch is the
+        one to pass); otherwise a session of the original is built now, next to it.
         """
-        plain = make_session(self.original, *self._session_args, config=self.plan.session_config())
-        a = plain.run(self.output_names, dict(batch))
+        plain, self._plain_first = self._plain_first, None
+        if plain is None:
+            plain = self._plain_outputs(batch)
         b = finals if finals is not None else self.session.run(self.output_names, dict(batch))
         diffs = [
             float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-            for x, y in zip(a, b)
+            for x, y in zip(plain, b)
         ]
         return max(diffs, default=0.0)
+
+    def _plain_outputs(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The original model's final outputs for *batch*, from a session of its own that is
+        released on return (built from the file when there is one: nothing serialized)."""
+        source: str | ModelProto = self._runnable_path or self.original
+        plain = make_session(source, *self._session_args, config=self.plan.session_config())
+        try:
+            return list(plain.run(self.output_names, dict(batch)))
+        finally:
+            del plain
 
 
 def instrument(
@@ -365,7 +415,28 @@ def instrument(
     """The rewritten model alone: *model* with the captured tensors as extra outputs."""
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
-    return add_outputs(proto, captures)
+    return add_outputs(*expose_nested(proto, captures))
+
+
+@contextlib.contextmanager
+def _extra_outputs(model: ModelProto, captures: Sequence[Capture]) -> Iterator[None]:
+    """*model* with the captures' outputs appended for the duration (then exactly as it
+    was): the rewrite of ``rewrite.add_outputs`` without copying the weights."""
+    graph = model.graph
+    before = len(graph.output)
+    extra = add_outputs(_skeleton(model), captures).graph.output[before:]
+    graph.output.extend(extra)
+    try:
+        yield
+    finally:
+        del graph.output[before:]
+
+
+def _skeleton(model: ModelProto) -> ModelProto:
+    """A model with *model*'s outputs only: what ``add_outputs`` reads to append to them."""
+    out = ModelProto()
+    out.graph.output.extend(model.graph.output)
+    return out
 
 
 def _fixed(dim: int | str | None) -> bool:

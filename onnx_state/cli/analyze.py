@@ -11,6 +11,7 @@ from onnx_state.cli.options import (
     data_option,
     echo_json,
     feeding,
+    reading,
     report_option,
     selection,
     session,
@@ -27,6 +28,7 @@ from onnx_state.store import is_store
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy and aIQ.")
 @click.option("--example", is_flag=True, help="Analyse the bundled LeNet-5 on digits.")
 @selection
+@reading
 @feeding()
 @session
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")

@@ -12,6 +12,7 @@ from onnx_state.cli.options import (
     feeding,
     json_option,
     print_gated,
+    reading,
     report_option,
     selection,
     session,
@@ -30,6 +31,7 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--reference", type=click.Path(file_okay=False), help="Reference results store.")
 @click.option("--labels", metavar="PATH[:KEY]", help="Class labels, for accuracy.")
 @selection
+@reading
 @feeding()
 @click.option("--top-k", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--rules", type=click.Path(dir_okay=False), callback=_rules,

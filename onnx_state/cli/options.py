@@ -68,7 +68,24 @@ def selection(f: F) -> F:
         metavar="TYPE|NAME",
         callback=list_or_none,
         help="ONNX op type, framework layer type, or layer/tensor name (repeatable)."
-        " Default: Conv, ConvTranspose, Gemm, MatMul.",
+        " Default: Conv, ConvTranspose, Gemm, MatMul and their integer/QLinear forms.",
+    )(f)
+    return f
+
+
+def reading(f: F) -> F:
+    """--literal, --quantized: which tensor is read for a layer (same states, or int8)."""
+    f = click.option(
+        "--quantized",
+        is_flag=True,
+        help="QDQ models: read a tensor that only a QuantizeLinear consumes as that int8 "
+        "tensor (fires iff > its zero point): the deployed arithmetic, QLinear kernels kept.",
+    )(f)
+    f = click.option(
+        "--literal",
+        is_flag=True,
+        help="Read each layer's tensor itself, not the Relu-like activation output that has "
+        "the same states (the default keeps onnxruntime's Conv+Relu fusion).",
     )(f)
     return f
 

@@ -215,6 +215,12 @@ class ParallelCounting:
                 raise InputError(f"cannot count states of this data: {why}") from None
             n = x.shape[0] if x.ndim else 0
             valid = x.ndim >= 2 and -x.ndim <= axis < x.ndim
+            if valid and x.size == 0:
+                # An If branch that did not run: no state. Its neuron count may be 0 where the
+                # size is not fixed, so it only starts a counter that knows no width yet.
+                if not counter.neurons and x.shape[axis]:
+                    counter.update(x, axis=axis)
+                continue
             if valid:
                 # One width per layer, checked here for every batch: the thread that takes a
                 # piece may hold a shard, or a counter that has not seen a batch yet.

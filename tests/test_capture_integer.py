@@ -1,0 +1,181 @@
+"""Integer layers: int32 accumulators fire iff > 0, 8-bit quantized tensors iff > their zero
+point; QDQ models read at their quantized tensors keep onnxruntime's QLinear kernels.
+
+Every value here is small and integral, so the numpy references are exact by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+from onnx_state import analyze
+from onnx_state.capture import Instrumented, select_captures
+from tests.models import make_model
+from tests.reference import assert_states, unique_rows
+
+U8, I8, I32, F = TensorProto.UINT8, TensorProto.INT8, TensorProto.INT32, TensorProto.FLOAT
+
+
+def vi(name, shape, elem=F):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def packed_counts(fires: np.ndarray, axis: int):
+    bits = np.moveaxis(fires, axis, -1).reshape(-1, fires.shape[axis])
+    return unique_rows(np.packbits(bits, axis=1, bitorder="little"))
+
+
+def conv_integer_model():
+    """x uint8 (zero point 3) → ConvInteger(w int8, zero point 0) → int32 → Cast → y."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-3, 4, (5, 2, 2, 2)).astype(np.int8)
+    nodes = [
+        helper.make_node("ConvInteger", ["x", "W", "xz"], ["acc"], name="convint"),
+        helper.make_node("Cast", ["acc"], ["y"], name="cast", to=F),
+    ]
+    model = make_model(
+        nodes,
+        [vi("x", ["N", 2, 4, 4], U8)],
+        [vi("y", ["N", 5, 3, 3])],
+        [("W", w), ("xz", np.array(3, np.uint8))],
+        opset=[helper.make_opsetid("", 13)],
+    )
+    return model, w
+
+
+def test_conv_integer_accumulators_fire_iff_positive():
+    model, w = conv_integer_model()
+    x = np.random.default_rng(1).integers(0, 7, (20, 2, 4, 4)).astype(np.uint8)
+    xs = x.astype(np.int64) - 3
+    win = np.lib.stride_tricks.sliding_window_view(xs, (2, 2), axis=(2, 3))
+    acc = np.einsum("nchwij,ocij->nohw", win, w.astype(np.int64))
+    (cap,) = select_captures(model, ["ConvInteger"])
+    assert cap.arithmetic == "integer" and cap.zero_point == 0
+    (layer,) = analyze(model, x, attach_to=["ConvInteger"], parity=False).layers
+    assert layer.neurons == 5
+    assert_states(layer, *packed_counts(acc > 0, 1))
+
+
+def test_the_default_selection_finds_integer_layers():
+    model, _ = conv_integer_model()
+    caps = select_captures(model)
+    assert [c.op_type for c in caps] == ["ConvInteger"]
+
+
+def test_matmul_integer_of_a_dynamically_quantized_model():
+    rng = np.random.default_rng(2)
+    w = rng.integers(-4, 5, (6, 3)).astype(np.int8)
+    nodes = [helper.make_node("MatMulInteger", ["x", "W", "xz"], ["acc"], name="mmi")]
+    model = make_model(
+        nodes,
+        [vi("x", ["N", 7, 6], U8)],
+        [vi("acc", ["N", 7, 3], I32)],
+        [("W", w), ("xz", np.array(2, np.uint8))],
+        opset=[helper.make_opsetid("", 13)],
+    )
+    x = rng.integers(0, 5, (9, 7, 6)).astype(np.uint8)
+    acc = (x.astype(np.int64) - 2) @ w.astype(np.int64)
+    (layer,) = analyze(model, x, parity=False).layers
+    assert layer.axis == 2
+    assert_states(layer, *packed_counts(acc > 0, 2))
+
+
+def qdq_model(per_channel: bool = False):
+    """A QDQ Conv: x → Q/DQ → Conv(DQ(w int8)) → Q(scale 1, zero point 128 or per channel)
+    → DQ → y. Scales of 1 keep every quantized value an exact integer."""
+    rng = np.random.default_rng(3)
+    w = rng.integers(-2, 3, (4, 2, 1, 1)).astype(np.int8)
+    zp_y = np.array([128, 120, 130, 128], np.uint8) if per_channel else np.array(128, np.uint8)
+    one = np.array(1.0, np.float32)
+    ones = np.ones(4, np.float32) if per_channel else one
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "one", "zx"], ["xq"], name="qx"),
+        helper.make_node("DequantizeLinear", ["xq", "one", "zx"], ["xd"], name="dqx"),
+        helper.make_node("DequantizeLinear", ["Wq", "one", "zw"], ["wd"], name="dqw"),
+        helper.make_node("Conv", ["xd", "wd"], ["c"], name="conv"),
+        helper.make_node("QuantizeLinear", ["c", "sy", "zy"], ["cq"], name="qc", axis=1),
+        helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"], name="dqc", axis=1),
+    ]
+    model = make_model(
+        nodes,
+        [vi("x", ["N", 2, 3, 3])],
+        [vi("y", ["N", 4, 3, 3])],
+        [("one", one), ("zx", np.array(128, np.uint8)), ("Wq", w), ("zw", np.array(0, np.int8)),
+         ("sy", ones), ("zy", zp_y)],
+        opset=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    return model, w, zp_y
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qdq_conv_read_as_its_quantized_tensor_fires_iff_above_the_zero_point(per_channel):
+    model, w, zp = qdq_model(per_channel)
+    x = np.random.default_rng(4).integers(-5, 6, (16, 2, 3, 3)).astype(np.float32)
+    c = np.einsum("nchw,oc->nohw", x.astype(np.int64), w[:, :, 0, 0].astype(np.int64))
+    zp_b = zp.astype(np.int64).reshape(1, -1, 1, 1) if per_channel else int(zp)
+    q = np.clip(c + zp_b, 0, 255)
+    (cap,) = select_captures(model, ["Conv"], quantized=True)
+    assert cap.read == "cq" and cap.arithmetic == "quantized"
+    assert cap.zero_point == (tuple(int(v) for v in zp) if per_channel else 128)
+    (layer,) = analyze(model, x, attach_to=["Conv"], quantized=True, parity=False).layers
+    assert_states(layer, *packed_counts(q > zp_b, 1))
+    # float capture of the same layer: the Conv's own output, firing iff > 0
+    (flt,) = analyze(model, x, attach_to=["Conv"], parity=False).layers
+    assert_states(flt, *packed_counts(c > 0, 1))
+
+
+def test_quantized_capture_keeps_the_deployed_outputs():
+    """Reading the quantized tensor leaves the QLinear fusion alone: parity 0."""
+    model, _, _ = qdq_model()
+    x = np.random.default_rng(5).integers(-5, 6, (8, 2, 3, 3)).astype(np.float32)
+    result = analyze(model, x, attach_to=["Conv"], quantized=True)
+    assert result.parity_max_abs_diff == 0.0
+
+
+def test_an_8_bit_tensor_without_a_quantizer_warns_and_assumes_zero_point_0():
+    from onnx_state.errors import AxisGuessWarning
+
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[2, 2])]
+    model = make_model([node for node in nodes], [vi("x", ["N", 2, 4, 4], U8)],
+                       [vi("p", ["N", 2, 3, 3], U8)])  # fmt: skip
+    with pytest.warns(AxisGuessWarning, match="no quantizing op.*zero point 0"):
+        (cap,) = select_captures(model, ["MaxPool"])
+    assert cap.zero_point == 0
+
+
+def test_zero_point_follows_through_maxpool_and_reshape():
+    model, _, _ = qdq_model()
+    # add a MaxPool on the quantized tensor, as onnxruntime's QDQ models have
+    nodes = list(model.graph.node)
+    nodes.append(helper.make_node("MaxPool", ["cq"], ["pq"], name="pool", kernel_shape=[2, 2]))
+    model2 = make_model(
+        nodes, list(model.graph.input), [*model.graph.output, vi("pq", ["N", 4, 2, 2], U8)],
+        [], opset=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    model2.graph.initializer.extend(model.graph.initializer)
+    (cap,) = select_captures(model2, ["MaxPool"])
+    assert cap.zero_point == 128 and cap.arithmetic == "quantized"
+
+
+def test_int8_counts_are_exact_at_the_extremes():
+    """int8 values -128..127 around a zero point of -1: fires iff q > -1, i.e. q >= 0."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "one", "z"], ["q"], name="quant"),
+        helper.make_node("DequantizeLinear", ["q", "one", "z"], ["y"], name="deq"),
+    ]
+    model = make_model(
+        nodes,
+        [vi("x", ["N", 3])],
+        [vi("y", ["N", 3])],
+        [("one", np.array(1.0, np.float32)), ("z", np.array(-1, np.int8))],
+        opset=[helper.make_opsetid("", 13)],
+    )
+    x = np.array([[-200, -128, -1], [0, 1, 126], [127, 300, -2]], np.float32)
+    q = np.clip(np.round(x) - 1, -128, 127).astype(np.int64)
+    inst = Instrumented(model, attach_to=["QuantizeLinear"])
+    (cap,) = inst.captures
+    assert cap.zero_point == -1
+    (layer,) = analyze(model, x, attach_to=["QuantizeLinear"], parity=False).layers
+    assert_states(layer, *packed_counts(q > -1, 1))
