@@ -5,17 +5,27 @@ from __future__ import annotations
 import numpy as np
 
 
-def reference_states(x: np.ndarray, axis: int) -> np.ndarray:
-    """Packed states of x in order: one row per non-neuron index, packbits little-endian."""
+def reference_states(x: np.ndarray, axis: int, zero_point=None) -> np.ndarray:
+    """Packed states of x in order: one row per non-neuron index, packbits little-endian.
+
+    A neuron fires iff its value is > 0, or > *zero_point* (an int, or one per neuron
+    along *axis*), compared by numpy in the array's own integer type.
+    """
     x = np.asarray(x)
-    fires = np.moveaxis(x > 0, axis, -1)  # NaN > 0 is False
-    bits = fires.reshape(-1, x.shape[axis])
+    if zero_point is None:
+        fires = x > 0  # NaN > 0 is False
+    else:
+        z = np.asarray(zero_point)
+        if z.ndim:
+            z = z.reshape([-1 if a == axis % x.ndim else 1 for a in range(x.ndim)])
+        fires = x > z
+    bits = np.moveaxis(fires, axis, -1).reshape(-1, x.shape[axis])
     return np.packbits(bits, axis=1, bitorder="little")
 
 
-def reference_counts(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_counts(x: np.ndarray, axis: int, zero_point=None) -> tuple[np.ndarray, np.ndarray]:
     """(unique packed states, counts), ascending by the integer sum(bit_c * 2**c)."""
-    packed = reference_states(x, axis)
+    packed = reference_states(x, axis, zero_point)
     return unique_rows(packed)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import threading
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnx_state.count import StateCounter, count_states
+from onnx_state.count import StateCounter, _counter, count_states
 from onnx_state.errors import DTypeError, InputError
 from tests.reference import assert_states, reference_counts, reference_states, unique_rows
 
@@ -197,7 +198,8 @@ def test_one_counter_updated_from_many_threads():
 @pytest.mark.parametrize(
     ("x", "axis", "error", "text"),
     [
-        (np.zeros((2, 3), dtype=np.int32), 1, DTypeError, "int32"),
+        (np.zeros((2, 3), dtype=np.complex64), 1, DTypeError, "complex64"),
+        (np.zeros((2, 3), dtype=">i4"), 1, DTypeError, ">i4"),
         (np.zeros(4, dtype=np.float32), 0, InputError, "rank"),
         (np.zeros((2, 3), dtype=np.float32), 2, InputError, "out of range"),
         (np.zeros((2, 3), dtype=np.float32), 0, InputError, "axis 0"),
@@ -219,6 +221,230 @@ def test_neuron_count_mismatch_across_batches():
 def test_states_without_recording_is_an_error():
     with pytest.raises(InputError, match="record=True"):
         StateCounter().update(np.ones((2, 3), np.float32)).states()
+
+
+# -- integer tensors: fire iff value > zero point ---------------------------------------------
+INT_DTYPES = [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64]
+
+
+@contextlib.contextmanager
+def rows_kernels(simd: bool):
+    """Count on the CPU's vector rows kernels (simd) or on the portable ones."""
+    was = _counter.use_simd(simd)
+    try:
+        yield
+    finally:
+        _counter.use_simd(was)
+
+
+@pytest.fixture(params=[True, False], ids=["simd", "portable"])
+def kernels(request):
+    """Run a test on the CPU's vector rows kernels and on the portable ones."""
+    with rows_kernels(request.param):
+        yield request.param
+
+
+def extremes(dtype) -> np.ndarray:
+    """Values around each end of an integer dtype and around 0."""
+    info = np.iinfo(dtype)
+    low = [info.min, info.min + 1, -1] if info.min < 0 else [info.min]
+    return np.array([*low, 0, 1, 2, info.max - 1, info.max], dtype=dtype)
+
+
+@st.composite
+def int_tensors(draw, max_neurons=70):
+    """An integer tensor of any rank, neuron axis and layout, with its zero point:
+    None, one value or one per neuron, drawn from the dtype's extremes."""
+    dtype = draw(st.sampled_from(INT_DTYPES))
+    rank = draw(st.integers(2, 4))
+    axis = draw(st.integers(1, rank - 1))
+    neurons = draw(st.sampled_from([1, 3, 8, 15, 16, 17, 31, 33, 64, max_neurons]))
+    shape = [draw(st.integers(0, 6))] + [draw(st.integers(1, 4)) for _ in range(rank - 1)]
+    shape[axis] = neurons
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    values = extremes(dtype)
+    x = rng.choice(values, size=shape)
+    kind = draw(st.sampled_from(["none", "scalar", "vector"]))
+    zp = {"none": None, "scalar": int(rng.choice(values)), "vector": rng.choice(values, neurons)}
+    layout = draw(st.sampled_from(["C", "neurons last in memory", "stepped"]))
+    if layout == "neurons last in memory":
+        x = np.moveaxis(np.moveaxis(x, axis, -1).copy(), -1, axis)
+    elif layout == "stepped":
+        x = np.repeat(x, 2, axis=0)[::2]
+    return x, axis, zp[kind]
+
+
+@settings(max_examples=150, deadline=None)
+@given(int_tensors(), st.integers(1, 3), st.booleans())
+def test_integer_tensors_fire_above_their_zero_point(case, threads, simd):
+    x, axis, zp = case
+    with rows_kernels(simd):
+        counter = count_states(x, axis, threads=threads, counter=StateCounter(zero_point=zp))
+    assert counter.state_count == x.size // x.shape[axis]
+    if x.size:
+        assert_states(counter, *reference_counts(x, axis, zp))
+    assert counter.nan_count == 0
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("neurons", [5, 16, 40])
+@pytest.mark.parametrize("axis", [1, 2, 3])
+def test_every_integer_dtype_axis_and_zero_point(kernels, dtype, neurons, axis):
+    rng = np.random.default_rng(neurons * axis)
+    values = extremes(dtype)
+    shape = [9, 3, 2, 4]
+    shape[axis] = neurons
+    x = rng.choice(values, size=shape)
+    for zp in [None, int(values[0]), int(values[-1]), 0, rng.choice(values, neurons)]:
+        counter = StateCounter(zero_point=zp).update(x, axis)
+        assert_states(counter, *reference_counts(x, axis, zp))
+
+
+def test_quantized_extremes_by_hand():
+    x = np.array([[-128, 127, 0, -1, 1]], dtype=np.int8)
+    assert StateCounter(zero_point=-128).update(x).state_bytes() == [bytes([0b11110])]
+    assert StateCounter(zero_point=127).update(x).state_bytes() == [b"\x00"]
+    assert StateCounter().update(x).state_bytes() == [bytes([0b10010])]
+    zp = np.array([-128, 126, 0, -2, 1], dtype=np.int8)  # per channel
+    assert StateCounter(zero_point=zp).update(x).state_bytes() == [bytes([0b01010])]
+    u = np.array([[0, 255, 128, 127, 1]], dtype=np.uint8)
+    assert StateCounter(zero_point=128).update(u).state_bytes() == [bytes([0b00010])]
+    assert StateCounter(zero_point=0).update(u).state_bytes() == [bytes([0b11110])]
+    assert StateCounter(zero_point=255).update(u).state_bytes() == [b"\x00"]
+    acc = np.array([[-(2**31), 2**31 - 1, 0, 1]], dtype=np.int32)  # a ConvInteger accumulator
+    assert StateCounter().update(acc).state_bytes() == [bytes([0b1010])]
+    big = np.array([[2**62, -(2**62), 2**53 + 1]], dtype=np.int64)  # not exact as float64
+    assert StateCounter(zero_point=2**53).update(big).state_bytes() == [bytes([0b101])]
+
+
+@pytest.mark.parametrize(
+    ("zero_point", "x", "error", "text"),
+    [
+        (200, np.zeros((2, 3), np.int8), InputError, "out of range for int8"),
+        (-1, np.zeros((2, 3), np.uint8), InputError, "out of range for uint8"),
+        ([1, 2], np.zeros((2, 3), np.int8), InputError, "2 values but the layer has 3"),
+        (3, np.zeros((2, 3), np.float32), DTypeError, "applies to integer tensors"),
+        (3, np.zeros((2, 3), bool), DTypeError, "applies to integer tensors"),
+        (1.5, None, InputError, "integer"),
+        (True, None, InputError, "integer"),
+        ([[1]], None, InputError, "1-D"),
+        ([], None, InputError, "1-D"),
+        ("3", None, InputError, "integer"),
+    ],
+)
+def test_bad_zero_points_raise_one_clear_error(zero_point, x, error, text):
+    with pytest.raises(error, match=text):
+        StateCounter(zero_point=zero_point).update(x)
+
+
+def test_a_zero_point_of_zero_is_no_zero_point():
+    x = np.array([[3.0, -1.0]], np.float32)
+    assert StateCounter(zero_point=0).update(x).state_bytes() == [b"\x01"]
+    StateCounter(zero_point=[0, 0]).merge(StateCounter().update(x))
+
+
+def test_counters_with_different_zero_points_refuse_to_merge():
+    x = np.arange(-3, 3, dtype=np.int8).reshape(2, 3)
+    three = StateCounter(zero_point=3).update(x)
+    with pytest.raises(InputError, match="different zero points"):
+        StateCounter().merge(three)
+    with pytest.raises(InputError, match="different zero points"):
+        StateCounter(zero_point=[3, 3, 2]).merge(three)
+    same = StateCounter(zero_point=np.array([3, 3, 3], np.int8)).merge(three)  # same values
+    assert same.state_count == 2
+    clone = pickle.loads(pickle.dumps(three))
+    assert clone.zero_point == 3 and clone.empty_copy().zero_point == 3
+    clone.update(x)
+    assert_states(clone, *reference_counts(np.concatenate([x, x]), 1, 3))
+
+
+# -- pre-packed bits --------------------------------------------------------------------------
+@st.composite
+def packed_tensors(draw):
+    """Firing bits of any rank and axis, packed along it, with junk in the pad bits."""
+    rank = draw(st.integers(2, 4))
+    axis = draw(st.integers(1, rank - 1))
+    neurons = draw(st.sampled_from([1, 7, 8, 9, 20, 21, 64, 65, 130]))
+    shape = [draw(st.integers(0, 6))] + [draw(st.integers(1, 4)) for _ in range(rank - 1)]
+    shape[axis] = neurons
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    bits = rng.random(shape) < draw(st.sampled_from([0.1, 0.5, 0.9]))
+    packed = np.packbits(bits, axis=axis, bitorder="little")
+    if neurons % 8 and draw(st.booleans()):
+        last = [slice(None)] * rank
+        last[axis] = slice(-1, None)
+        packed[tuple(last)] |= np.uint8((0xFF << (neurons % 8)) & 0xFF)
+    if draw(st.booleans()):  # bytes last in memory
+        packed = np.moveaxis(np.moveaxis(packed, axis, -1).copy(), -1, axis)
+    return bits, packed, axis
+
+
+@settings(max_examples=100, deadline=None)
+@given(packed_tensors(), st.integers(1, 3))
+def test_packed_bits_count_as_the_unpacked_tensor(case, threads):
+    bits, packed, axis = case
+    neurons = bits.shape[axis]
+    counter = StateCounter(neurons, packed=True)
+    count_states(packed, axis, threads=threads, counter=counter)
+    assert counter.state_count == bits.size // neurons and counter.nan_count == 0
+    if bits.size:
+        assert_states(counter, *reference_counts(bits, axis))
+        unpacked = StateCounter().update(bits, axis)
+        assert counter.table_words()[0].shape[1] == unpacked.table_words()[0].shape[1]
+        both = unpacked.merge(counter)  # the same states: they merge
+        assert both.state_count == 2 * counter.state_count
+        assert both.n_unique == counter.n_unique
+
+
+def test_update_packed_records_and_pickles(tmp_path):
+    bits = np.random.default_rng(0).random((30, 11)) < 0.5
+    packed = np.packbits(bits, axis=1, bitorder="little")
+    counter = StateCounter(record=tmp_path / "raw.zarr").update_packed(packed, 1, neurons=11)
+    np.testing.assert_array_equal(counter.states(), bits)
+    clone = pickle.loads(pickle.dumps(StateCounter(11, packed=True).update(packed)))
+    assert clone.packed and clone.empty_copy().packed
+    assert_states(clone.update(packed), *reference_counts(np.concatenate([bits, bits]), 1))
+
+
+@pytest.mark.parametrize(
+    ("make", "x", "error", "text"),
+    [
+        (lambda: StateCounter(9, packed=True), np.zeros((2, 2), np.int8), DTypeError, "uint8"),
+        (lambda: StateCounter(9, packed=True), np.zeros((2, 1), np.uint8), InputError, "2 bytes"),
+        (lambda: StateCounter(9, packed=True), np.zeros((2, 2), np.uint8), InputError, "axis 0"),
+        (lambda: StateCounter(packed=True), None, InputError, "neurons="),
+        (lambda: StateCounter(9, zero_point=1, packed=True), None, InputError, "not both"),
+    ],
+)
+def test_bad_packed_input_raises_one_clear_error(make, x, error, text):
+    with pytest.raises(error, match=text):
+        make().update(x, axis=0 if text == "axis 0" else 1)
+
+
+def test_update_packed_needs_the_neuron_count():
+    packed = np.zeros((2, 2), np.uint8)
+    with pytest.raises(InputError, match="neurons="):
+        StateCounter().update_packed(packed)
+    with pytest.raises(InputError, match="9 neurons but the batch has 10"):
+        StateCounter(9).update_packed(packed, neurons=10)
+    with pytest.raises(InputError, match="already thresholded"):
+        StateCounter(9, zero_point=2).update_packed(packed)
+
+
+# -- neurons last: the vector rows kernels ----------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("neurons", [1, 4, 8, 9, 16, 17, 20, 33, 64, 100, 1000])
+def test_neurons_last_equals_the_reference(kernels, dtype, neurons):
+    rng = np.random.default_rng(neurons)
+    values = np.array([-1.0, 0.0, -0.0, 0.5, np.inf, -np.inf, np.nan, 1e-40, -1e-40])
+    x = rng.choice(values, size=(37, 3, neurons)).astype(dtype)  # 1e-40: subnormal or 0
+    if dtype is np.bool_:
+        x = rng.random((37, 3, neurons)) < 0.5
+    for view in (x, x[:, ::2], x.reshape(-1, neurons)):
+        counter = StateCounter().update(view, axis=-1)
+        assert_states(counter, *reference_counts(view, -1))
+        expected_nans = int(np.isnan(view).sum()) if dtype is not np.bool_ else 0
+        assert counter.nan_count == expected_nans
 
 
 # -- the Cython kernel itself (onnx_state.count._counter): no public API reaches these --------
@@ -277,3 +503,17 @@ def test_a_table_that_ran_out_of_memory_refuses_to_be_read():
         pytest.skip("needs /proc and RLIMIT_AS")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_hash_tables_shard_cheaply_only_while_small(monkeypatch):
+    from onnx_state.count import counter as counter_module
+
+    monkeypatch.setattr(counter_module, "SHARD_TABLE_BYTES", 64 << 10)
+    x = np.random.default_rng(0).standard_normal((20_000, 40)).astype(np.float32)
+    wide = StateCounter(40)
+    assert wide.shards_cheaply  # an empty hash table
+    wide.update(x)  # 20,000 distinct states: 512 KiB of entries
+    assert not wide.shards_cheaply
+    assert StateCounter(20).update(x[:, :20]).shards_cheaply  # dense: always
+    assert not StateCounter(40, record=True).shards_cheaply
+    assert not StateCounter().shards_cheaply  # no table yet

@@ -10,6 +10,7 @@ import pytest
 
 import onnx_state
 from onnx_state.count import DENSE_NEURONS, ParallelCounting, StateCounter, count_states, engine
+from onnx_state.count import counter as counter_module
 from onnx_state.errors import InputError
 from tests.models import conv_net, conv_net_reference, int_data
 from tests.reference import assert_states, reference_counts, reference_states
@@ -42,6 +43,12 @@ def tiny_pieces(monkeypatch):
 
 
 @pytest.fixture
+def big_tables(monkeypatch):
+    """Treat every hash table as too big to cut into shards."""
+    monkeypatch.setattr(counter_module, "SHARD_TABLE_BYTES", 0)
+
+
+@pytest.fixture
 def updates(monkeypatch):
     """Every StateCounter.update call as (counter id, thread name, neurons of the batch)."""
     seen: list[tuple[int, str, int]] = []
@@ -58,7 +65,7 @@ def updates(monkeypatch):
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_parallel_counting_equals_the_reference(tiny_pieces, updates, workers):
+def test_parallel_counting_equals_the_reference(tiny_pieces, big_tables, updates, workers):
     data = batches(workers)
     counters = {key: StateCounter() for key in KEYS}
     with ParallelCounting(counters, workers) as counting:
@@ -78,6 +85,24 @@ def test_parallel_counting_equals_the_reference(tiny_pieces, updates, workers):
     assert (len(by_width[6]) > 1) == (workers > 1)
     assert len(by_width[30]) == len(by_width[70]) == 1
     assert 6 <= DENSE_NEURONS < 30
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_small_hash_tables_are_cut_into_shards_too(tiny_pieces, updates, workers):
+    # Wide layers whose states repeat (MatMul outputs) keep small tables: every thread
+    # helps count them, and the shards merge exactly.
+    data = batches(workers + 10)
+    counters = {key: StateCounter() for key in KEYS}
+    with ParallelCounting(counters, workers) as counting:
+        for captured in data:
+            counting({}, captured)
+    for tensor, axis in KEYS:
+        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
+        assert_states(counters[(tensor, axis)], *expected)
+    by_width: dict[int, set[int]] = {}
+    for counter, _, width in updates:
+        by_width.setdefault(width, set()).add(counter)
+    assert all((len(by_width[w]) > 1) == (workers > 1) for w in (6, 30, 70))
 
 
 def test_recording_counters_are_never_split(tiny_pieces):
@@ -212,7 +237,9 @@ def test_available_cpus_follow_a_container_quota(tmp_path, text, cap):
     assert engine.available_cpus(str(tmp_path / "missing")) == affinity
 
 
-def test_a_lone_hash_table_layer_is_counted_whole_unless_asked(tiny_pieces, updates):
+def test_a_lone_big_hash_table_layer_is_counted_whole_unless_asked(
+    tiny_pieces, big_tables, updates
+):
     # Shards of a hash table each grow towards all of its distinct states: an analysis of
     # one wide layer keeps one table; count_states (one array, shard_any) cuts it.
     x = np.random.default_rng(5).choice([-1.0, 0.0, 1.0], (30, 40, 4))
@@ -224,3 +251,28 @@ def test_a_lone_hash_table_layer_is_counted_whole_unless_asked(tiny_pieces, upda
     updates.clear()
     assert_states(count_states(x, threads=2), *reference_counts(x, 1))
     assert len({c for c, _, _ in updates}) > 1
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_shards_keep_the_zero_point_and_the_packed_input(tiny_pieces, updates, workers):
+    # Dense layers are cut into shards: each shard must threshold and read as its layer does.
+    rng = np.random.default_rng(workers)
+    q = [rng.integers(-128, 128, (16, 5, 3), dtype=np.int8) for _ in range(3)]
+    zp = np.array([-128, -1, 0, 5, 127], np.int8)
+    bits = [rng.random((16, 3, 13)) < 0.4 for _ in range(3)]
+    counters = {
+        ("q", 1): StateCounter(zero_point=zp),
+        ("bits", 2): StateCounter(13, packed=True),
+    }
+    with ParallelCounting(counters, workers) as counting:
+        for a, b in zip(q, bits):
+            counting({}, {"q": a, "bits": np.packbits(b, axis=2, bitorder="little")})
+    assert_states(counters[("q", 1)], *reference_counts(np.concatenate(q), 1, zp))
+    assert_states(counters[("bits", 2)], *reference_counts(np.concatenate(bits), 2))
+    assert (len({c for c, _, _ in updates}) > 2) == (workers > 1)
+
+
+def test_a_packed_batch_of_another_width_is_refused(tiny_pieces):
+    counters = {("bits", 1): StateCounter(13, packed=True)}
+    with pytest.raises(InputError, match="is 2 bytes"), ParallelCounting(counters, 2) as counting:
+        counting({}, {"bits": np.zeros((64, 3), np.uint8)})

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as npst
 from onnx import TensorProto, helper, numpy_helper
@@ -999,9 +999,11 @@ def test_mutated_result_dicts(kind, data):
 # The counter
 # =============================================================================================
 counted_dtypes = st.sampled_from(["<f2", "<f4", "<f8", "?", ">f4", ">f8", ">f2"]).map(np.dtype)
+int_dtypes = npst.integer_dtypes(endianness="=") | npst.unsigned_integer_dtypes(endianness="=")
 any_dtypes = st.one_of(
     counted_dtypes,
     counted_dtypes,
+    int_dtypes,
     npst.scalar_dtypes(),
     npst.byte_string_dtypes(max_len=3),
     npst.unicode_string_dtypes(max_len=3),
@@ -1067,14 +1069,15 @@ def test_counter_update_and_count_states(x, axis, data):
 @given(
     neurons=st.integers(1, 70),
     samples=st.integers(2, 3000),
-    dtype=st.sampled_from(["<f2", "<f4", "<f8", "?"]).map(np.dtype),
+    dtype=st.sampled_from(["<f2", "<f4", "<f8", "?", "i1", "u1", "<i4", "<i8"]).map(np.dtype),
     seed=st.integers(0, 2**32 - 1),
     threads=st.integers(1, 4),
 )
 def test_count_states_cut_into_shards(neurons, samples, dtype, seed, threads):
     """Arrays large enough that count_states cuts them into per-thread shards."""
     rows = max(samples, (2 << 17) // neurons + 1)
-    x = np.random.default_rng(seed).standard_normal((rows, neurons)).astype(dtype)
+    x = np.random.default_rng(seed).standard_normal((rows, neurons)) * 3
+    x = (np.abs(x) if dtype.kind == "u" else x).astype(dtype)
     if dtype.kind == "f":
         x[x > 2.5] = np.nan
     many = onnx_state.count_states(x, 1, threads=threads)
@@ -1082,6 +1085,74 @@ def test_count_states_cut_into_shards(neurons, samples, dtype, seed, threads):
     assert many.state_table()[0].tobytes() == one.state_table()[0].tobytes()
     np.testing.assert_array_equal(many.counts(), one.counts())
     assert many.nan_count == one.nan_count
+
+
+int_arrays = npst.arrays(int_dtypes, npst.array_shapes(min_dims=2, max_dims=4, max_side=5))
+likely_axes = st.integers(1, 3) | st.integers(1, 3) | axes  # mostly a neuron axis that fits
+junk_zero_points = st.one_of(
+    st.none(),
+    st.integers(-(2**64), 2**64),
+    npst.arrays(int_dtypes, st.integers(0, 6)),
+    st.floats(),
+    st.booleans(),
+    texts,
+    st.lists(st.integers(-300, 300), max_size=6),
+)
+
+
+@st.composite
+def zero_points_for(draw: Any, x: np.ndarray, axis: Any) -> Any:
+    """A zero point that fits *x* along *axis* (one value or one per neuron), or junk."""
+    if x.ndim < 2 or not isinstance(axis, (int, np.integer)) or not -x.ndim <= axis < x.ndim:
+        return draw(junk_zero_points)
+    scalar = npst.from_dtype(x.dtype)
+    per_neuron = npst.arrays(x.dtype, x.shape[axis])
+    return draw(st.one_of(scalar.map(int), per_neuron, junk_zero_points))
+
+
+@fuzz(300)
+@given(x=int_arrays, axis=likely_axes, threads=st.integers(1, 3), data=st.data())
+def test_counter_with_any_zero_point(x, axis, threads, data):
+    """Integer tensors and zero points of any kind: refused, or counted as numpy compares."""
+    zero_point = data.draw(zero_points_for(x, axis))
+    x = data.draw(views(x))
+    counter = tolerated(onnx_state.StateCounter, zero_point=zero_point)
+    if counter is REFUSED:
+        return
+    if tolerated(onnx_state.count_states, x, axis, threads=threads, counter=counter) is REFUSED:
+        assert counter.state_count == 0
+        return
+    event("counted")
+    ids, counts = counter.state_table()
+    want_ids, want_counts = reference_counts(x, int(axis), counter.zero_point)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(counts, want_counts)
+
+
+@fuzz(200)
+@given(
+    x=npst.arrays(np.uint8, npst.array_shapes(min_dims=2, max_dims=4, max_side=5)) | any_arrays,
+    axis=likely_axes,
+    pad=st.integers(-2, 9),
+    threads=st.integers(1, 3),
+    data=st.data(),
+)
+def test_packed_counter_on_any_input(x, axis, pad, threads, data):
+    """Packed bytes: refused, or counted as the bits np.unpackbits gives back."""
+    try:
+        neurons = 8 * x.shape[axis] - pad  # mostly a width that fits; pad < 0 or >= 8 not
+    except (IndexError, TypeError):
+        neurons = pad
+    x = data.draw(views(x))
+    counter = tolerated(onnx_state.StateCounter, neurons, packed=True)
+    if counter is REFUSED:
+        return
+    if tolerated(onnx_state.count_states, x, axis, threads=threads, counter=counter) is REFUSED:
+        assert counter.state_count == 0
+        return
+    event("counted")
+    bits = np.unpackbits(np.asarray(x), axis=int(axis), count=neurons, bitorder="little")
+    _check_counts(counter, bits, axis)
 
 
 small_batches = st.builds(

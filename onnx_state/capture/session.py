@@ -226,10 +226,7 @@ class Instrumented:
             # The original model's outputs first, from a session released before the
             # instrumented one is built: never two copies of the weights at once.
             self._plain_first = self._plain_outputs(batch)
-        try:
-            values = self.session.run(self.output_names + self.tensors, dict(batch))
-        except Exception as exc:  # onnxruntime raises its own classes, one per status code
-            raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
+        values = _run(self.session, self.output_names + self.tensors, batch)
         k = len(self.output_names)
         n = batch_samples(batch) if samples is None else samples
         read = dict(zip(self.tensors, values[k:]))
@@ -386,7 +383,7 @@ class Instrumented:
         plain, self._plain_first = self._plain_first, None
         if plain is None:
             plain = self._plain_outputs(batch)
-        b = finals if finals is not None else self.session.run(self.output_names, dict(batch))
+        b = finals if finals is not None else _run(self.session, self.output_names, batch)
         diffs = [
             float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
             for x, y in zip(plain, b)
@@ -399,7 +396,7 @@ class Instrumented:
         source: str | ModelProto = self._runnable_path or self.original
         plain = make_session(source, *self._session_args, config=self.plan.session_config())
         try:
-            return list(plain.run(self.output_names, dict(batch)))
+            return _run(plain, self.output_names, batch)
         finally:
             del plain
 
@@ -416,6 +413,14 @@ def instrument(
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
     return add_outputs(*expose_nested(proto, captures))
+
+
+def _run(session: Any, names: list[str], batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    """session.run, its failures as one ModelError line."""
+    try:
+        return list(session.run(names, dict(batch)))
+    except Exception as exc:  # onnxruntime raises its own classes, one per status code
+        raise ModelError(f"onnxruntime failed on a batch: {one_line(exc)}") from exc
 
 
 @contextlib.contextmanager

@@ -34,44 +34,59 @@ cdef extern from "_mem.h" nogil:
 
 
 cdef extern from "_pack.h" nogil:
-    void os_pack_f32(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
-                     uint32_t* lanes, uint32_t* nans)
-    void os_pack_f64(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
-                     uint32_t* lanes, uint32_t* nans)
-    void os_pack_u8(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
-                    uint32_t* lanes, uint32_t* nans)
-    void os_pack_f16(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
-                     uint32_t* lanes, uint32_t* nans)
+    enum:
+        OS_F32, OS_F64, OS_F16, OS_I8, OS_U8, OS_I16, OS_U16, OS_I32, OS_U32, OS_I64
+    ctypedef void (*os_lanes_fn)(const char* base, Py_ssize_t stride, int n, Py_ssize_t pn,
+                                 const void* zp, uint32_t* lanes, uint32_t* nans) noexcept nogil
+    ctypedef void (*os_rows_fn)(const char* base, Py_ssize_t sp, Py_ssize_t pn,
+                                Py_ssize_t neurons, const void* zp, uint64_t* out,
+                                Py_ssize_t nwords, int64_t* nans) noexcept nogil
+    ctypedef void (*os_strided_fn)(const char* base, Py_ssize_t sc, Py_ssize_t sp,
+                                   Py_ssize_t pn, Py_ssize_t neurons, const void* zp,
+                                   uint64_t* out, Py_ssize_t nwords, int64_t* nans) noexcept nogil
+    ctypedef struct os_kernels:
+        os_lanes_fn lanes
+        os_rows_fn rows
+        os_strided_fn strided
+    void os_init()
+    os_kernels os_kernel(int kind)
+    int os_use_simd(int on)
+    int os_avx2
+    void os_packed_rows(const char* base, Py_ssize_t sp, Py_ssize_t pn, Py_ssize_t nbytes,
+                        uint8_t last, uint64_t* out, Py_ssize_t nwords)
+    void os_packed_strided(const char* base, Py_ssize_t sc, Py_ssize_t sp, Py_ssize_t pn,
+                           Py_ssize_t nbytes, uint8_t last, uint64_t* out, Py_ssize_t nwords)
 
-ctypedef fused value_t:
-    float
-    double
-    uint8_t   # numpy bool viewed as bytes
-    uint16_t  # float16 viewed as its bit pattern
+os_init()
+
+# numpy dtype -> the kernel's value kind. bool is read as uint8 bytes with zero points 0.
+_KINDS = {
+    np.dtype(np.float32): OS_F32,
+    np.dtype(np.float64): OS_F64,
+    np.dtype(np.float16): OS_F16,
+    np.dtype(np.bool_): OS_U8,
+    np.dtype(np.int8): OS_I8,
+    np.dtype(np.uint8): OS_U8,
+    np.dtype(np.int16): OS_I16,
+    np.dtype(np.uint16): OS_U16,
+    np.dtype(np.int32): OS_I32,
+    np.dtype(np.uint32): OS_U32,
+    np.dtype(np.int64): OS_I64,
+}
+KERNEL_DTYPES = tuple(_KINDS)  # for Python: the dtypes StateTable.add reads
+SIMD = bool(os_avx2)  # for Python: whether the rows kernels use AVX2 on this CPU
+
+
+def use_simd(bint on):
+    """Use the CPU's vector rows kernels (True, the default) or the portable ones (False);
+    returns the previous setting. For tests, which compare the two."""
+    return bool(os_use_simd(on))
+
 
 # Positions packed per block: big enough to amortise loop overhead, small enough for L1.
 cdef enum:
     BLOCK = 1024
     PREFETCH = 24  # lookups in flight ahead of the one being made
-
-
-cdef inline bint _fires(value_t v) noexcept nogil:
-    if value_t is float or value_t is double:
-        return v > 0
-    elif value_t is uint8_t:
-        return v != 0
-    else:
-        # float16 > 0: sign clear, not zero, and not NaN (positive NaNs lie above +inf = 0x7c00).
-        return v != 0 and v <= 0x7c00
-
-
-cdef inline bint _isnan(value_t v) noexcept nogil:
-    if value_t is float or value_t is double:
-        return v != v
-    elif value_t is uint8_t:
-        return False
-    else:
-        return (v & 0x7fff) > 0x7c00
 
 
 cdef inline uint64_t _hash(const uint64_t* key, Py_ssize_t nwords) noexcept nogil:
@@ -420,27 +435,67 @@ cdef inline int _table_add_block(Table* t, const uint64_t* block, Py_ssize_t nb)
     return _wide_add_block(t, block, nb)
 
 
-cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
-                     uint64_t* record, int64_t* nan_count) noexcept nogil:
-    """Pack and count every state of x, shaped (outer, neurons, inner).
+# How a block's values are read (see _pack.h).
+cdef enum Mode:
+    MODE_LANES              # each neuron's positions contiguous (NCHW conv maps)
+    MODE_ROWS               # each position's neurons contiguous (neurons last)
+    MODE_STRIDED            # anything else
 
-    States run over (outer, inner) in C order. Values are read in the order that follows
-    the smaller stride, so both NCHW-like and channels-last views stream through memory.
-    When *record* is not NULL, every packed state is also written there in order.
+
+cdef struct Source:
+    const char* base        # element [0, 0, 0]
+    Py_ssize_t n_outer, width, n_inner   # width: neurons, or bytes when packed
+    Py_ssize_t so, sc, sp   # byte strides of the three axes
+    Py_ssize_t itemsize
+    int kind                # an OS_* value kind; ignored when packed
+    const char* zp          # a zero point per neuron in the value's type (integers), or NULL
+    bint packed             # uint8 bytes of packed bits, `last` masking the final byte
+    uint8_t last
+
+
+cdef Mode _mode(const Source* s) noexcept nogil:
+    cdef Py_ssize_t one = s.itemsize
+    if s.sc == one and (s.sp != one or s.n_inner == 1):
+        return MODE_ROWS
+    if s.sp == one:
+        return MODE_LANES
+    return MODE_STRIDED
+
+
+cdef void _pack_rows(const Source* s, os_kernels k, Mode mode, Py_ssize_t o, Py_ssize_t p0,
+                     Py_ssize_t pn, uint64_t* out, Py_ssize_t nwords,
+                     int64_t* nans) noexcept nogil:
+    """Pack positions p0 .. p0 + pn of outer row o into out (zeroed), by rows or strides."""
+    cdef const char* base = s.base + o * s.so + p0 * s.sp
+    if s.packed:
+        if mode == MODE_ROWS:
+            os_packed_rows(base, s.sp, pn, s.width, s.last, out, nwords)
+        else:
+            os_packed_strided(base, s.sc, s.sp, pn, s.width, s.last, out, nwords)
+    elif mode == MODE_ROWS:
+        k.rows(base, s.sp, pn, s.width, s.zp, out, nwords, nans)
+    else:
+        k.strided(base, s.sc, s.sp, pn, s.width, s.zp, out, nwords, nans)
+
+
+cdef int _pack_count(const Source* s, Table* t, uint64_t* block, uint64_t* record,
+                     int64_t* nan_count) noexcept nogil:
+    """Pack and count every state of the (outer, width, inner) source.
+
+    States run over (outer, inner) in C order. When *record* is not NULL, every packed
+    state is also written there in order.
     """
-    cdef Py_ssize_t n_outer = x.shape[0], n_neurons = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t n_outer = s.n_outer, n_neurons = s.width, n_inner = s.n_inner
     cdef Py_ssize_t nwords = t.nwords
-    cdef Py_ssize_t sc = x.strides[1], sp = x.strides[2]
-    cdef bint neurons_inner = (sc if sc >= 0 else -sc) <= (sp if sp >= 0 else -sp)
-    cdef bint contiguous = sp == sizeof(value_t)
-    cdef const value_t* row
+    cdef Mode mode = _mode(s)
+    cdef os_kernels k = os_kernel(s.kind)
     cdef uint32_t lanes[BLOCK]
     cdef uint32_t nan_lanes[BLOCK]  # 32-bit like lanes, so both vectorise together
     cdef uint32_t* half
-    cdef Py_ssize_t o, rows, p0, pn, nb, r, j, c, w, g, gn
-    cdef uint64_t bit
+    cdef Py_ssize_t o, rows, p0, pn, nb, r, j, w, g, gn
     cdef int64_t nans = 0
-    cdef value_t v
+    if s.packed and mode == MODE_LANES:
+        mode = MODE_STRIDED  # byte j of every position is a contiguous row: a plain copy
     o = 0
     while o < n_outer:
         # Short rows (small feature maps): one block spans several outer rows, so that the
@@ -451,15 +506,7 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
             pn = min(<Py_ssize_t>BLOCK, n_inner - p0)
             nb = rows * pn  # states in this block: rows > 1 only when pn == n_inner
             memset(block, 0, nb * nwords * sizeof(uint64_t))
-            if neurons_inner:
-                for r in range(rows):
-                    for j in range(pn):
-                        for c in range(n_neurons):
-                            v = x[o + r, c, p0 + j]
-                            nans += _isnan(v)
-                            block[(r * pn + j) * nwords + (c >> 6)] |= (
-                                (<uint64_t>_fires(v)) << (c & 63))
-            elif contiguous:
+            if mode == MODE_LANES:
                 # The common conv case, a contiguous row per neuron: pack 32 neurons at a
                 # time into uint32 lanes (4 per SSE2 register), then place them in the words.
                 for g in range(0, n_neurons, 32):
@@ -467,19 +514,9 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                     memset(lanes, 0, nb * sizeof(uint32_t))
                     memset(nan_lanes, 0, nb * sizeof(uint32_t))
                     for r in range(rows):
-                        row = &x[o + r, g, p0]
-                        if value_t is float:
-                            os_pack_f32(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
-                                        nan_lanes + r * pn)
-                        elif value_t is double:
-                            os_pack_f64(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
-                                        nan_lanes + r * pn)
-                        elif value_t is uint8_t:
-                            os_pack_u8(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
-                                       nan_lanes + r * pn)
-                        else:
-                            os_pack_f16(<const char*>row, sc, <int>gn, pn, lanes + r * pn,
-                                        nan_lanes + r * pn)
+                        k.lanes(s.base + (o + r) * s.so + g * s.sc + p0 * s.sp, s.sc, <int>gn,
+                                pn, s.zp + g * s.itemsize if s.zp != NULL else NULL,
+                                lanes + r * pn, nan_lanes + r * pn)
                     for j in range(nb):
                         nans += nan_lanes[j]
                     half = <uint32_t*>block
@@ -488,13 +525,8 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
                         half[j * 2 * nwords + w] = lanes[j]
             else:
                 for r in range(rows):
-                    for c in range(n_neurons):
-                        w = c >> 6
-                        bit = c & 63
-                        for j in range(pn):
-                            v = x[o + r, c, p0 + j]
-                            nans += _isnan(v)
-                            block[(r * pn + j) * nwords + w] |= (<uint64_t>_fires(v)) << bit
+                    _pack_rows(s, k, mode, o + r, p0, pn, block + r * pn * nwords, nwords,
+                               &nans)
             if _table_add_block(t, block, nb) != 0:
                 return -1
             if record != NULL:
@@ -504,15 +536,6 @@ cdef int _pack_count(const value_t[:, :, :] x, Table* t, uint64_t* block,
         o += rows
     nan_count[0] += nans
     return 0
-
-
-cdef int _add_typed(const value_t[:, :, :] x, Table* t, uint64_t* block, uint64_t* rec,
-                    int64_t* nans):
-    # Typed entry for StateTable.add: the memoryview is taken with the GIL, the work without.
-    cdef int rc
-    with nogil:
-        rc = _pack_count(x, t, block, rec, nans)
-    return rc
 
 
 cdef class StateTable:
@@ -547,6 +570,15 @@ cdef class StateTable:
     def nwords(self) -> int:
         return self.t.nwords
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the table holds now (its entries, rows and slots)."""
+        if self.t.kind == KIND_DENSE:
+            return self.t.dense.size * sizeof(int64_t)
+        if self.t.kind == KIND_NARROW:
+            return (self.t.narrow.mask + 1) * sizeof(Entry)
+        return (self.t.capacity * (self.t.nwords + 2) + self.t.mask + 1) * sizeof(uint64_t)
+
     cdef _check(self):
         if self.broken:
             raise MemoryError(
@@ -563,19 +595,63 @@ cdef class StateTable:
             return self.t.narrow.n
         return self.t.n
 
-    def add(self, x, record=None):
-        """Count every state of x, shaped (outer, neurons, inner), of a supported dtype.
+    def add(self, x, record=None, zero_point=None):
+        """Count every state of x, an (outer, neurons, inner) array of a KERNEL_DTYPES dtype.
 
         *record*, when given, is a C-contiguous uint64 array of shape
-        (outer * inner, nwords) that receives the packed states in order.
+        (outer * inner, nwords) that receives the packed states in order. *zero_point*,
+        for integer (and bool) arrays only, is a contiguous array of one threshold per
+        neuron in x's dtype (uint8 for bool); None means 0. A neuron fires iff its value
+        is greater.
         """
+        cdef Source s
+        self._check()
+        if x.shape[1] != self.neurons:
+            raise ValueError(f"expected {self.neurons} neurons, got {x.shape[1]}")
+        kind = _KINDS.get(x.dtype)
+        if kind is None:
+            raise TypeError(f"unsupported kernel dtype {x.dtype}")
+        s.kind = kind
+        s.packed = False
+        s.last = 0
+        zp = None
+        if x.dtype.kind in "iub":
+            zdt = np.dtype(np.uint8) if x.dtype.kind == "b" else x.dtype
+            if zero_point is None:
+                zp = np.zeros(self.neurons, zdt)
+            else:
+                zp = zero_point
+                if zp.dtype != zdt or zp.shape != (self.neurons,) or not zp.flags.c_contiguous:
+                    raise ValueError(f"zero points must be a contiguous {zdt} array of {self.neurons}")
+        elif zero_point is not None:
+            raise TypeError(f"a zero point applies to integer arrays, not {x.dtype}")
+        s.zp = NULL if zp is None else <char*>cnp.PyArray_DATA(zp)
+        self._add(x, &s, record)
+
+    def add_packed(self, x, record=None):
+        """Count the states of x, (outer, ceil(neurons / 8), inner) uint8 bytes of bits packed
+        as np.packbits(bitorder='little') along axis 1; pad bits above the last neuron are
+        ignored. Same keys as add() of the unpacked bits; no NaN is seen."""
+        cdef Source s
+        cdef Py_ssize_t nbytes = (self.neurons + 7) // 8
+        self._check()
+        if x.dtype != np.uint8:
+            raise TypeError(f"packed states are uint8 bytes, not {x.dtype}")
+        if x.shape[1] != nbytes:
+            raise ValueError(f"expected {nbytes} bytes per state, got {x.shape[1]}")
+        s.kind = OS_U8
+        s.packed = True
+        s.zp = NULL
+        s.last = <uint8_t>((1 << (self.neurons % 8)) - 1) if self.neurons % 8 else 0xFF
+        self._add(x, &s, record)
+
+    cdef _add(self, cnp.ndarray x, Source* s, record):
         cdef uint64_t* rec = NULL
         cdef uint64_t[:, ::1] rec_view
         cdef int rc = 0
         cdef int64_t nans = 0
-        self._check()
-        if x.shape[1] != self.neurons:
-            raise ValueError(f"expected {self.neurons} neurons, got {x.shape[1]}")
+        if x.ndim != 3:
+            raise ValueError(f"expected an (outer, neurons, inner) array, got {x.ndim} dimensions")
         if record is not None:
             rec_view = record
             if rec_view.shape[0] != x.shape[0] * x.shape[2] or rec_view.shape[1] != self.t.nwords:
@@ -584,17 +660,12 @@ cdef class StateTable:
                 rec = &rec_view[0, 0]
         if x.shape[0] == 0 or x.shape[2] == 0:
             return
-        dt = x.dtype
-        if dt == np.float32:
-            rc = _add_typed[cython.float](x, &self.t, self.block, rec, &nans)
-        elif dt == np.float64:
-            rc = _add_typed[cython.double](x, &self.t, self.block, rec, &nans)
-        elif dt == np.uint8:
-            rc = _add_typed[uint8_t](x, &self.t, self.block, rec, &nans)
-        elif dt == np.uint16:
-            rc = _add_typed[uint16_t](x, &self.t, self.block, rec, &nans)
-        else:
-            raise TypeError(f"unsupported kernel dtype {dt}")
+        s.base = <const char*>cnp.PyArray_DATA(x)
+        s.n_outer, s.width, s.n_inner = x.shape[0], x.shape[1], x.shape[2]
+        s.so, s.sc, s.sp = x.strides[0], x.strides[1], x.strides[2]
+        s.itemsize = x.itemsize
+        with nogil:  # x (and the zero points) stay referenced by the caller meanwhile
+            rc = _pack_count(s, &self.t, self.block, rec, &nans)
         if rc != 0:
             self.broken = True
             raise MemoryError("out of memory (or over 4 billion distinct states) in the state table")

@@ -5,10 +5,11 @@ the next onnxruntime run, and whether onnxruntime's idle threads may spin.
 ``ParallelCounting`` counts each batch's captured tensors on that many threads with results
 identical to one: the counting kernel releases the GIL, so threads scale. Each layer's
 counter is touched by one thread at a time. A layer whose counter ``shards_cheaply`` (a
-dense table) is cut by samples into pieces, each counted into the taking thread's own
-shard; with ``shard_any`` (``count_states``: one array, nothing else to share out), so is
-any ``shardable`` counter. Any other layer goes whole to one thread: hash-table shards would
-each grow towards all of the layer's distinct states. Threads take the next piece from a
+dense table, or a hash table of at most 1 MiB) is cut by samples into pieces, each
+counted into the taking thread's own shard; with ``shard_any`` (``count_states``: one
+array, nothing else to share out), so is any ``shardable`` counter. Any other layer goes
+whole to one thread: the shards of a large hash table would each grow towards all of the
+layer's distinct states. Threads take the next piece from a
 shared queue, largest first, so layers of uneven cost balance themselves. Shards are merged
 exactly when the engine's block ends without an error, so no caller can forget it.
 """
@@ -221,7 +222,7 @@ class ParallelCounting:
                 if not counter.neurons and x.shape[axis]:
                     counter.update(x, axis=axis)
                 continue
-            if valid:
+            if valid and not counter.packed:  # a packed counter knows its width from the start
                 # One width per layer, checked here for every batch: the thread that takes a
                 # piece may hold a shard, or a counter that has not seen a batch yet.
                 width = self._width.setdefault(key, counter.neurons or x.shape[axis])
@@ -265,7 +266,7 @@ class ParallelCounting:
         if split and worker:
             shards = self._shards[worker]
             if key not in shards:
-                shards[key] = StateCounter(self._width[key])
+                shards[key] = counter.empty_copy()  # same width, zero point and input
             counter = shards[key]
         counter.update(x, axis=axis)
 
@@ -294,7 +295,8 @@ def count_states(
     Parameters
     ----------
     x:
-        A captured tensor of rank >= 2 (float16/32/64 or bool), samples on axis 0.
+        A captured tensor of rank >= 2 (float16/32/64, bool or integers; packed uint8
+        bytes for a ``packed`` counter), samples on axis 0.
     axis:
         Its neuron axis.
     threads:
@@ -303,7 +305,8 @@ def count_states(
         The counter to add to; a new one by default. A recording counter is counted on one
         thread, since its states must stay in order.
 
-    Returns the counter; its results are identical for any number of threads.
+    Returns the counter; its results are identical for any number of threads. A given
+    *counter* keeps its zero point and input (``packed``).
     """
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
