@@ -186,7 +186,7 @@ def analyze(
                     layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
-                    run=RunRecord.of_session(inst, threads, optimization, size),
+                    run=RunRecord.of_session(inst, providers, threads, optimization, size),
                 )  # fmt: skip
                 partial.save(checkpoint, overwrite=True, checkpoint={
                     "batches": done, "n_samples": n_samples, "parity": parity_diff,
@@ -212,7 +212,7 @@ def analyze(
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
-        run=RunRecord.of_session(inst, threads, optimization, size or None),
+        run=RunRecord.of_session(inst, providers, threads, optimization, size or None),
     )
     if checkpoint is not None:  # the finished run replaces its checkpoints
         result.save(checkpoint, overwrite=True)

@@ -461,7 +461,7 @@ def audit(
         accuracy=top1,
         reference=None if reference is None else _describe(reference),
         sample_novelty=novelty_by_layer,
-        run=RunRecord.of_session(inst, threads, optimization, size or None).to_dict(),
+        run=RunRecord.of_session(inst, providers, threads, optimization, size or None).to_dict(),
     )
 
 

@@ -610,7 +610,7 @@ def compare(
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,
-        run=RunRecord.of_session(inst_a, threads, optimization, first or None).to_dict(),
+        run=RunRecord.of_session(inst_a, providers, threads, optimization, first or None).to_dict(),
     )
 
 

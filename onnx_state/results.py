@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,10 +79,13 @@ class RunRecord:
         )  # fmt: skip
 
     @classmethod
-    def of_session(cls, inst: Any, threads: int | None, optimization: str,
-                   batch_size: int | None) -> RunRecord:  # fmt: skip
-        """The record of a run through *inst* (a ``capture.Instrumented``)."""
-        return cls.now(list(inst.session.get_providers()), threads, optimization, batch_size)
+    def of_session(cls, inst: Any, providers: Sequence[str] | None, threads: int | None,
+                   optimization: str, batch_size: int | None) -> RunRecord:  # fmt: skip
+        """The record of a run through *inst* (a ``capture.Instrumented``): the providers
+        its session used (onnxruntime falls back to the CPU when a provider is missing)."""
+        used = getattr(inst.session, "get_providers", None)  # (a stand-in session has none)
+        actual = used() if used else list(providers or ["CPUExecutionProvider"])
+        return cls.now(list(actual), threads, optimization, batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``store.RUN_FIELDS``)."""

@@ -525,7 +525,7 @@ def separation(
             pca["pair"] = list(pca_pair)
     from onnx_state.results import RunRecord
 
-    run = RunRecord.of_session(inst, threads, optimization, run_size or None)
+    run = RunRecord.of_session(inst, providers, threads, optimization, run_size or None)
     return SeparationResult(classes or [], names, cross, sizes, pca, run=run.to_dict())
 
 
