@@ -24,7 +24,7 @@ from onnx import ModelProto
 from onnx_state import metrics
 from onnx_state.analysis import layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
-from onnx_state.count import StateCounter
+from onnx_state.capture.session import new_counter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of
 from onnx_state.results import Analysis, LayerResult, RunRecord
@@ -309,7 +309,7 @@ class _LayerWatch:
     def __init__(self, capture: Capture, k: int, reference: LayerResult | None) -> None:
         self.capture = capture
         self.k = k
-        self.counter = StateCounter()
+        self.counter = new_counter(capture)
         self.topk: np.ndarray | None = None
         self.reference_ids = None if reference is None else reference.state_ids()
         self.novel_per_sample: list[np.ndarray] = []

@@ -38,7 +38,7 @@ from onnx_state.capture import (
     open_data,
     resolve_batch_size,
 )
-from onnx_state.count import StateCounter
+from onnx_state.capture.session import fires, new_counter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
 from onnx_state.results import RunRecord
@@ -136,8 +136,8 @@ class _PairStats:
         self.sum_abs = 0.0
         self.values = 0
         self.dot = self.norm_a = self.norm_b = 0.0
-        self.counter_a = StateCounter()
-        self.counter_b = StateCounter()
+        self.counter_a = new_counter(a)
+        self.counter_b = new_counter(b)
 
     def update(self, ta: np.ndarray, tb: np.ndarray) -> None:
         if self.refused:
@@ -151,7 +151,7 @@ class _PairStats:
         if len(xa) != len(xb):
             self.refused = f"state counts per batch differ ({len(xa)} vs {len(xb)})"
             return
-        fa, fb = xa > 0, xb > 0
+        fa, fb = fires(self.a, xa), fires(self.b, xb)
         same = fa == fb
         self.states += len(fa)
         self.identical += int(np.count_nonzero(same.all(axis=1)))

@@ -85,3 +85,38 @@ def test_keep_outputs_returns_the_final_outputs_in_order(net):
     a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, keep_outputs=True)
     np.testing.assert_allclose(a.outputs[0], ref["y"], rtol=0, atol=1e-4)
     assert onnx_state.analyze(model, x, attach_to="Conv").outputs is None
+
+
+def test_packed_bits_count_exactly_what_the_float_maps_give(net):
+    """pack=True reads conv maps as bits packed inside the graph: the same states (numpy
+    reference of the Conv output), ±0 and ties at zero included (small integer data)."""
+    model, _, x, ref = net
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "Relu"], batch_size=7, pack=True)
+    by_name = {r.name: r for r in a.layers}
+    assert_states(by_name["conv_post_states"], *reference_counts(ref["c"], 1))
+    assert_states(by_name["relu_post_states"], *reference_counts(ref["r"], 1))
+    assert a.parity_max_abs_diff == 0.0
+
+
+def test_a_nan_reaching_packed_bits_is_refused_in_one_line():
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Sqrt", ["c"], ["s"], name="root"),
+        helper.make_node("Conv", ["s", "W2"], ["y"], name="conv2"),
+    ]
+    model = make_model(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8, 3, 3])],
+        [("W", np.ones((8, 2, 1, 1), np.float32)), ("W2", np.ones((8, 8, 1, 1), np.float32))],
+    )
+    x = np.ones((4, 2, 3, 3), np.float32)
+    x[1] = -1  # sqrt of a negative conv output: NaN in conv2's input and output
+    from onnx_state.errors import ModelError
+
+    with pytest.raises(ModelError, match=r"layer 'conv2': a NaN activation reached the packed"):
+        onnx_state.analyze(model, x, attach_to=["conv2"], pack=True, parity=False)
+    # unpacked, the NaNs are counted as not firing
+    with pytest.warns(RuntimeWarning, match="NaN activations"):
+        (layer,) = onnx_state.analyze(model, x, attach_to=["conv2"], parity=False).layers
+    assert layer.nan_count == 8 * 9

@@ -13,6 +13,7 @@ import pytest
 import onnx_state as ts
 import onnx_state.capture
 from onnx_state.capture import Instrumented
+from onnx_state.capture.metadata import META_NEURON_AXIS
 from tests.lenet import nhwc
 from tests.reference import reference_counts, reference_states
 
@@ -87,6 +88,115 @@ def test_elementwise_modules_take_the_neuron_axis_of_their_producer():
     assert layer.neurons == 16 and layer.state_count == 6 * 5
     with torch.no_grad():
         _ids, counts = reference_counts(net(torch.from_numpy(x)).numpy(), -1)
+    np.testing.assert_array_equal(layer.counts(), counts)
+
+
+def small_resnet():
+    """A Conv-BN-ReLU ResNet: a stem and two residual blocks, random weights and statistics."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.relu1, self.relu2 = nn.ReLU(), nn.ReLU()
+
+        def forward(self, x):
+            h = self.relu1(self.bn1(self.conv1(x)))
+            return self.relu2(self.bn2(self.conv2(h)) + x)
+
+    class ResNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6)
+            self.relu = nn.ReLU()
+            self.block1, self.block2 = Block(6), Block(6)
+            self.fc = nn.Linear(6, 4)
+
+        def forward(self, x):
+            h = self.block2(self.block1(self.relu(self.bn(self.stem(x)))))
+            return self.fc(h.mean((2, 3)))
+
+    torch.manual_seed(3)
+    net = ResNet()
+    for m in net.modules():  # non-trivial running statistics, so folding would show
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+def test_torch_batchnorm_stays_its_own_layer_in_a_resnet():
+    """Every Conv2d, BatchNorm2d and ReLU module is a layer; a Conv2d layer's states are the
+    torch Conv2d module's output, taken before its BatchNorm."""
+    from torch import nn
+
+    from exporters.from_torch import export
+
+    net = small_resnet()
+    x = np.random.default_rng(7).standard_normal((6, 3, 8, 8)).astype(np.float32)
+    proto = export(net, torch.from_numpy(x[:2]))
+    hooked: dict[str, np.ndarray] = {}
+    kinds = {"Conv2d": nn.Conv2d, "BatchNorm2d": nn.BatchNorm2d, "ReLU": nn.ReLU}
+    modules = {name: type(m).__name__ for name, m in net.named_modules()
+               if isinstance(m, tuple(kinds.values()))}  # fmt: skip
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(
+                lambda _m, _i, out, name=name: hooked.__setitem__(name, out.numpy())
+            )
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_run(proto, x), expected, atol=1e-5, rtol=0)
+    layers = {la.name: la for la in ts.capture.list_layers(proto)}
+    assert {n: layers[n].layer_type for n in modules} == modules
+    for name, cls in modules.items():
+        op = {"Conv2d": "Conv", "BatchNorm2d": "BatchNormalization", "ReLU": "Relu"}[cls]
+        assert layers[name].op_types == (op,), name
+    a = ts.analyze(proto, x, attach_to=["Conv2d"], batch_size=4)
+    assert [r.layer for r in a.layers] == [n for n, c in modules.items() if c == "Conv2d"]
+    inst = Instrumented(proto, attach_to=["Conv2d"])
+    run = inst.run({inst.specs[0].name: x})
+    for c, r in zip(inst.captures, a.layers):
+        assert c.axis == 1 and r.neurons == 6
+        got = run.captured[c.tensor]
+        np.testing.assert_allclose(got, hooked[c.layer], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(
+            reference_states(got, 1), reference_states(hooked[c.layer], 1), err_msg=c.layer
+        )
+        ids, counts = reference_counts(hooked[c.layer], 1)
+        np.testing.assert_array_equal(r.state_ids(), ids, err_msg=c.layer)
+        np.testing.assert_array_equal(r.counts(), counts)
+
+
+def test_torch_bidirectional_lstm_counts_its_hidden_units():
+    from torch import nn
+
+    from exporters.from_torch import export
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(6, 4, bidirectional=True, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    torch.manual_seed(4)
+    net = Net().eval()
+    x = np.random.default_rng(6).standard_normal((5, 7, 6)).astype(np.float32)
+    proto = export(net, torch.from_numpy(x[:2]))
+    (node,) = [n for n in proto.graph.node if n.op_type == "LSTM"]
+    assert {p.key: p.value for p in node.metadata_props}[META_NEURON_AXIS] == "-1"
+    (layer,) = ts.analyze(proto, x, attach_to=["LSTM"]).layers
+    with torch.no_grad():
+        out = net(torch.from_numpy(x)).numpy()  # (N, T, 2 * 4): both directions
+    assert layer.layer_type == "LSTM" and layer.neurons == 8 and layer.state_count == 5 * 7
+    ids, counts = reference_counts(out, -1)
+    np.testing.assert_array_equal(layer.state_ids(), ids)
     np.testing.assert_array_equal(layer.counts(), counts)
 
 

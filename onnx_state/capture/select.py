@@ -110,6 +110,7 @@ class Capture:
     # For a layer inside If/Loop/Scan bodies: (owner, subgraph attribute, ...) down to its
     # subgraph (see capture.control); ``tensor`` is then that subgraph's name.
     path: tuple[str, ...] = ()
+    packed: bool = False  # read as bits packed inside the graph (capture.pack), uint8 bytes
 
     @property
     def kind(self) -> str:
@@ -124,6 +125,8 @@ class Capture:
     @property
     def key(self) -> str:
         """The name of the array the counters see (the source, or its merged view)."""
+        if self.packed:
+            return f"{self.read}#packed"
         if self.merge_axis is None:
             return self.read
         return f"{self.read}#merge{self.merge_axis}"

@@ -9,7 +9,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from onnx_state.capture.data import (
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
+from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
 
@@ -42,8 +43,10 @@ __all__ = [
     "BatchRun",
     "Instrumented",
     "Optimization",
+    "fires",
     "instrument",
     "make_session",
+    "new_counter",
 ]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
@@ -125,6 +128,28 @@ def make_session(
         raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
 
 
+def new_counter(capture: Capture, **kwargs: Any) -> StateCounter:
+    """An empty StateCounter for *capture*: integer tensors fire iff > their zero point,
+    packed captures are counted from their bytes."""
+    if capture.packed:
+        assert capture.shape is not None
+        return StateCounter(int(capture.shape[capture.axis] or 0), packed=True, **kwargs)
+    zero_point = capture.zero_point
+    if isinstance(zero_point, tuple):
+        return StateCounter(zero_point=np.array(zero_point, dtype=np.int64), **kwargs)
+    return StateCounter(zero_point=zero_point, **kwargs)
+
+
+def fires(capture: Capture, x: np.ndarray) -> np.ndarray:
+    """Whether each value of *x* (the capture's array with its neurons moved last) fires."""
+    zero_point = capture.zero_point
+    if zero_point is None or zero_point == 0:
+        return x > 0
+    if isinstance(zero_point, tuple):
+        return x > np.array(zero_point, dtype=np.int64)
+    return x > zero_point
+
+
 @dataclass(frozen=True)
 class BatchRun:
     """One batch through the instrumented model: its inputs (constants included), final
@@ -167,6 +192,7 @@ class Instrumented:
         threads: int | None = None,
         optimization: Optimization = "all",
         output_batch_axis: int | None = None,
+        pack: bool = False,
     ) -> None:
         self.path = None if isinstance(model, ModelProto) else Path(model)
         # Read through the module: one limit, which tests can lower.
@@ -182,6 +208,8 @@ class Instrumented:
         )  # fmt: skip
         # Layers inside If/Loop/Scan bodies read outputs threaded out to the main graph.
         self._base, self.captures = expose_nested(self.original, self.captures)
+        self.captures = [replace(c, packed=True) if pack and _packable(c) else c
+                         for c in self.captures]  # fmt: skip
         self.specs: list[InputSpec] = input_specs(self.original)
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
@@ -191,7 +219,8 @@ class Instrumented:
         self._session: Any = None  # built on first use: see ``session``
         self._plain_first: list[np.ndarray] | None = None  # see ``parity``
         self.parity_first = False
-        self.tensors = list(dict.fromkeys(c.read for c in self.captures))  # graph outputs read
+        self._packed: dict[str, Any] = {}  # read tensor -> capture.pack.PackedOutput
+        self.tensors = list(dict.fromkeys(c.read for c in self.captures if not c.packed))
         if output_batch_axis is not None and not isinstance(output_batch_axis, int):
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
@@ -211,9 +240,18 @@ class Instrumented:
         that moment only (no second copy of the weights in memory).
         """
         if self._session is None:
-            with _extra_outputs(self._base, self.captures):
+            base = self._base
+            packed = [c for c in self.captures if c.packed]
+            if packed:  # a copy with the packing nodes, dropped once the session is built
+                from onnx_state.capture.pack import PackRequest, add_packed_outputs
+
+                requests = [PackRequest(c.read, c.axis, c.rank or 4, int(c.shape[c.axis]))  # type: ignore[index,arg-type]
+                            for c in packed]  # fmt: skip
+                base, outs = add_packed_outputs(base, requests)
+                self._packed = {c.read: o for c, o in zip(packed, outs)}
+            with _extra_outputs(base, [c for c in self.captures if not c.packed]):
                 self._session = make_session(
-                    self._base, *self._session_args, config=self.plan.session_config()
+                    base, *self._session_args, config=self.plan.session_config()
                 )
         return self._session
 
@@ -226,11 +264,28 @@ class Instrumented:
             # The original model's outputs first, from a session released before the
             # instrumented one is built: never two copies of the weights at once.
             self._plain_first = self._plain_outputs(batch)
-        values = _run(self.session, self.output_names + self.tensors, batch)
+        session = self.session
+        extra = [
+            name for o in dict.fromkeys(self._packed.values())
+            for name in (o.output, o.nan_check_output) if name
+        ]  # fmt: skip
+        values = _run(session, self.output_names + self.tensors + extra, batch)
         k = len(self.output_names)
         n = batch_samples(batch) if samples is None else samples
-        read = dict(zip(self.tensors, values[k:]))
-        captured = {c.key: c.view(read[c.read]) for c in self.captures}
+        read = dict(zip(self.tensors + extra, values[k:]))
+        captured = {}
+        for c in self.captures:
+            if not c.packed:
+                captured[c.key] = c.view(read[c.read])
+                continue
+            out = self._packed[c.read]
+            if out.nan_check_output and np.isnan(read[out.nan_check_output]):
+                raise ModelError(
+                    f"layer {c.layer!r}: a NaN activation reached the packed bits of {c.name}, "
+                    "which cannot say where it was; analyse this data without pack "
+                    "(--pack-bits)"
+                )
+            captured[c.key] = read[out.output]
         return BatchRun(dict(batch), values[:k], captured, n)
 
     def stream(
@@ -413,6 +468,20 @@ def instrument(
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
     return add_outputs(*expose_nested(proto, captures))
+
+
+def _packable(c: Capture) -> bool:
+    """Whether *c* can be read as bits packed inside the graph on the exact, layout-keeping
+    route of ``capture.pack``: a float32 conv map (rank 4, neurons on axis 1, known)."""
+    return (
+        c.elem_type == onnx.TensorProto.FLOAT
+        and c.rank == 4
+        and c.axis == 1
+        and c.merge_axis is None
+        and c.shape is not None
+        and isinstance(c.shape[1], int)
+        and c.shape[1] > 0
+    )
 
 
 def _run(session: Any, names: list[str], batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:

@@ -44,6 +44,9 @@ from onnx_state.store import is_store
 @click.option("--resume", is_flag=True,
               help="Continue the interrupted run whose checkpoint is at --output.")  # fmt: skip
 @click.option("--no-parity", is_flag=True, help="Skip the instrumented-vs-original check.")
+@click.option("--pack-bits", "pack", is_flag=True,
+              help="Pack float32 conv maps' firing bits inside the graph (exact; fewer bytes "
+              "to count).")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def analyze_command(
