@@ -266,11 +266,13 @@ def int_tensors(draw, max_neurons=70):
     x = rng.choice(values, size=shape)
     kind = draw(st.sampled_from(["none", "scalar", "vector"]))
     zp = {"none": None, "scalar": int(rng.choice(values)), "vector": rng.choice(values, neurons)}
-    layout = draw(st.sampled_from(["C", "neurons last in memory", "stepped"]))
+    layout = draw(st.sampled_from(["C", "neurons last in memory", "stepped", "reversed"]))
     if layout == "neurons last in memory":
         x = np.moveaxis(np.moveaxis(x, axis, -1).copy(), -1, axis)
     elif layout == "stepped":
         x = np.repeat(x, 2, axis=0)[::2]
+    elif layout == "reversed":  # negative strides
+        x = np.flip(x, draw(st.integers(0, rank - 1)))
     return x, axis, zp[kind]
 
 
@@ -376,6 +378,9 @@ def packed_tensors(draw):
         packed[tuple(last)] |= np.uint8((0xFF << (neurons % 8)) & 0xFF)
     if draw(st.booleans()):  # bytes last in memory
         packed = np.moveaxis(np.moveaxis(packed, axis, -1).copy(), -1, axis)
+    if draw(st.booleans()):  # negative strides on any axis but the bytes'
+        flip = draw(st.sampled_from([a for a in range(rank) if a != axis]))
+        bits, packed = np.flip(bits, flip), np.flip(packed, flip)
     return bits, packed, axis
 
 
@@ -419,6 +424,20 @@ def test_update_packed_records_and_pickles(tmp_path):
 def test_bad_packed_input_raises_one_clear_error(make, x, error, text):
     with pytest.raises(error, match=text):
         make().update(x, axis=0 if text == "axis 0" else 1)
+
+
+def test_packed_batches_carry_the_nan_count_of_their_tensor():
+    x = np.array([[np.nan, 1.0, -1.0], [2.0, np.nan, np.nan]], np.float32)
+    packed = np.packbits(x > 0, axis=1, bitorder="little")
+    counter = StateCounter(3).update_packed(packed, nan_count=int(np.isnan(x).sum()))
+    assert_states(counter, *reference_counts(x, 1))
+    assert counter.nan_count == StateCounter().update(x).nan_count == 3
+    counter.update_packed(packed[:0], nan_count=2)  # a count alone
+    assert counter.nan_count == 5 and counter.state_count == 2
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="nan_count"):
+            counter.update_packed(packed, nan_count=bad)
+    assert counter.state_count == 2
 
 
 def test_update_packed_needs_the_neuron_count():

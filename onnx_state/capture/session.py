@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
+PARITY_SAMPLES = 4  # samples of the first batch that the parity check runs twice
 OPTIMIZATION_LEVELS: tuple[Optimization, ...] = ("disable", "basic", "extended", "all")
 
 
@@ -217,7 +218,9 @@ class Instrumented:
         self.plan: ThreadPlan = plan_threads(providers, threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
         self._session: Any = None  # built on first use: see ``session``
-        self._plain_first: list[np.ndarray] | None = None  # see ``parity``
+        self._weights_dropped = False
+        # (batch, outputs) of the original model for the parity check: see ``parity``
+        self._plain_first: tuple[dict[str, np.ndarray], list[np.ndarray]] | None = None
         self.parity_first = False
         self._packed: dict[str, Any] = {}  # read tensor -> capture.pack.PackedOutput
         self.tensors = list(dict.fromkeys(c.read for c in self.captures if not c.packed))
@@ -230,6 +233,8 @@ class Instrumented:
     @property
     def model(self) -> ModelProto:
         """The instrumented model (a copy of the original with the extra outputs)."""
+        if self._weights_dropped and self._runnable_path is not None:
+            return add_outputs(load.load_model(self._runnable_path), self.captures)
         return add_outputs(self._base, self.captures)
 
     @property
@@ -253,6 +258,12 @@ class Instrumented:
                 self._session = make_session(
                     base, *self._session_args, config=self.plan.session_config()
                 )
+            del base
+            if self._runnable_path is not None and self._base is self.original:
+                # onnxruntime holds the weights now, and the file has them for a parity
+                # session: the proto's copy goes (``model`` reads the file again).
+                _drop_weights(self.original)
+                self._weights_dropped = True
         return self._session
 
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
@@ -263,7 +274,8 @@ class Instrumented:
         if self.parity_first and self._session is None:
             # The original model's outputs first, from a session released before the
             # instrumented one is built: never two copies of the weights at once.
-            self._plain_first = self._plain_outputs(batch)
+            head = self._parity_batch(batch)
+            self._plain_first = (head, self._plain_outputs(head))
         session = self.session
         extra = [
             name for o in dict.fromkeys(self._packed.values())
@@ -431,19 +443,33 @@ class Instrumented:
 
         Extra outputs can stop onnxruntime from fusing nodes, which may change the numbers.
         *finals* are the instrumented model's outputs for *batch* when already computed.
-        With ``parity_first`` set before the first batch, the original's outputs for that
-        batch were computed before the instrumented session existed (and that batch is the
-        one to pass); otherwise a session of the original is built now, next to it.
+        With ``parity_first`` set before the first batch, the original ran the first
+        ``PARITY_SAMPLES`` samples of that batch (all of it when its batch dimension is
+        fixed) before the instrumented session existed, and both models are compared on
+        those samples, whatever *batch* is; otherwise a session of the original is built
+        now, next to the instrumented one.
         """
-        plain, self._plain_first = self._plain_first, None
-        if plain is None:
+        first, self._plain_first = self._plain_first, None
+        if first is not None:
+            head, plain = first
+            b = _run(self.session, self.output_names, head)
+        else:
             plain = self._plain_outputs(batch)
-        b = finals if finals is not None else _run(self.session, self.output_names, batch)
+            b = list(finals) if finals is not None else _run(self.session, self.output_names, batch)
         diffs = [
             float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
             for x, y in zip(plain, b)
         ]
         return max(diffs, default=0.0)
+
+    def _parity_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The first PARITY_SAMPLES samples of *batch* (constants whole), or all of it when
+        an input's batch dimension is fixed: a cheap run that still shows lost fusions."""
+        batched = [s for s in self.specs if s.name not in self._constant_names]
+        if any(_fixed(s.shape[0]) for s in batched if s.shape):
+            return dict(batch)
+        names = {s.name for s in batched}
+        return {k: v[:PARITY_SAMPLES] if k in names else v for k, v in batch.items()}
 
     def _plain_outputs(self, batch: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """The original model's final outputs for *batch*, from a session of its own that is
@@ -468,6 +494,19 @@ def instrument(
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
     return add_outputs(*expose_nested(proto, captures))
+
+
+_DATA_FIELDS = (
+    "raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+)  # fmt: skip
+
+
+def _drop_weights(model: ModelProto, keep_bytes: int = 1024) -> None:
+    """Clear the data of the main graph's initializers above *keep_bytes* (in place)."""
+    for init in model.graph.initializer:
+        if init.ByteSize() > keep_bytes:
+            for name in _DATA_FIELDS:
+                init.ClearField(name)
 
 
 def _packable(c: Capture) -> bool:

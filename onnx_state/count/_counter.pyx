@@ -628,13 +628,16 @@ cdef class StateTable:
         s.zp = NULL if zp is None else <char*>cnp.PyArray_DATA(zp)
         self._add(x, &s, record)
 
-    def add_packed(self, x, record=None):
+    def add_packed(self, x, record=None, int64_t nan_count=0):
         """Count the states of x, (outer, ceil(neurons / 8), inner) uint8 bytes of bits packed
         as np.packbits(bitorder='little') along axis 1; pad bits above the last neuron are
-        ignored. Same keys as add() of the unpacked bits; no NaN is seen."""
+        ignored. Same keys as add() of the unpacked bits. The bytes show no NaN: *nan_count*
+        (counted by whoever packed them) is added to the table's."""
         cdef Source s
         cdef Py_ssize_t nbytes = (self.neurons + 7) // 8
         self._check()
+        if nan_count < 0:
+            raise ValueError("nan_count must be non-negative")
         if x.dtype != np.uint8:
             raise TypeError(f"packed states are uint8 bytes, not {x.dtype}")
         if x.shape[1] != nbytes:
@@ -644,6 +647,7 @@ cdef class StateTable:
         s.zp = NULL
         s.last = <uint8_t>((1 << (self.neurons % 8)) - 1) if self.neurons % 8 else 0xFF
         self._add(x, &s, record)
+        self.nan_count += nan_count
 
     cdef _add(self, cnp.ndarray x, Source* s, record):
         cdef uint64_t* rec = NULL

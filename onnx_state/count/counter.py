@@ -185,8 +185,9 @@ class StateCounter:
         Batches are firing bits already packed along the neuron axis, uint8 bytes as
         ``np.packbits(bits, axis, bitorder='little')`` gives them (``neurons`` is then
         required). Pad bits above the last neuron are ignored, as
-        ``np.unpackbits(count=neurons)`` ignores them; ``nan_count`` stays 0. The states
-        are the same as those of the unpacked tensor, so such counters merge with others.
+        ``np.unpackbits(count=neurons)`` ignores them. The bytes show no NaN:
+        ``nan_count`` adds what ``update_packed(nan_count=...)`` is told. The states are
+        the same as those of the unpacked tensor, so such counters merge with others.
 
     One table, a lock, no threads of its own: to count on several threads, use
     ``onnx_state.count.count_states`` or ``ParallelCounting``, which cut batches into
@@ -282,14 +283,22 @@ class StateCounter:
             self._add(x3, lambda rec: table.add(x3, rec, zp))
         return self
 
-    def update_packed(self, packed: Any, axis: int = 1, neurons: int | None = None) -> StateCounter:
+    def update_packed(
+        self, packed: Any, axis: int = 1, neurons: int | None = None, nan_count: int = 0
+    ) -> StateCounter:
         """Count the states of a batch of packed firing bits: uint8 bytes along *axis*,
         neuron ``8*j + i`` being bit ``i`` of byte ``j`` (``np.packbits(bits, axis,
         bitorder='little')``), ceil(neurons / 8) of them. Pad bits are ignored.
 
         The states, ids and counts are exactly those ``update`` gives for the unpacked bits.
-        *neurons* is needed only by a counter that has not seen a batch yet.
+        *neurons* is needed only by a counter that has not seen a batch yet. Bytes show no
+        NaN: *nan_count*, the NaN values of the unpacked batch as whoever packed it counted
+        them, is added to ``nan_count`` (an empty batch may carry it alone).
         """
+        if isinstance(nan_count, bool) or not isinstance(nan_count, (int, np.integer)):
+            raise InputError(f"nan_count must be an integer, got {nan_count!r}")
+        if nan_count < 0:
+            raise InputError(f"nan_count must be non-negative, got {nan_count}")
         if neurons is not None and self._table is not None and neurons != self.neurons:
             raise width_mismatch(self.neurons, int(neurons), axis)
         if self._table is None and neurons is None:
@@ -305,7 +314,7 @@ class StateCounter:
         with self._lock:
             table = self._table if self._table is not None else self._start(int(neurons or 0))
             x3 = packed_view(packed, axis, self.n_bytes)
-            self._add(x3, lambda rec: table.add_packed(x3, rec))
+            self._add(x3, lambda rec: table.add_packed(x3, rec, int(nan_count)))
         return self
 
     def _add(self, x3: np.ndarray, add: Any) -> None:
