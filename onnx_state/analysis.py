@@ -18,7 +18,7 @@ from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.errors import InputError, StoreError
 from onnx_state.labels import accuracy_of, predicted_classes
 from onnx_state.outputs import check_output
-from onnx_state.results import Analysis, LayerResult, States
+from onnx_state.results import Analysis, LayerResult, RunRecord, States
 
 __all__ = ["analyze", "layer_result"]
 
@@ -167,6 +167,7 @@ def analyze(
         if accuracy is not None and checkpoint_every is None and not resume
         else None
     )
+    size = 0  # samples per run, from the first run
 
     def rehash(batch: dict[str, np.ndarray]) -> None:
         digest.update(batch)
@@ -196,6 +197,7 @@ def analyze(
             on_skip=rehash,
         )  # fmt: skip
         for run in runs:
+            size = size or run.samples
             if parity and parity_diff is None:
                 parity_diff = inst.parity(run.batch, run.outputs)
             if accuracy is not None:
@@ -211,6 +213,7 @@ def analyze(
                     layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
+                    run=RunRecord.of_session(inst, providers, threads, optimization, size),
                 )  # fmt: skip
                 partial.save(checkpoint, overwrite=True, checkpoint={
                     "batches": done, "n_samples": n_samples, "parity": parity_diff,
@@ -244,6 +247,7 @@ def analyze(
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
+        run=RunRecord.of_session(inst, providers, threads, optimization, size or None),
     )
     if checkpoint is not None:  # the finished run replaces its checkpoints
         result.save(checkpoint, overwrite=True)
@@ -329,4 +333,6 @@ def layer_result(capture: Capture, counter: StateCounter) -> LayerResult:
         state_count=counter.state_count,
         nan_count=counter.nan_count,
         states=States.deferred(*counter.table_words(), counter.n_bytes),
+        captured=capture.source if capture.source != capture.tensor else "",
+        axis_rule=capture.axis_rule,
     )

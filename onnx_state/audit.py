@@ -32,7 +32,7 @@ from onnx_state.count import StateCounter
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import accuracy_of, predicted_classes
 from onnx_state.novelty import ReferenceLayer, combine
-from onnx_state.results import Analysis, LayerResult
+from onnx_state.results import Analysis, LayerResult, RunRecord
 from onnx_state.store import (
     MISSING,
     SLACK,
@@ -40,6 +40,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_run,
     check_schema,
     check_str,
     label,
@@ -369,6 +370,7 @@ class Audit:
     sample_distance: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     sample_scores: np.ndarray | None = field(default=None, repr=False)
     sample_votes: np.ndarray | None = field(default=None, repr=False)
+    run: dict[str, Any] | None = None  # the run record (``results.RunRecord.to_dict``)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (schema ``onnx_state.audit``); ``from_dict`` reads it back.
@@ -394,6 +396,7 @@ class Audit:
             "detection": None if self.detection is None else self.detection.to_dict(),
             "window": self.window,
             "windows": [w.to_dict() for w in self.windows],
+            "run": self.run,
         }
 
     @classmethod
@@ -408,13 +411,20 @@ class Audit:
         names = [f.name for f in fields(LayerAudit)]
         layers = [LayerAudit(**{k: la[k] for k in names if k in la}) for la in d["layers"]]
         det = d.get("detection")
+        run = d.get("run")
         return cls(
             layers, d["n_samples"], d["top_k"], d["accuracy"], d["reference"],
             novelty_mode=d.get("novelty_mode"), min_votes=d.get("min_votes"),
             ood_fraction=d.get("ood_fraction"),
             detection=None if det is None else Detection(**det),
             window=d.get("window"), windows=[Window(**w) for w in d.get("windows", [])],
+            run=None if run is None else check_run(run, "audit:"),
         )  # fmt: skip
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import audit_html
+
+        return audit_html(self)
 
     def violations(
         self,
@@ -697,6 +707,7 @@ class _Pass:
     n: int
     accuracy: float | None
     msp: np.ndarray | None
+    size: int = 0  # samples of the first run (the run record's batch size)
 
 
 def _run_pass(
@@ -743,13 +754,15 @@ def _run_pass(
             x = run.captured[w.capture.key]
             w.update(x, inst.batch_axis(w.capture.key, x, run.samples), start, pred, truth)
 
-    n = 0
+    n = size = 0
     for run in inst.stream(data, batch_size, consume, progress, constants=constants):
+        size = size or run.samples
         if accuracy is not None:
             accuracy.update(inst.class_scores(run), run.samples)
         n += run.samples
     top1 = None if accuracy is None else accuracy.result(n)
-    return _Pass(n, top1, np.concatenate(probabilities) if msp and probabilities else None)
+    msp_all = np.concatenate(probabilities) if msp and probabilities else None
+    return _Pass(n, top1, msp_all, size)
 
 
 def audit(
@@ -901,6 +914,8 @@ def audit(
         },
         novelty_mode=None if ref is None else novelty,
         window=window,
+        run=RunRecord.of_session(inst, providers, threads, optimization, main.size or None)
+        .to_dict(),
     )  # fmt: skip
     if ref is None:
         return result

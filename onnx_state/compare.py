@@ -41,6 +41,7 @@ from onnx_state.capture import (
 from onnx_state.capture.session import fires, new_counter
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import accuracy_of, labels_array
+from onnx_state.results import RunRecord
 from onnx_state.store import (
     MISSING,
     SLACK,
@@ -48,6 +49,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_run,
     check_schema,
     check_str,
     label,
@@ -262,6 +264,7 @@ class Comparison:
     accuracy_a: float | None = None
     accuracy_b: float | None = None
     threshold: float = 0.99
+    run: dict[str, Any] | None = None  # the run record (``results.RunRecord.to_dict``)
 
     @property
     def compared(self) -> list[PairResult]:
@@ -291,6 +294,7 @@ class Comparison:
             "accuracy_b": self.accuracy_b,
             "threshold": self.threshold,
             "first_divergent": self.first_divergent,
+            "run": self.run,
         }
 
     @classmethod
@@ -301,10 +305,17 @@ class Comparison:
         """
         check_schema(d, "comparison", SCHEMA, SCHEMA_VERSION, "comparison")
         _check_comparison(d)
+        run = d.get("run")
         return cls(
             pairs=[_pair_from_dict(p) for p in d["pairs"]],
             **{k: d[k] for k in _COMPARISON_FIELDS},
+            run=None if run is None else check_run(run, "comparison:"),
         )
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import comparison_html
+
+        return comparison_html(self)
 
     def violations(
         self,
@@ -580,10 +591,11 @@ def compare(
             out_b = _samples_first(inst_b, run_b.outputs[0], n)
         outputs.update(out_a, out_b, run_a.outputs[0], run_b.outputs[0])
 
-    n = 0
+    n = first = 0
     # A then B, batch after batch: overlapped, B would compete with A's next run.
     for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
         n += run.samples
+        first = first or run.samples
     top1_a = None if accuracy_a is None else accuracy_a.result(n)
     top1_b = None if accuracy_b is None else accuracy_b.result(n)
     if batches_b is not None and next(batches_b, None) is not None:
@@ -598,6 +610,7 @@ def compare(
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,
+        run=RunRecord.of_session(inst_a, providers, threads, optimization, first or None).to_dict(),
     )
 
 

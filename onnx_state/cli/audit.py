@@ -14,9 +14,12 @@ from onnx_state.cli.options import (
     json_option,
     print_gated,
     reading,
+    report_option,
     selection,
     session,
+    write_report,
 )
+from onnx_state.outputs import check_output
 
 
 def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float]:
@@ -61,8 +64,12 @@ def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dic
 @click.option("--min-auroc", type=float, help="Gate (with --ood-data): novelty AUROC below.")
 @click.option("--max-fpr95", type=float, help="Gate (with --ood-data): FPR at 95% TPR above.")
 @session
+@report_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing --report file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
-def audit_command(model: str, data: Any, rules: dict[str, float], as_json: bool,
+def audit_command(model: str, data: Any, rules: dict[str, float], report: str | None,
+                  overwrite: bool, quiet: bool, as_json: bool,
                   **options: Any) -> None:  # fmt: skip
     """Find dead, always-on and redundant neurons, coverage, class information, novelty and
     drift of MODEL on --data.
@@ -72,5 +79,8 @@ def audit_command(model: str, data: Any, rules: dict[str, float], as_json: bool,
     """
     flags = {k: options.pop(k) for k in RULES}
     thresholds = {**rules, **{k: v for k, v in flags.items() if v is not None}}
-    result = audit(model, data, **options)
+    if report:
+        check_output(report, overwrite=overwrite, kind="file")
+    result = audit(model, data, progress=False if quiet else None, **options)
+    write_report(report, overwrite, audit=result)
     print_gated(result, result.violations(**thresholds), as_json)
