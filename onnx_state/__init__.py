@@ -18,18 +18,21 @@ from onnx_state.metrics import (
     entropy,
     miller_madow_entropy,
 )
-from onnx_state.results import Analysis, LayerResult
+from onnx_state.report import build_report, save_report
+from onnx_state.results import Analysis, LayerResult, RunRecord
 
 __all__ = [
     "Analysis",
     "LayerResult",
     "OnnxStateError",
+    "RunRecord",
     "StateCounter",
     "__version__",
     "aIQ",
     "analyze",
     "bootstrap_entropy",
     "build_efficiency_model",
+    "build_report",
     "chao_shen_entropy",
     "count_states",
     "efficiency",
@@ -38,4 +41,5 @@ __all__ = [
     "miller_madow_entropy",
     "network_efficiency",
     "reset_efficiency_model",
+    "save_report",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto
 
-from onnx_state import distributed, store
+from onnx_state import distributed, metrics, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
@@ -20,9 +20,9 @@ from onnx_state.capture.session import new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
-from onnx_state.labels import accuracy_of, labels_array
+from onnx_state.labels import accuracy_of, labels_array, predicted_classes
 from onnx_state.outputs import check_output
-from onnx_state.results import Analysis, LayerResult, States
+from onnx_state.results import Analysis, LayerResult, RunRecord, States
 
 __all__ = ["analyze", "layer_result"]
 
@@ -70,7 +70,8 @@ def analyze(
         its first axis.
     labels:
         Class indices or one-hot rows (or a path to them), one per sample: enable accuracy
-        and aIQ.
+        and aIQ, and (on runs without checkpoints) each layer's per-class state counts
+        (``LayerResult.class_counts``, kept in the store for audit's per-class novelty).
     attach_to:
         ONNX op types, framework layer types (case-insensitive) or layer, node and tensor
         names; None means Conv, ConvTranspose, Gemm and MatMul.
@@ -178,6 +179,15 @@ def analyze(
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
     skipped: list[int] = []
+    # Per-class state sets (audit's Hamming novelty): with labels, on runs that are not
+    # checkpointed (a checkpoint does not keep them, so a resumed run could not finish them).
+    # Packed captures (pack=True) keep no per-class sets: their bytes are counted as a whole.
+    by_class: dict[tuple[str, int], dict[int, StateCounter]] | None = (
+        {(c.key, c.axis): {} for c in inst.captures if not c.packed}
+        if accuracy is not None and checkpoint_every is None and not resume
+        else None
+    )
+    size = 0  # samples per run, from the first run
 
     def rehash(batch: dict[str, np.ndarray]) -> None:
         digest.update(batch)
@@ -188,13 +198,26 @@ def analyze(
                 f"{done} batches do not match; resume with the same data and batch size"
             )
 
+    labelled = [0]  # samples whose labels went to by_class (consume runs in order)
+
     with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
+
+        def consume(r: BatchRun) -> None:
+            counting(r.batch, r.captured)
+            if by_class is not None and accuracy is not None:
+                # the class scores first, so that a model without them fails as accuracy does
+                predicted_classes(inst.class_scores(r))
+                truth = accuracy.labels[labelled[0] : labelled[0] + r.samples]
+                labelled[0] += r.samples
+                _count_by_class(inst, r, truth, by_class)
+
         runs = inst.stream(
-            data, batch_size, lambda r: counting(r.batch, r.captured), progress,
+            data, batch_size, consume, progress,
             overlap=False if checkpoint_every else None, constants=fixed, skip=done,
             on_skip=rehash,
         )  # fmt: skip
         for run in runs:
+            size = size or run.samples
             if parity and parity_diff is None:
                 parity_diff = inst.parity(run.batch, run.outputs)
             if accuracy is not None:
@@ -210,6 +233,7 @@ def analyze(
                     layers=[layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures],
                     n_samples=n_samples, model_sha256=sha, data_fingerprint=digest.hexdigest(),
                     parity_max_abs_diff=parity_diff, onnx_state_version=__version__,
+                    run=RunRecord.of_session(inst, providers, threads, optimization, size),
                 )  # fmt: skip
                 partial.save(checkpoint, overwrite=True, checkpoint={
                     "batches": done, "n_samples": n_samples, "parity": parity_diff,
@@ -221,6 +245,14 @@ def analyze(
                 })  # fmt: skip
     top1 = None if accuracy is None else accuracy.result(n_samples)
     layers = [layer_result(c, counters[(c.key, c.axis)]) for c in inst.captures]
+    if by_class is not None:
+        for c, r in zip(inst.captures, layers):
+            per = by_class.get((c.key, c.axis))
+            if per is None:
+                continue
+            r.class_counts = metrics.class_table(
+                r.state_ids(), {k: (v.state_ids(), v.counts()) for k, v in per.items()}
+            )
     nans = sum(r.nan_count for r in layers)
     if nans:
         warnings.warn(
@@ -235,6 +267,7 @@ def analyze(
         parity_max_abs_diff=parity_diff,
         onnx_state_version=__version__,
         outputs=[np.concatenate(parts) for parts in zip(*outputs)] if keep_outputs else None,
+        run=RunRecord.of_session(inst, providers, threads, optimization, size or None),
     )
     if checkpoint is not None:  # the finished run replaces its checkpoints
         result.save(checkpoint, overwrite=True)
@@ -272,6 +305,23 @@ def _resume(
     return state
 
 
+def _count_by_class(
+    inst: Instrumented,
+    run: BatchRun,
+    truth: np.ndarray,
+    by_class: dict[tuple[str, int], dict[int, StateCounter]],
+) -> None:
+    """Count each capture's states of this batch once more, split by the samples' labels."""
+    classes = np.unique(truth)
+    captures = {(c.key, c.axis): c for c in inst.captures}
+    for (key, axis), per in by_class.items():
+        x = run.captured[key]
+        batch_axis = inst.batch_axis(key, x, run.samples)
+        for c in classes:
+            chosen = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)
+            per.setdefault(int(c), new_counter(captures[(key, axis)])).update(chosen, axis=axis)
+
+
 def _kept(inst: Instrumented, run: BatchRun) -> list[np.ndarray]:
     """A run's final outputs, samples first; one without a sample axis stays as it is."""
     kept = []
@@ -303,6 +353,8 @@ def layer_result(capture: Capture, counter: StateCounter) -> LayerResult:
         state_count=counter.state_count,
         nan_count=counter.nan_count,
         states=States.deferred(*counter.table_words(), counter.n_bytes),
+        captured=capture.source if capture.source != capture.tensor else "",
+        axis_rule=capture.axis_rule,
     )
 
 
@@ -411,6 +463,8 @@ def _table_result(capture: Capture, table: Table) -> LayerResult:
         layer_type=capture.layer_type, op_type=capture.op_type, kind=capture.kind,
         neurons=table.neurons, axis=capture.axis, state_count=int(table.counts.sum()),
         nan_count=table.nan_count, states=States(table.ids, table.counts),
+        captured=capture.source if capture.source != capture.tensor else "",
+        axis_rule=capture.axis_rule,
     )  # fmt: skip
 
 
@@ -489,6 +543,8 @@ def _analyze_on(
         accuracy=None if y is None else part.correct / part.n_samples,
         parity_max_abs_diff=part.parity,
         onnx_state_version=__version__,
+        # the workers' settings (the client builds no session to ask which providers ran)
+        run=RunRecord.now(list(providers or ["CPUExecutionProvider"]), threads, optimization, size),
     )
     if checkpoint is not None:
         result.save(checkpoint, overwrite=overwrite)

@@ -43,6 +43,7 @@ from onnx_state.capture.session import fires, new_counter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, LayerNotFoundError, StoreError
 from onnx_state.labels import Accuracy, accuracy_of, labels_array
+from onnx_state.results import RunRecord
 from onnx_state.store import (
     MISSING,
     SLACK,
@@ -50,6 +51,7 @@ from onnx_state.store import (
     check_int,
     check_list,
     check_number,
+    check_run,
     check_schema,
     check_str,
     label,
@@ -264,6 +266,7 @@ class Comparison:
     accuracy_a: float | None = None
     accuracy_b: float | None = None
     threshold: float = 0.99
+    run: dict[str, Any] | None = None  # the run record (``results.RunRecord.to_dict``)
 
     @property
     def compared(self) -> list[PairResult]:
@@ -293,6 +296,7 @@ class Comparison:
             "accuracy_b": self.accuracy_b,
             "threshold": self.threshold,
             "first_divergent": self.first_divergent,
+            "run": self.run,
         }
 
     @classmethod
@@ -303,10 +307,17 @@ class Comparison:
         """
         check_schema(d, "comparison", SCHEMA, SCHEMA_VERSION, "comparison")
         _check_comparison(d)
+        run = d.get("run")
         return cls(
             pairs=[_pair_from_dict(p) for p in d["pairs"]],
             **{k: d[k] for k in _COMPARISON_FIELDS},
+            run=None if run is None else check_run(run, "comparison:"),
         )
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import comparison_html
+
+        return comparison_html(self)
 
     def violations(
         self,
@@ -541,7 +552,7 @@ def compare(
         batch_b = _batch_b(run_a, adapt, batches_b, fixed_a, fixed_b)
         _step(inst_a, inst_b, run_a, batch_b, fixed_b, stats, accuracy_a, accuracy_b, outputs)
 
-    n = 0
+    n = first = 0
     if cluster is not None:  # the same figures, from ranges run on Dask
         n = _compare_on(
             cluster, (model_a, model_b), (inst_a, inst_b), stats, (accuracy_a, accuracy_b),
@@ -552,10 +563,12 @@ def compare(
              "providers": None if providers is None else list(providers), "threads": threads,
              "optimization": optimization, "output_batch_axis": output_batch_axis},
         )  # fmt: skip
+        first = min(size, n)
     else:
         # A then B, batch after batch: overlapped, B would compete with A's next run.
         for run in inst_a.stream(data, size, consume, progress, overlap=False, constants=fixed_a):
             n += run.samples
+            first = first or run.samples
         if batches_b is not None and next(batches_b, None) is not None:
             raise InputError("data_b holds more samples than data; they must match")
     top1_a = None if accuracy_a is None else accuracy_a.result(n)
@@ -570,7 +583,11 @@ def compare(
         accuracy_a=top1_a,
         accuracy_b=top1_b,
         threshold=threshold,
-    )
+        run=(RunRecord.of_session(inst_a, providers, threads, optimization, first or None)
+             if cluster is None else RunRecord.now(list(providers or ["CPUExecutionProvider"]),
+                                                   threads, optimization, first or None)
+             ).to_dict(),  # (on a cluster the client builds no session to ask)
+    )  # fmt: skip
 
 
 def _instruments(

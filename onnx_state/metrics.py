@@ -7,7 +7,7 @@ pure numpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,16 +16,26 @@ from onnx_state.errors import InputError
 
 __all__ = [
     "EntropyInterval",
+    "NeuronGroups",
     "aIQ",
+    "auroc",
     "bootstrap_entropy",
     "chao_shen_entropy",
+    "class_information",
+    "class_table",
     "efficiency",
     "entropy",
     "firing_counts",
+    "fpr_at_tpr",
     "js_divergence",
+    "max_softmax",
     "miller_madow_entropy",
+    "miller_madow_mutual_information",
+    "mutual_information",
     "network_efficiency",
+    "redundant_neurons",
     "seen_in",
+    "state_keys",
 ]
 
 _LN2 = math.log(2.0)
@@ -257,3 +267,206 @@ def firing_counts(ids: np.ndarray, counts: np.ndarray, neurons: int) -> np.ndarr
         for bit in range(8):
             per_byte[bit] += weight @ ((slab >> bit) & 1).astype(np.int64)
     return per_byte.T.reshape(-1)[:neurons]
+
+
+# -- detection: in-distribution vs out-of-distribution scores -----------------------------------
+def _scores(values: Iterable[float] | np.ndarray, what: str) -> np.ndarray:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        raise InputError(f"{what} must be a non-empty array of finite numbers")
+    return v
+
+
+def auroc(
+    scores_in: Iterable[float] | np.ndarray, scores_out: Iterable[float] | np.ndarray
+) -> float:
+    """Area under the ROC curve of a score that is higher out of distribution.
+
+    The Mann–Whitney statistic: the probability that a random out-of-distribution sample
+    scores above a random in-distribution one, ties counting one half (mid-ranks).
+    """
+    a, b = _scores(scores_in, "in-distribution scores"), _scores(scores_out, "OOD scores")
+    both = np.concatenate([a, b])
+    order = np.argsort(both, kind="stable")
+    ranks = np.empty(both.size)
+    sorted_v = both[order]
+    # mid-ranks (1-based) of tied runs
+    edges = np.flatnonzero(np.diff(sorted_v)) + 1
+    starts = np.concatenate([[0], edges])
+    stops = np.concatenate([edges, [both.size]])
+    ranks[order] = np.repeat((starts + stops + 1) / 2, stops - starts)
+    u = ranks[a.size :].sum() - b.size * (b.size + 1) / 2
+    return float(u / (a.size * b.size))
+
+
+def fpr_at_tpr(
+    scores_in: Iterable[float] | np.ndarray,
+    scores_out: Iterable[float] | np.ndarray,
+    tpr: float = 0.95,
+) -> float:
+    """The fraction of out-of-distribution samples accepted as in-distribution when the
+    threshold accepts (score <= threshold) at least *tpr* of the in-distribution samples:
+    in-distribution is the positive class, as in ODIN and NAP. The threshold is the
+    smallest observed score that reaches *tpr*, so tied scores are accepted together."""
+    if not 0 < tpr <= 1:
+        raise InputError(f"tpr must lie in (0, 1], got {tpr!r}")
+    a, b = _scores(scores_in, "in-distribution scores"), _scores(scores_out, "OOD scores")
+    a = np.sort(a)
+    # smallest k with k / n >= tpr, computed in integers-safe form
+    k = max(1, math.ceil(tpr * a.size - 1e-9))
+    threshold = a[k - 1]
+    return float(np.mean(b <= threshold))
+
+
+# -- class information ---------------------------------------------------------------------------
+def class_information(counts: np.ndarray, per_class: Iterable[np.ndarray]) -> tuple[float, float]:
+    """(plug-in, Miller–Madow-corrected) mutual information I(S; C) in bits.
+
+    *counts* are the layer's state counts, *per_class* each class's state counts (which sum
+    to *counts* state by state). Plug-in: H(S) - sum_c p(c) H(S | c). Miller–Madow on each
+    term: H + (K - 1) / (2N ln 2) for H(S) (K observed states, N samples) and for each
+    H(S | c) (K_c states, N_c samples, weight N_c / N), so the plug-in value moves by
+    ((K - 1) - sum_c (K_c - 1)) / (2N ln 2) — the same as correcting H(S) + H(C) - H(S, C).
+    The corrected value is not clipped at 0: below 0 it says the layer shows no class
+    information beyond the estimator's bias.
+    """
+    c = _observed(counts)
+    n = c.sum()
+    h_given = 0.0
+    spread = 0.0
+    for column in per_class:
+        col = np.asarray(column, dtype=np.float64)
+        col = col[col > 0]
+        if col.size == 0:
+            continue
+        h_given += col.sum() / n * entropy(col, 1)
+        spread += col.size - 1
+    plug = max(0.0, entropy(c, 1) - h_given)
+    return plug, float(entropy(c, 1) - h_given + ((c.size - 1) - spread) / (2.0 * n * _LN2))
+
+
+def _joint(joint: np.ndarray) -> np.ndarray:
+    j = np.asarray(joint, dtype=np.float64)
+    if j.ndim != 2 or not np.all(np.isfinite(j)) or (j.size and j.min() < 0):
+        raise InputError("a joint table must be a 2-D array [states, classes] of counts >= 0")
+    return np.asarray(j[j.sum(axis=1) > 0])
+
+
+def mutual_information(joint: np.ndarray) -> float:
+    """Plug-in mutual information I(S; C) in bits of a joint count table [states, classes]."""
+    j = _joint(joint)
+    return class_information(j.sum(axis=1), j.T)[0]
+
+
+def miller_madow_mutual_information(joint: np.ndarray) -> float:
+    """I(S; C) in bits of a joint count table, Miller–Madow-corrected on each entropy term
+    (see ``class_information``)."""
+    j = _joint(joint)
+    return class_information(j.sum(axis=1), j.T)[1]
+
+
+def max_softmax(scores: np.ndarray) -> np.ndarray:
+    """The maximum class probability per row of (N, K) scores: the rows themselves when
+    they are already probabilities (non-negative, summing to 1), else their softmax."""
+    s = np.asarray(scores, dtype=np.float64).reshape(len(scores), -1)
+    if s.size and s.min() >= 0 and np.allclose(s.sum(axis=1), 1, atol=1e-4):
+        return np.asarray(s.max(axis=1))
+    z = np.exp(s - s.max(axis=1, keepdims=True))
+    return np.asarray(1.0 / z.sum(axis=1))  # the largest term is exp(0) = 1
+
+
+# -- redundant neurons ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NeuronGroups:
+    """Neurons that carry no information of their own, from a layer's distinct states.
+
+    ``groups``: neurons (ascending, two or more) whose firing is identical or exactly
+    complementary on every observed state; ``complementary``: the members that fire
+    exactly when their group's first member does not; ``dead`` / ``always_on``: constant
+    neurons; ``effective``: the neurons left when each group keeps one member and the
+    constant ones go (the states stay distinct, so the entropy is unchanged).
+    """
+
+    groups: list[list[int]]
+    complementary: list[int]
+    dead: list[int]
+    always_on: list[int]
+    effective: int
+
+
+def redundant_neurons(ids: np.ndarray, neurons: int) -> NeuronGroups:
+    """Identical, complementary and constant neurons of packed distinct states *ids*.
+
+    Exact: two neurons fire identically on every sample iff their columns agree on every
+    observed distinct state (each was observed at least once), so the counts are not needed.
+    """
+    ids = np.asarray(ids, dtype=np.uint8)
+    if ids.ndim != 2 or len(ids) == 0:
+        raise InputError("no states were observed: run data through the layer first")
+    bits = np.unpackbits(ids, axis=1, bitorder="little")[:, :neurons]  # [states, neurons]
+    on = bits.all(axis=0)
+    off = ~bits.any(axis=0)
+    varying = np.flatnonzero(~on & ~off)
+    # one canonical column per neuron: flipped so that the first state reads 0
+    canon = bits[:, varying] ^ bits[0, varying]
+    packed = np.packbits(canon.T, axis=1)
+    rows = packed.view(np.dtype((np.void, packed.shape[1]))).ravel() if packed.size else packed
+    groups: list[list[int]] = []
+    complementary: list[int] = []
+    if len(varying):
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        inverse = inverse.ravel()
+        for g in range(len(first)):
+            members = varying[inverse == g]
+            if len(members) > 1:
+                groups.append(members.tolist())
+                lead = bits[0, members[0]]
+                complementary += [int(m) for m in members[1:] if bits[0, m] != lead]
+        effective = len(first)
+    else:
+        effective = 0
+    groups.sort()
+    return NeuronGroups(
+        groups=groups,
+        complementary=sorted(complementary),
+        dead=np.flatnonzero(off).tolist(),
+        always_on=np.flatnonzero(on).tolist(),
+        effective=effective,
+    )
+
+
+def state_keys(ids: np.ndarray) -> np.ndarray:
+    """One sortable key per packed row: a uint64 for rows of up to 8 bytes (fast sorts),
+    else the row as an opaque void value."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    n, width = ids.shape
+    if width > 8:
+        return _rows(ids)
+    padded = np.zeros((n, 8), dtype=np.uint8)
+    padded[:, :width] = ids
+    return padded.view("<u8").ravel()
+
+
+def class_table(
+    ids: np.ndarray, by_class: Mapping[int, tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """(row, class, count) triples [pairs, 3], ascending by (row, class): for each class,
+    its states (packed rows, every one among *ids*) and their counts, as rows of *ids*."""
+    ids = np.ascontiguousarray(ids, dtype=np.uint8)
+    classes = [c for c in sorted(by_class) if len(by_class[c][0])]
+    if not classes:
+        return np.zeros((0, 3), dtype=np.int64)
+    keys = state_keys(ids)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    parts = []
+    for c in classes:
+        cids, ccounts = by_class[c]
+        wanted = state_keys(np.asarray(cids, dtype=np.uint8).reshape(len(cids), ids.shape[1]))
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), len(ids) - 1)
+        if np.any(sorted_keys[at] != wanted):
+            raise InputError(f"class {c} has states that are not among the layer's states")
+        rows = order[at]
+        parts.append(np.column_stack([rows, np.full(len(rows), c), ccounts]).astype(np.int64))
+    table = np.concatenate(parts)
+    return table[np.lexsort((table[:, 1], table[:, 0]))]

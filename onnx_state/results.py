@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,16 +11,90 @@ import numpy as np
 
 from onnx_state import metrics, store
 from onnx_state.count.counter import ids_from_words, sort_states
-from onnx_state.errors import InputError, LayerNotFoundError, did_you_mean
+from onnx_state.errors import InputError, LayerNotFoundError, MissingExtraError, did_you_mean
 
-__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "StateMetrics", "States"]
+__all__ = ["SCHEMA_VERSION", "Analysis", "LayerResult", "RunRecord", "StateMetrics", "States"]
 
 SCHEMA_VERSION = store.SCHEMA_VERSION
-# LayerResult attributes the store keeps per layer, in its schema's order.
+# LayerResult attributes the store keeps per layer, in its schema's order (version 1).
 _LAYER_ATTRS = (
     "name", "tensor", "layer", "layer_type", "op_type", "kind", "neurons", "axis",
     "state_count", "nan_count",
 )  # fmt: skip
+_LAYER_ATTRS_V2 = ("captured", "axis_rule")  # added by schema version 2 ("" when absent)
+
+
+def _extra(module: str) -> Any:
+    """An optional package, or a MissingExtraError that says how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(f"this needs {module}: pip install 'onnx-state[pandas]'") from exc
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """How a result was produced: what a rerun must match for the same binary states.
+
+    States can flip on values within 1e-7 of zero between onnxruntime versions, execution
+    providers, thread counts and optimization levels, so results are only comparable
+    with the same record. The store keeps it as the root attribute ``run`` (schema 2).
+    """
+
+    onnx_state: str
+    onnx: str
+    onnxruntime: str
+    numpy: str
+    python: str
+    providers: list[str]  # the providers the session actually used, in order
+    threads: int | None  # onnxruntime intra-op threads asked for; None: every core
+    cpus: int  # the cores this process could use (what threads=None means)
+    optimization: str
+    batch_size: int | None  # samples per run (the first run's); None: no batch was run
+
+    @classmethod
+    def now(
+        cls,
+        providers: list[str],
+        threads: int | None,
+        optimization: str,
+        batch_size: int | None,
+    ) -> RunRecord:
+        """The record of a run in this process with these session settings."""
+        import platform
+
+        import onnx
+        import onnxruntime
+
+        from onnx_state._version import __version__
+        from onnx_state.count.engine import available_cpus
+
+        return cls(
+            onnx_state=__version__, onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
+            numpy=np.__version__, python=platform.python_version(), providers=list(providers),
+            threads=threads, cpus=available_cpus(), optimization=optimization,
+            batch_size=batch_size,
+        )  # fmt: skip
+
+    @classmethod
+    def of_session(cls, inst: Any, providers: Sequence[str] | None, threads: int | None,
+                   optimization: str, batch_size: int | None) -> RunRecord:  # fmt: skip
+        """The record of a run through *inst* (a ``capture.Instrumented``): the providers
+        its session used (onnxruntime falls back to the CPU when a provider is missing)."""
+        used = getattr(inst.session, "get_providers", None)  # (a stand-in session has none)
+        actual = used() if used else list(providers or ["CPUExecutionProvider"])
+        return cls.now(list(actual), threads, optimization, batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``store.RUN_FIELDS``)."""
+        return {**vars(self), "providers": list(self.providers)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunRecord:
+        """A record from ``to_dict``'s output (checked by ``store.check_run`` first)."""
+        return cls(**{k: d[k] for k in store.RUN_FIELDS})
 
 
 class StateMetrics:
@@ -123,6 +198,24 @@ class LayerResult(StateMetrics):
     state_count: int
     nan_count: int
     states: States = field(repr=False)
+    # (state row, class, count) triples [pairs, 3] in state_ids order, from an analysis with
+    # labels; None otherwise. The per-class state sets of audit's Hamming novelty.
+    class_counts: np.ndarray | None = field(default=None, repr=False, compare=False)
+    captured: str = ""  # the tensor actually read, when it differs from ``tensor``
+    axis_rule: str = ""  # the neuron-axis rule that chose ``axis``
+    firing: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def firing_counts(self) -> np.ndarray:
+        """int64 [neurons]: how often each neuron fired (sum over states of count x bit),
+        computed once from the state table unless the store kept it."""
+        if self.firing is None:
+            ids, counts = self.states.sorted()
+            self.firing = metrics.firing_counts(ids, counts, self.neurons)
+        return self.firing
+
+    def firing_rates(self) -> np.ndarray:
+        """float [neurons]: the fraction of states in which each neuron fired."""
+        return self.firing_counts() / max(self.state_count, 1)
 
     @property
     def ids(self) -> np.ndarray:
@@ -154,12 +247,33 @@ class LayerResult(StateMetrics):
         """The rows of ``state_ids()`` as bytes (TensorState's form)."""
         return [r.tobytes() for r in self.ids]
 
+    def to_pandas(self) -> Any:
+        """The distinct states and their counts as a pandas DataFrame (ascending by state):
+        ``state`` (the packed row as bytes, as ``state_bytes``) and ``count``; needs the
+        ``pandas`` extra."""
+        pd = _extra("pandas")
+        return pd.DataFrame({"state": self.state_bytes(), "count": self.counts()})
+
+    def to_arrow(self) -> Any:
+        """The distinct states and their counts as a pyarrow Table: ``state``
+        (fixed-size binary of ceil(neurons / 8) bytes) and ``count`` (int64); needs the
+        ``pandas`` extra (which brings pyarrow)."""
+        pa = _extra("pyarrow")
+        ids = self.ids
+        width = ids.shape[1] if ids.ndim == 2 else 0
+        state = pa.FixedSizeBinaryArray.from_buffers(
+            pa.binary(width), len(ids), [None, pa.py_buffer(np.ascontiguousarray(ids).tobytes())]
+        )
+        return pa.table({"state": state, "count": pa.array(self.counts(), type=pa.int64())})
+
     def summary(self) -> dict[str, Any]:
         """Attributes and headline metrics, JSON-ready (no state arrays)."""
         observed = self.state_count > 0
         return {
             "name": self.name,
             "tensor": self.tensor,
+            "captured": self.captured,
+            "axis_rule": self.axis_rule,
             "layer": self.layer,
             "layer_type": self.layer_type,
             "op_type": self.op_type,
@@ -173,6 +287,7 @@ class LayerResult(StateMetrics):
             "efficiency": self.efficiency() if observed else None,
             "entropy_miller_madow": self.miller_madow() if observed else None,
             "entropy_chao_shen": self.chao_shen() if observed else None,
+            "firing_counts": self.firing_counts().tolist(),
         }
 
 
@@ -189,6 +304,7 @@ class Analysis:
     onnx_state_version: str = ""
     schema_version: int = SCHEMA_VERSION
     outputs: list[np.ndarray] | None = field(default=None, repr=False)
+    run: RunRecord | None = None  # None: read from a version-1 store
 
     def layer(self, name: str) -> LayerResult:
         """The result called *name*: a capture name, or a layer name (its post states first)."""
@@ -226,6 +342,7 @@ class Analysis:
             "n_samples": self.n_samples,
             "accuracy": self.accuracy,
             "parity_max_abs_diff": self.parity_max_abs_diff,
+            "run": None if self.run is None else self.run.to_dict(),
             "network_efficiency": net,
             "aiq_beta2": (
                 metrics.aIQ(net, self.accuracy, 2)
@@ -254,8 +371,14 @@ class Analysis:
             ``analyze(checkpoint=...)``), not as a complete store.
         """
         attrs = {k: v for k, v in self.to_dict().items() if k != "layers"}
+        names = (*_LAYER_ATTRS, *_LAYER_ATTRS_V2)
         layers = [
-            store.StoredLayer({k: getattr(r, k) for k in _LAYER_ATTRS}, *r.states.sorted())
+            store.StoredLayer(
+                {k: getattr(r, k) for k in names},
+                *r.states.sorted(),
+                firing=r.firing_counts(),
+                class_counts=r.class_counts,
+            )
             for r in self.layers
         ]
         store.write_store(path, attrs, layers, overwrite=overwrite, checkpoint=checkpoint)
@@ -267,9 +390,16 @@ class Analysis:
         passes: schema, completeness, attribute types, array dtypes, shapes and consistency."""
         attrs, stored = store.read_store(path)
         layers = [
-            LayerResult(**{k: s.attrs[k] for k in _LAYER_ATTRS}, states=States(s.ids, s.counts))
+            LayerResult(
+                **{k: s.attrs[k] for k in _LAYER_ATTRS},
+                **{k: s.attrs.get(k, "") for k in _LAYER_ATTRS_V2},
+                states=States(s.ids, s.counts),
+                firing=s.firing,
+                class_counts=s.class_counts,
+            )
             for s in stored
         ]
+        run = attrs.get("run")
         return cls(
             layers=layers,
             n_samples=attrs["n_samples"],
@@ -279,7 +409,20 @@ class Analysis:
             parity_max_abs_diff=attrs.get("parity_max_abs_diff"),
             onnx_state_version=attrs.get("onnx_state_version", ""),
             schema_version=attrs["schema_version"],
+            run=None if run is None else RunRecord.from_dict(run),
         )
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import analysis_html
+
+        return analysis_html(self)
+
+    def to_pandas(self) -> Any:
+        """One row per layer (the ``--json`` layer summary, less the firing counts) as a
+        pandas DataFrame; needs the ``pandas`` extra."""
+        pd = _extra("pandas")
+        rows = [{k: v for k, v in r.summary().items() if k != "firing_counts"} for r in self.layers]
+        return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
 
     def table(self) -> str:
         """The per-layer table the CLI prints."""

@@ -40,7 +40,15 @@ from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
 from onnx_state.outputs import check_output
-from onnx_state.store import MISSING, check_dict, check_int, check_list, check_schema, shown
+from onnx_state.store import (
+    MISSING,
+    check_dict,
+    check_int,
+    check_list,
+    check_run,
+    check_schema,
+    shown,
+)
 
 __all__ = [
     "FORMULAS",
@@ -109,6 +117,7 @@ class SeparationResult:
     cross: dict[str, dict[str, np.ndarray]]  # split -> layer -> K x K int, diagonal -1
     sizes: dict[str, list[int]]  # split -> samples per class
     pca: dict[str, Any] = field(default_factory=dict, repr=False)
+    run: dict[str, Any] | None = None  # the run record (``results.RunRecord.to_dict``)
 
     def matrix(
         self, layer: str, split: str = "train", formula: Formula = "friedman_rafsky"
@@ -138,8 +147,13 @@ class SeparationResult:
             raise InputError(f"no layer {layer!r}." + did_you_mean(layer, self.layers))
         return self.cross[split][layer]
 
-    def table(self, formula: Formula = "friedman_rafsky") -> str:
-        """Mean separation per layer and split, as the CLI prints it."""
+    def pairs(self, formula: Formula = "friedman_rafsky") -> dict[str, dict[str, np.ndarray]]:
+        """split -> layer -> K x K separations of every class pair (NaN on the diagonal)."""
+        return {s: {la: self.matrix(la, s, formula) for la in self.layers} for s in self.cross}
+
+    def table(self, formula: Formula = "friedman_rafsky", pairs: bool = False) -> str:
+        """Mean separation per layer and split, as the CLI prints it; with *pairs*, each
+        layer's class x class separations after it."""
         splits = list(self.cross)
         head = f"{'layer':30s}" + "".join(f" {'mean ' + s:>12s}" for s in splits)
         lines = [head, "-" * len(head)]
@@ -151,7 +165,20 @@ class SeparationResult:
         sizes = ", ".join(f"{s}: {min(n)}-{max(n)} per class" for s, n in self.sizes.items())
         lines.append("")
         lines.append(f"classes: {self.classes}; samples {sizes}; formula: {formula}")
+        if pairs:
+            for split, layers in self.pairs(formula).items():
+                for layer, m in layers.items():
+                    lines += ["", f"{layer} ({split}): class x class separation",
+                              f"{'':>8s}" + "".join(f" {c:>7d}" for c in self.classes)]  # fmt: skip
+                    for c, row in zip(self.classes, m):
+                        cells = "".join(f" {'-':>7s}" if np.isnan(v) else f" {v:7.4f}" for v in row)
+                        lines.append(f"{c:>8d}{cells}")
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from onnx_state.views import separation_html
+
+        return separation_html(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data (schema ``onnx_state.separation``); ``from_dict`` reads it back."""
@@ -168,6 +195,15 @@ class SeparationResult:
                 f: {s: {la: self.mean(la, s, f) for la in self.layers} for s in self.cross}
                 for f in FORMULAS
             },
+            # derived from cross_edges and sizes (null on the diagonal)
+            "pairs": {
+                f: {
+                    s: {la: _nan_to_none(m) for la, m in layers.items()}
+                    for s, layers in self.pairs(f).items()
+                }
+                for f in FORMULAS
+            },
+            "run": self.run,
         }
 
     @classmethod
@@ -244,7 +280,14 @@ class SeparationResult:
                 la: _cross_matrix(m, f"{at}[{json.dumps(la)}]", sizes[split])
                 for la, m in per_layer.items()
             }
-        return cls(classes, layers, cross, sizes)
+        run = d.get("run")
+        return cls(classes, layers, cross, sizes,
+                   run=None if run is None else check_run(run, f"{where}:"))  # fmt: skip
+
+
+def _nan_to_none(m: np.ndarray) -> list[list[float | None]]:
+    """A matrix as JSON rows, NaN (the diagonal) as null."""
+    return [[None if np.isnan(v) else float(v) for v in row] for row in m]
 
 
 def _cross_matrix(value: Any, what: str, sizes: list[int]) -> np.ndarray:
@@ -306,10 +349,13 @@ def _features(
     batch_size: int | None,
     with_input: bool,
     constants: Mapping[str, np.ndarray],
-) -> dict[str, np.ndarray]:
-    """Flattened captured tensors (and the inputs) of the chosen samples, per capture name."""
+    progress: bool | None = False,
+) -> tuple[dict[str, np.ndarray], int]:
+    """Flattened captured tensors (and the inputs) of the chosen samples, per capture name,
+    and the samples of the first run (the batch size used)."""
     rows = {k: Rows(v, index) for k, v in mapping.items()}
     feats: dict[str, list[np.ndarray]] = {}
+    first = 0
 
     def consume(run: BatchRun) -> None:
         n = run.samples
@@ -320,9 +366,19 @@ def _features(
             t = inst.batch_first(c.key, run.captured[c.key], n)
             feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
 
-    for _ in inst.stream(rows, batch_size, consume, progress=False, constants=constants):
-        pass
-    return {k: np.concatenate(v) for k, v in feats.items()}
+    for run in inst.stream(rows, batch_size, consume, progress=progress, constants=constants):
+        first = first or run.samples
+    return {k: np.concatenate(v) for k, v in feats.items()}, first
+
+
+def _bar(total: int, enabled: bool | None, what: str) -> Any:
+    """A tqdm bar over *total* layers (off unless *enabled*, or None and stderr a terminal)."""
+    import sys
+
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, unit="layer", desc=what, leave=False, disable=not show)
 
 
 def _pair_counts(f: np.ndarray, groups: list[np.ndarray], max_bytes: int) -> np.ndarray:
@@ -375,6 +431,7 @@ def separation(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     optimization: Optimization = "all",
+    progress: bool | None = False,
 ) -> SeparationResult:
     """Henze–Penrose separation of every class pair at every captured layer.
 
@@ -406,6 +463,9 @@ def separation(
         Two class labels whose 2-D PCA projection is kept at each layer, for plotting.
     providers, threads, optimization:
         The onnxruntime session (as for ``analyze``).
+    progress:
+        Show progress bars (the runs, then the MSTs layer by layer); None shows them when
+        stderr is a terminal.
     """
     if draw not in ("first", "random"):
         raise InputError(f"draw must be 'first' or 'random', got {draw!r}")
@@ -425,6 +485,7 @@ def separation(
     sizes: dict[str, list[int]] = {}
     pca: dict[str, Any] = {}
     names: list[str] = []
+    run_size = 0
     for split, (x, y) in splits.items():
         fixed = inst.constants(constants)
         batched = [s.name for s in data_specs(inst.specs, fixed)]
@@ -443,11 +504,17 @@ def separation(
         if found != classes:
             raise InputError(f"{split} has classes {found} but train has {classes}")
         groups = _choose(y, classes, samples_per_class, draw, seed)
-        feats = _features(inst, x, np.concatenate(groups), batch_size, include_input, fixed)
+        feats, size = _features(inst, x, np.concatenate(groups), batch_size, include_input, fixed,
+                                progress)  # fmt: skip
+        run_size = run_size or size
         names = list(feats)
         offsets = np.cumsum([0] + [len(g) for g in groups])
         local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(groups))]
-        cross[split] = {name: _pair_counts(f, local, max_matrix_bytes) for name, f in feats.items()}
+        with _bar(len(feats), progress, f"MSTs ({split})") as bar:
+            cross[split] = {}
+            for name, f in feats.items():
+                cross[split][name] = _pair_counts(f, local, max_matrix_bytes)
+                bar.update(1)
         sizes[split] = [len(g) for g in groups]
         if pca_pair is not None and split == "train":
             missing = [c for c in pca_pair if c not in classes]
@@ -456,7 +523,10 @@ def separation(
             i, j = (classes.index(c) for c in pca_pair)
             pca = {n: _pca2(f[local[i]], f[local[j]]) for n, f in feats.items()}
             pca["pair"] = list(pca_pair)
-    return SeparationResult(classes or [], names, cross, sizes, pca)
+    from onnx_state.results import RunRecord
+
+    run = RunRecord.of_session(inst, providers, threads, optimization, run_size or None)
+    return SeparationResult(classes or [], names, cross, sizes, pca, run=run.to_dict())
 
 
 def separation_tests(

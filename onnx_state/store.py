@@ -1,15 +1,22 @@
 """Everything zarr: the results store (an Analysis as a zarr group, written atomically), and
 the arrays that keep a counter's recorded states.
 
-Layout (schema version 1; also in the README):
+Layout (schema version 2; also in the README). Version 1 stores, which lack the items
+marked (v2), are still read.
 
     <path>/                  group, attrs: schema="onnx_state.analysis", schema_version,
                              onnx_state_version, model_sha256, data_fingerprint, n_samples,
-                             accuracy, parity_max_abs_diff, layer_order, complete=true
+                             accuracy, parity_max_abs_diff, layer_order, complete=true,
+                             run (v2: the run record, see RUN_FIELDS)
     <path>/layers/<i>/       group per captured layer, attrs: name, tensor, layer, layer_type,
-                             op_type, kind, neurons, axis, state_count, nan_count
+                             op_type, kind, neurons, axis, state_count, nan_count,
+                             captured and axis_rule (v2)
         state_ids            uint8 [n_unique, ceil(neurons / 8)], packbits little-endian
         counts               int64 [n_unique]
+        class_counts         optional, int64 [pairs, 3]: (state row, class, count) for each
+                             state seen with a class label, ascending by (row, class); rows
+                             sum to counts (written when the analysis had labels)
+        firing_counts        int64 [neurons] (v2): how often each neuron fired
 
 The group is built in a hidden sibling folder and renamed into place, so an interrupted
 run leaves no store that loads; ``complete`` guards against copies of a partial folder.
@@ -32,10 +39,13 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from onnx_state.errors import InputError, StoreError
+from onnx_state.metrics import firing_counts
 from onnx_state.outputs import check_output, deferred_interrupts
 
 __all__ = [
     "MISSING",
+    "READABLE_VERSIONS",
+    "RUN_FIELDS",
     "SCHEMA",
     "SCHEMA_VERSION",
     "StoredLayer",
@@ -43,6 +53,7 @@ __all__ = [
     "check_int",
     "check_list",
     "check_number",
+    "check_run",
     "check_schema",
     "check_str",
     "is_store",
@@ -56,7 +67,15 @@ __all__ = [
 ]
 
 SCHEMA = "onnx_state.analysis"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# The run record (root attribute ``run``, version 2): field -> JSON type ("str", "int",
+# "int?" for an integer or null, "str list").
+RUN_FIELDS = {
+    "onnx_state": "str", "onnx": "str", "onnxruntime": "str", "numpy": "str", "python": "str",
+    "providers": "str list", "threads": "int?", "cpus": "int", "optimization": "str",
+    "batch_size": "int?",
+}  # fmt: skip
 
 
 class StoredLayer(NamedTuple):
@@ -65,6 +84,8 @@ class StoredLayer(NamedTuple):
     attrs: dict[str, Any]
     ids: np.ndarray  # uint8 [n_unique, ceil(neurons / 8)], ascending
     counts: np.ndarray  # int64 [n_unique]
+    firing: np.ndarray | None = None  # int64 [neurons]; None: not stored (version 1)
+    class_counts: np.ndarray | None = None  # int64 [pairs, 3]: (row, class, count), optional
 
 
 def write_store(
@@ -115,6 +136,13 @@ def write_store(
                 ids = layer.ids.reshape(len(layer.ids), width)
                 g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
                 g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
+                if layer.class_counts is not None:
+                    table = np.ascontiguousarray(layer.class_counts, dtype=np.int64)
+                    g.create_array("class_counts", data=table.reshape(-1, 3))
+                firing = layer.firing
+                if firing is None:
+                    firing = firing_counts(ids, layer.counts, layer.attrs["neurons"])
+                g.create_array("firing_counts", data=np.ascontiguousarray(firing, dtype=np.int64))
             full = {**attrs, "schema": SCHEMA, "schema_version": SCHEMA_VERSION}
             full["complete"] = checkpoint is None
             if checkpoint is not None:
@@ -191,10 +219,10 @@ def read_store(
     if attrs.get("schema") != SCHEMA:
         raise StoreError(f"{source} is not an onnx_state results store (no schema {SCHEMA!r})")
     version = attrs.get("schema_version", MISSING)
-    if not _is_int(version) or version != SCHEMA_VERSION:
+    if not _is_int(version) or version not in READABLE_VERSIONS:
         raise StoreError(
             f"{source} has schema version {shown(version)}; this onnx_state reads "
-            f"version {SCHEMA_VERSION}"
+            f"versions {' and '.join(map(str, READABLE_VERSIONS))}"
         )
     if checkpoint:
         if attrs.get("complete") is not False or not isinstance(attrs.get("checkpoint"), dict):
@@ -202,8 +230,10 @@ def read_store(
     elif attrs.get("complete") is not True:
         hint = " (resume it with --resume)" if isinstance(attrs.get("checkpoint"), dict) else ""
         raise StoreError(f"{source} is incomplete (the run that wrote it was interrupted){hint}")
-    order = _check_root(attrs, f"{source}: root attribute")
-    layers = [_read_layer(root, i, name, order, str(source)) for i, name in enumerate(order)]
+    order = _check_root(attrs, f"{source}: root attribute", version)
+    layers = [
+        _read_layer(root, i, name, order, str(source), version) for i, name in enumerate(order)
+    ]
     _check_no_extra_layers(root, len(order), str(source))
     return attrs, layers
 
@@ -339,8 +369,26 @@ def label(name: str) -> str:
     return name if name.isprintable() and name else repr(name)
 
 
-def _check_root(attrs: dict[str, Any], at: str) -> list[str]:
-    """layer_order, after checking every root attribute the schema defines."""
+def check_run(value: Any, at: str) -> dict[str, Any]:
+    """A run record (see RUN_FIELDS) with every field of its JSON type, else a StoreError;
+    fields this version does not know are kept as they are."""
+    run = check_dict(value, f"{at} run")
+    for key, kind in RUN_FIELDS.items():
+        got, what = run.get(key, MISSING), f"{at} run.{key}"
+        if kind == "str":
+            check_str(got, what)
+        elif kind == "str list":
+            check_list(got, what, "str")
+        elif kind == "int" or got is not None:
+            check_int(got, what, minimum=1)
+    return run
+
+
+def _check_root(attrs: dict[str, Any], at: str, version: int = SCHEMA_VERSION) -> list[str]:
+    """layer_order, after checking every root attribute the schema (*version*) defines."""
+    run = attrs.get("run", MISSING)
+    if version >= 2 and run is not None:  # null: unknown (a result read from version 1)
+        check_run(run, at)
     check_int(attrs.get("n_samples", MISSING), f"{at} n_samples", minimum=0)
     for key in ("model_sha256", "data_fingerprint"):
         check_str(attrs.get(key, MISSING), f"{at} {key}")
@@ -356,8 +404,10 @@ def _check_root(attrs: dict[str, Any], at: str) -> list[str]:
     return check_list(attrs.get("layer_order", MISSING), f"{at} layer_order", "str", True)
 
 
-def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> StoredLayer:
-    """Layer *i* of a store, every attribute and array checked."""
+def _read_layer(
+    root: Any, i: int, name: str, order: list[str], source: str, version: int = SCHEMA_VERSION
+) -> StoredLayer:
+    """Layer *i* of a store (schema *version*), every attribute and array checked."""
     import zarr
 
     at = f"{source}: layer {i} ({label(name)})"
@@ -376,7 +426,8 @@ def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> 
     got = attrs.get("name", MISSING)
     if got != name:
         raise _bad(f"{attr} name", got, f"{json.dumps(name)} (layer_order[{i}])")
-    for key in ("tensor", "layer", "layer_type", "op_type"):
+    text = ("tensor", "layer", "layer_type", "op_type")
+    for key in (*text, "captured", "axis_rule") if version >= 2 else text:
         check_str(attrs.get(key, MISSING), f"{attr} {key}")
     check_str(attrs.get("kind", MISSING), f"{attr} kind", ("post", "pre"))
     neurons = check_int(attrs.get("neurons", MISSING), f"{attr} neurons", minimum=1)
@@ -421,7 +472,56 @@ def _read_layer(root: Any, i: int, name: str, order: list[str], source: str) -> 
             f"{at}: state_ids row {r} is below row {r - 1}; expected rows ascending by their "
             "little-endian integer value"
         )
-    return StoredLayer(attrs, ids, counts)
+    table = None
+    try:
+        present = "class_counts" in group  # optional: analyses with labels write it
+    except Exception as exc:  # zarr's metadata errors: JSON, types, validation
+        raise StoreError(f"{at}: cannot open class_counts ({_why(exc)})") from None
+    if present:
+        table = _read_array(group, "class_counts", at, np.int64, "[pairs, 3]")
+        _check_class_counts(table, counts, at)
+    if version < 2:
+        return StoredLayer(attrs, ids, counts, class_counts=table)
+    firing = _read_array(group, "firing_counts", at, np.int64, "[neurons]")
+    if firing.shape != (neurons,):
+        raise StoreError(
+            f"{at}: firing_counts has {len(firing)} entries; expected one per neuron ({neurons})"
+        )
+    expected = firing_counts(ids, counts, neurons)
+    wrong = np.flatnonzero(firing != expected)
+    if len(wrong):
+        j = int(wrong[0])
+        raise StoreError(
+            f"{at}: firing_counts[{j}] is {firing[j]} but the states fire neuron {j} "
+            f"{expected[j]} times; expected the sum over states of count x bit"
+        )
+    return StoredLayer(attrs, ids, counts, firing=firing, class_counts=table)
+
+
+def _check_class_counts(table: np.ndarray, counts: np.ndarray, at: str) -> None:
+    """(row, class, count) triples: 3 columns, rows of state_ids, classes >= 0, counts >= 1,
+    ascending by (row, class) without repeats, and summing per row to the state's count."""
+    if table.shape[1] != 3:
+        raise StoreError(f"{at}: class_counts has {table.shape[1]} columns; expected 3")
+    if not len(table):
+        return
+    row, cls, cnt = table[:, 0], table[:, 1], table[:, 2]
+    if row.min() < 0 or row.max() >= len(counts):
+        raise StoreError(f"{at}: class_counts names state rows outside [0, {len(counts) - 1}]")
+    if cls.min() < 0 or cnt.min() < 1:
+        raise StoreError(f"{at}: class_counts has a class < 0 or a count < 1")
+    step = np.diff(row)
+    if np.any(step < 0) or np.any((step == 0) & (np.diff(cls) <= 0)):
+        raise StoreError(f"{at}: class_counts is not ascending by (row, class) without repeats")
+    per_row = np.bincount(row, weights=cnt, minlength=len(counts))
+    seen = np.zeros(len(counts), dtype=bool)
+    seen[row] = True
+    if np.any(per_row[seen] != counts[seen]):
+        bad = int(np.flatnonzero(seen & (per_row != counts))[0])
+        raise StoreError(
+            f"{at}: class_counts of state row {bad} sum to {int(per_row[bad])} but its count "
+            f"is {int(counts[bad])}"
+        )
 
 
 def _read_array(group: Any, name: str, at: str, dtype: type[Any], shape: str) -> np.ndarray:

@@ -87,6 +87,25 @@ def test_keep_outputs_returns_the_final_outputs_in_order(net):
     assert onnx_state.analyze(model, x, attach_to="Conv").outputs is None
 
 
+def test_labels_give_per_class_state_counts_equal_to_numpy(net, tmp_path):
+    model, _, x, ref = net
+    labels = np.arange(len(x)) % 3
+    a = onnx_state.analyze(model, x, labels=labels, attach_to=["Conv", "Relu"], batch_size=10)
+    a.save(tmp_path / "s.zarr")
+    back = onnx_state.Analysis.load(tmp_path / "s.zarr")
+    for r, tensor in zip(a.layers, ("c", "r")):
+        ids = [row.tobytes() for row in r.state_ids()]
+        expected = []
+        for c in range(3):  # numpy: each class's states, as rows of the layer's state ids
+            cids, counts = reference_counts(ref[tensor][labels == c], 1)
+            expected += [[ids.index(i.tobytes()), c, int(n)] for i, n in zip(cids, counts)]
+        assert r.class_counts.tolist() == sorted(expected)
+        assert np.array_equal(back.layer(r.name).class_counts, r.class_counts)
+    assert all(
+        r.class_counts is None for r in onnx_state.analyze(model, x, attach_to="Conv").layers
+    )
+
+
 def test_packed_bits_count_exactly_what_the_float_maps_give(net):
     """pack=True reads conv maps as bits packed inside the graph: the same states (numpy
     reference of the Conv output), ±0 and ties at zero included (small integer data)."""

@@ -467,3 +467,19 @@ def test_results_record_the_rule_and_the_tensor_read():
     (cap,) = select_captures(model, ["Conv"])
     assert cap.axis_rule == "channel axis of Conv" and cap.read == "y"
     onnx.checker.check_model(model)
+
+
+def test_squeeze_with_axes_computed_at_run_time_is_guessed_and_warned():
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"], name="fc"),
+        helper.make_node("Shape", ["k"], ["ks"], name="shape_of_k"),
+        helper.make_node("Squeeze", ["m", "ks"], ["y"], name="sq"),
+    ]
+    model = make_model(
+        nodes,
+        [vi("x", [2, 1, 1, 3]), vi("k", ["A"])],
+        [vi("y", ["a", "b", "c"])],
+        [("W", np.ones((3, 4), np.float32))],
+    )
+    with pytest.warns(AxisGuessWarning, match="layer 'sq'"):
+        select_captures(model, ["Squeeze"])

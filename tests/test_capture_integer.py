@@ -186,3 +186,42 @@ def test_int8_counts_are_exact_at_the_extremes():
     assert cap.zero_point == -1
     (layer,) = analyze(model, x, attach_to=["QuantizeLinear"], parity=False).layers
     assert_states(layer, *packed_counts(q > -1, 1))
+
+
+def test_an_int8_tensor_under_a_relu_keeps_its_zero_point():
+    """Relu(q) > 0 is not q > zp: a quantized tensor is read itself, against its zero point."""
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "one", "z"], ["q"], name="quant"),
+        helper.make_node("Relu", ["q"], ["r"], name="relu"),
+        helper.make_node("Cast", ["r"], ["y"], name="cast", to=F),
+    ]
+    model = make_model(
+        nodes, [vi("x", ["N", 4])], [vi("y", ["N", 4])],
+        [("one", np.array(1.0, np.float32)), ("z", np.array(-20, np.int8))],
+        opset=[helper.make_opsetid("", 14)],
+    )  # fmt: skip
+    x = np.random.default_rng(0).integers(-30, 30, (64, 4)).astype(np.float32)
+    q = np.clip(x - 20, -128, 127)
+    (cap,) = select_captures(model, ["quant"])
+    assert (cap.read, cap.zero_point) == ("q", -20)
+    (layer,) = analyze(model, x, attach_to=["quant"], parity=False).layers
+    assert_states(layer, *packed_counts(q > -20, 1))
+
+
+def test_a_per_channel_zero_point_is_not_carried_through_ops_that_move_channels():
+    from onnx_state.errors import ModelError
+
+    model, _, _ = qdq_model(per_channel=True)
+    nodes = list(model.graph.node)
+    nodes.append(helper.make_node("Slice", ["cq", "st", "en", "ax"], ["sq"], name="cut"))
+    from onnx import numpy_helper
+
+    inits = [(t.name, numpy_helper.to_array(t)) for t in model.graph.initializer]
+    inits += [("st", np.array([2], np.int64)), ("en", np.array([4], np.int64)),
+              ("ax", np.array([1], np.int64))]  # fmt: skip
+    model2 = make_model(
+        nodes, list(model.graph.input), [*model.graph.output, vi("sq", ["N", 2, 3, 3], U8)],
+        inits, opset=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    with pytest.raises(ModelError, match="Slice between it and its quantizer moves or cuts"):
+        select_captures(model2, ["cut"])

@@ -43,8 +43,8 @@ def test_analyze_json_equals_the_python_api(files):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
-    want = onnx_state.analyze(
-        path / "m.onnx", x, attach_to=["Conv", "fc"], labels=np.arange(40) % 5
+    want = onnx_state.analyze(  # the same batch size: the run record holds it
+        path / "m.onnx", x, attach_to=["Conv", "fc"], labels=np.arange(40) % 5, batch_size=7
     ).to_dict()
     assert got == json.loads(json.dumps(want))
     assert list(got) == sorted(got)

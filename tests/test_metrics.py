@@ -146,3 +146,76 @@ def test_firing_counts_equal_a_numpy_reference():
     np.testing.assert_array_equal(
         metrics.firing_counts(ids, counts, 77), (bits * counts[:, None]).sum(axis=0)
     )
+
+
+# -- detection, class information, redundant neurons -------------------------------------------
+def test_auroc_and_fpr95_equal_scikit_learn_on_the_same_scores():
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for ties in (False, True):
+        a = rng.normal(0, 1, 300)
+        b = rng.normal(0.8, 1.3, 200)
+        if ties:  # votes-like scores: many ties
+            a, b = np.round(a), np.round(b)
+        y = np.r_[np.zeros(len(a)), np.ones(len(b))]
+        s = np.r_[a, b]
+        assert metrics.auroc(a, b) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+        # in-distribution positive, lower score = more in-distribution (ODIN's convention)
+        fpr, tpr, _ = skm.roc_curve(1 - y, -s, drop_intermediate=False)
+        expected = fpr[np.searchsorted(tpr, 0.95 - 1e-12)]
+        assert metrics.fpr_at_tpr(a, b, 0.95) == pytest.approx(expected, abs=1e-12)
+    assert metrics.auroc([0, 1], [2, 3]) == 1.0 and metrics.auroc([2, 3], [0, 1]) == 0.0
+    with pytest.raises(InputError):
+        metrics.auroc([], [1])
+
+
+def test_mutual_information_by_hand():
+    # states s0..s2, classes c0, c1: joint counts
+    joint = np.array([[4, 0], [2, 2], [0, 4]])
+    # H(S) = H(4/12, 4/12, 4/12) = log2 3; H(S|c) = H(4/6, 2/6) for both classes
+    h_given = -(2 / 3) * math.log2(2 / 3) - (1 / 3) * math.log2(1 / 3)
+    plug = math.log2(3) - h_given
+    assert metrics.mutual_information(joint) == pytest.approx(plug, abs=1e-12)
+    # Miller–Madow on each term: (K - 1) / (2N ln2) with K = 3, N = 12; (2 - 1) / (2·6 ln2) x2
+    mm = (math.log2(3) + 2 / (24 * math.log(2))) - 2 * 0.5 * (h_given + 1 / (12 * math.log(2)))
+    assert metrics.miller_madow_mutual_information(joint) == pytest.approx(mm, abs=1e-12)
+    # a state that names its class carries H(C); one state for all classes carries nothing
+    assert metrics.mutual_information(np.eye(4) * 5) == pytest.approx(2.0, abs=1e-12)
+    assert metrics.mutual_information([[3, 5, 2]]) == 0.0
+
+
+def test_redundant_neurons_planted_are_found_exactly():
+    rng = np.random.default_rng(4)
+    base = rng.random((500, 6)) > 0.5
+    bits = np.zeros((500, 12), dtype=bool)
+    bits[:, :6] = base
+    bits[:, 6] = base[:, 1]  # copy of 1
+    bits[:, 7] = ~base[:, 1]  # complement of 1
+    bits[:, 8] = ~base[:, 4]  # complement of 4
+    bits[:, 9] = True  # always on
+    bits[:, 10] = False  # dead
+    bits[:, 11] = base[:, 4]  # copy of 4
+    ids = np.unique(np.packbits(bits, axis=1, bitorder="little"), axis=0)
+    g = metrics.redundant_neurons(ids, 12)
+    assert g.groups == [[1, 6, 7], [4, 8, 11]]
+    assert g.complementary == [7, 8]
+    assert g.dead == [10] and g.always_on == [9]
+    assert g.effective == 6  # 0, 1, 2, 3, 4, 5 stay
+
+
+def test_class_table_rows_follow_the_layer_states():
+    ids = np.array([[1], [2], [4]], dtype=np.uint8)
+    table = metrics.class_table(
+        ids, {1: (np.array([[4], [1]], np.uint8), np.array([2, 3])), 0: (ids[1:2], [5])}
+    )
+    assert table.tolist() == [[0, 1, 3], [1, 0, 5], [2, 1, 2]]
+    with pytest.raises(InputError, match="not among"):
+        metrics.class_table(ids, {0: (np.array([[8]], np.uint8), [1])})
+
+
+def test_max_softmax_of_logits_and_of_probabilities():
+    logits = np.array([[1.0, 2.0, 0.5], [0.0, 0.0, 0.0]])
+    e = np.exp(logits)
+    assert np.allclose(metrics.max_softmax(logits), (e / e.sum(1, keepdims=True)).max(1))
+    p = np.array([[0.2, 0.8], [0.5, 0.5]])
+    assert np.allclose(metrics.max_softmax(p), [0.8, 0.5])

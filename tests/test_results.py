@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
+import pytest
 
 import onnx_state
 from onnx_state import results
@@ -40,3 +42,38 @@ def test_states_are_sorted_only_when_asked_and_metrics_do_not_change(net, monkey
     # bit-identical, whatever order the counts were in
     assert figures(r) == before == figures(copy.layer("fc"))
     np.testing.assert_array_equal(copy.layer("fc").state_ids(), ids)
+
+
+def test_dataframe_and_arrow_views(net):
+    pd = pytest.importorskip("pandas")
+    pa = pytest.importorskip("pyarrow")
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"])
+    frame = a.to_pandas()
+    assert list(frame["name"]) == [r.name for r in a.layers]
+    assert list(frame["state_count"]) == [r.state_count for r in a.layers]
+    assert list(frame["entropy"]) == [r.entropy() for r in a.layers]
+    assert "captured" in frame.columns and "firing_counts" not in frame.columns
+    for r in a.layers:
+        states = r.to_pandas()
+        assert isinstance(states, pd.DataFrame) and list(states.columns) == ["state", "count"]
+        assert list(states["state"]) == r.state_bytes()
+        assert states["count"].tolist() == r.counts().tolist()
+        table = r.to_arrow()
+        assert isinstance(table, pa.Table) and table.num_rows == r.n_unique
+        assert table.schema.field("state").type == pa.binary((r.neurons + 7) // 8)
+        assert table.column("state").to_pylist() == r.state_bytes()
+        assert table.column("count").to_pylist() == r.counts().tolist()
+
+
+def test_dataframes_without_pandas_say_which_extra_to_install(net, monkeypatch):
+    from onnx_state.errors import MissingExtraError
+
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to="Conv")
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas now raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    with pytest.raises(MissingExtraError, match=r"onnx-state\[pandas\]"):
+        a.to_pandas()
+    with pytest.raises(MissingExtraError, match=r"onnx-state\[pandas\]"):
+        a.layers[0].to_arrow()

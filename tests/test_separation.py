@@ -121,3 +121,50 @@ def test_separation_error_paths(bundled):
         separation(model, x, labels=y[:-1], samples_per_class=5)
     with pytest.raises(InputError, match="needs test_labels"):
         separation(model, x, labels=y, samples_per_class=5, test_data=x)
+
+
+def test_per_pair_separations_for_both_formulas_in_the_result_json_and_table(tmp_path, capsys):
+    import onnx
+
+    from tests.models import conv_net, int_data
+
+    model, _ = conv_net()
+    x = int_data(60)
+    y = np.arange(60) % 3
+    r = separation(model, x, labels=y, attach_to="Conv", samples_per_class=12, progress=True)
+    assert "MSTs (train)" in capsys.readouterr().err  # a bar over the layers' MSTs
+    d = r.to_dict()
+    for layer in r.layers:
+        s = r.cross["train"][layer]
+        for formula in ("friedman_rafsky", "source"):
+            m = r.pairs(formula)["train"][layer]
+            written = d["pairs"][formula]["train"][layer]
+            for i in range(3):
+                assert np.isnan(m[i, i]) and written[i][i] is None
+                for j in range(3):
+                    if i == j:
+                        continue
+                    n_i = n_j = 12  # by hand, from the cross-edge count
+                    if formula == "source":
+                        want = 1 - 2 * min((n_i + n_j) / 2, s[i, j]) / (n_i + n_j)
+                    else:
+                        want = max(0.0, 1 - (n_i + n_j) / (2 * n_i * n_j) * (s[i, j] - 1))
+                    assert m[i, j] == pytest.approx(want, abs=1e-12)
+                    assert written[i][j] == pytest.approx(want, abs=1e-12)
+    back = SeparationResult.from_dict(json.loads(json.dumps(d)))
+    for layer in r.layers:
+        np.testing.assert_array_equal(back.matrix(layer), r.matrix(layer))
+    assert back.run == r.run and r.run is not None and r.run["batch_size"] == 36
+    text = r.table(pairs=True)
+    m = r.matrix("conv_post_states")
+    assert "conv_post_states (train): class x class separation" in text
+    assert f"{m[0, 1]:7.4f}" in text and f"{m[1, 2]:7.4f}" in text
+    assert "class x class" not in r.table()
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    out = run_cli("separation", tmp_path / "m.onnx", "--data", tmp_path / "x.npy", "--labels",
+                  tmp_path / "y.npy", "--attach-to", "Conv", "--samples-per-class", "12",
+                  "--pairs", "--formula", "source")  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert f"{r.matrix('conv_post_states', formula='source')[0, 2]:7.4f}" in out.output

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +233,162 @@ def test_a_signal_held_during_a_failed_save_is_not_lost():
         signal.raise_signal(signal.SIGINT)
         raise OSError("disk full")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_class_counts_are_optional_and_checked(tmp_path):
+    import zarr
+
+    ids = np.array([[1], [2]], dtype=np.uint8)
+    table = np.array([[0, 0, 2], [1, 0, 1], [1, 4, 2]])
+    states = onnx_state.results.States(ids, np.array([2, 3]))
+    layer = onnx_state.LayerResult("l", "t", "l", "T", "Op", "post", 3, 1, 5, 0, states,
+                                   class_counts=table)  # fmt: skip
+    a = onnx_state.Analysis([layer], 5, "0" * 64, "xxh3_128:" + "0" * 32)
+    a.save(tmp_path / "a.zarr")
+    assert onnx_state.Analysis.load(tmp_path / "a.zarr").layers[0].class_counts.tolist() == [
+        [0, 0, 2], [1, 0, 1], [1, 4, 2]
+    ]  # fmt: skip
+    for bad, message in (
+        ([[0, 0, 2], [1, 0, 1], [1, 4, 1]], "sum to 2 but its count is 3"),
+        ([[1, 0, 1], [0, 0, 2], [1, 4, 2]], "ascending"),
+        ([[0, 0, 2], [1, 0, 1], [2, 4, 2]], "outside"),
+    ):
+        layer.class_counts = np.array(bad)
+        a.save(tmp_path / "a.zarr", overwrite=True)
+        with pytest.raises(StoreError, match=message):
+            onnx_state.Analysis.load(tmp_path / "a.zarr")
+    group = zarr.open_group(str(tmp_path / "a.zarr"), mode="r+")
+    del group["layers/0/class_counts"]  # a store without them still loads
+    assert onnx_state.Analysis.load(tmp_path / "a.zarr").layers[0].class_counts is None
+
+
+# -- schema version 2: per-neuron firing counts, the run record, captured and axis_rule -------
+V1_STORE = Path(__file__).parent / "data" / "store_v1.zarr"  # written by the code before v2
+
+
+def _reference_firing(ref: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """How often each neuron of the conv net's captures fires, from numpy activations."""
+    return {
+        "conv_post_states": np.sum(ref["c"] > 0, axis=(0, 2, 3)),
+        "fc_post_states": np.sum(ref["y"] > 0, axis=0),
+    }
+
+
+def test_version_2_keeps_per_neuron_firing_counts_equal_to_numpy(net, tmp_path):
+    import zarr
+
+    model, _, x, ref = net
+    a = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"], batch_size=20)
+    expected = _reference_firing(ref)
+    for r in a.layers:
+        np.testing.assert_array_equal(r.firing_counts(), expected[r.name])
+        np.testing.assert_array_equal(r.firing_rates(), expected[r.name] / r.state_count)
+    a.save(tmp_path / "r.zarr")
+    root = zarr.open_group(str(tmp_path / "r.zarr"), mode="r")
+    assert root.attrs["schema_version"] == 2
+    for i, r in enumerate(a.layers):
+        stored = np.asarray(root[f"layers/{i}/firing_counts"][...])
+        np.testing.assert_array_equal(stored, expected[r.name])
+        assert root[f"layers/{i}"].attrs["captured"] == r.captured
+        assert root[f"layers/{i}"].attrs["axis_rule"] == r.axis_rule != ""
+    # the Conv's states are read from the Relu that alone consumes it (same states)
+    assert [r.captured for r in a.layers] == ["r", ""]
+    b = onnx_state.Analysis.load(tmp_path / "r.zarr")
+    for r in b.layers:
+        assert r.firing is not None  # read from the store, not recomputed
+        np.testing.assert_array_equal(r.firing, expected[r.name])
+    assert b.to_dict()["layers"][0]["firing_counts"] == expected["conv_post_states"].tolist()
+
+
+def test_the_run_record_says_how_the_result_was_made(net, tmp_path):
+    import platform
+
+    import onnx
+    import onnxruntime
+
+    model, _, x, _ = net
+    a = onnx_state.analyze(model, x, attach_to="Conv", batch_size=20, threads=1,
+                           optimization="basic")  # fmt: skip
+    assert a.run is not None
+    assert (a.run.onnx, a.run.onnxruntime) == (onnx.__version__, onnxruntime.__version__)
+    assert (a.run.onnx_state, a.run.numpy) == (onnx_state.__version__, np.__version__)
+    assert a.run.python == platform.python_version()
+    assert a.run.providers == ["CPUExecutionProvider"]
+    assert (a.run.threads, a.run.optimization, a.run.batch_size) == (1, "basic", 20)
+    assert a.to_dict()["run"] == a.run.to_dict()
+    a.save(tmp_path / "r.zarr")
+    assert onnx_state.Analysis.load(tmp_path / "r.zarr").run == a.run
+    default = onnx_state.analyze(model, x, attach_to="Conv")
+    assert default.run is not None and default.run.threads is None and default.run.batch_size == 53
+
+
+def test_version_1_stores_still_load(net, tmp_path):
+    model, _, x, ref = net
+    old = onnx_state.Analysis.load(V1_STORE)
+    assert old.schema_version == 1 and old.run is None
+    assert [r.name for r in old.layers] == ["conv_post_states", "fc_post_states"]
+    new = onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"])
+    expected = _reference_firing(ref)
+    for r, n in zip(old.layers, new.layers):
+        assert (r.captured, r.axis_rule, r.firing) == ("", "", None)
+        assert_states(r, n.state_ids(), n.counts())
+        np.testing.assert_array_equal(r.firing_counts(), expected[r.name])  # from the table
+    assert old.to_dict()["run"] is None
+    old.save(tmp_path / "v2.zarr")  # written as version 2, the run unknown
+    again = onnx_state.Analysis.load(tmp_path / "v2.zarr")
+    assert again.schema_version == 2 and again.run is None
+    assert again.layers == old.layers
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "value", "message"),
+    [
+        ("layers/0", "captured", 3, "attribute captured is 3; expected a string"),
+        ("layers/1", "axis_rule", None, "attribute axis_rule is null; expected a string"),
+        ("", "run", "fast", 'run is "fast"; expected an object'),
+        ("", "run", {"onnx": "1"}, "run.onnx_state is missing; expected a string"),
+    ],
+)
+def test_version_2_attributes_are_checked(net, tmp_path, where, key, value, message):
+    import zarr
+
+    model, _, x, _ = net
+    onnx_state.analyze(model, x, attach_to=["Conv", "MatMul"]).save(tmp_path / "r.zarr")
+    group = zarr.open_group(str(tmp_path / "r.zarr"), mode="r+")
+    (group[where] if where else group).attrs[key] = value
+    with pytest.raises(StoreError, match=re.escape(message)):
+        onnx_state.Analysis.load(tmp_path / "r.zarr")
+
+
+def test_firing_counts_that_disagree_with_the_states_are_refused(net, tmp_path):
+    import zarr
+
+    model, _, x, _ = net
+    onnx_state.analyze(model, x, attach_to="Conv").save(tmp_path / "r.zarr")
+    group = zarr.open_group(str(tmp_path / "r.zarr"), mode="r+")
+    fired = np.asarray(group["layers/0/firing_counts"][...])
+    group["layers/0/firing_counts"][0] = fired[0] + 1
+    with pytest.raises(StoreError, match=r"firing_counts\[0\] is \d+ but the states fire neuron 0"):
+        onnx_state.Analysis.load(tmp_path / "r.zarr")
+    del group["layers/0/firing_counts"]
+    with pytest.raises(StoreError, match="firing_counts is missing"):
+        onnx_state.Analysis.load(tmp_path / "r.zarr")
+
+
+def test_json_prints_the_run_record(net, tmp_path):
+    import json
+
+    import onnx
+
+    from tests.cli import run_cli
+
+    model, _, x, _ = net
+    onnx.save(model, tmp_path / "m.onnx")
+    np.save(tmp_path / "x.npy", x)
+    result = run_cli("analyze", tmp_path / "m.onnx", "--data", tmp_path / "x.npy", "--json", "-q",
+                     "--batch-size", "10")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    d = json.loads(result.stdout)
+    assert d["schema_version"] == 2
+    assert d["run"]["batch_size"] == 10 and d["run"]["providers"] == ["CPUExecutionProvider"]
+    assert all("captured" in la and "firing_counts" in la for la in d["layers"])

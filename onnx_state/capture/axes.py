@@ -315,8 +315,10 @@ def _squeeze_follow(
     index: GraphIndex, node: NodeProto, op: str, source: str, name: str
 ) -> _Follow | None:
     axes = _ints(node, "axes")
-    if axes is None and len(node.input) > 1:
+    if axes is None and len(node.input) > 1 and node.input[1]:
         axes = index.constant_ints(node.input[1])
+        if axes is None:
+            return None  # axes computed at run time: nothing to follow
     in_rank, out_rank = index.rank(source), index.rank(name)
     if axes is None:
         if op == "squeeze":

@@ -75,6 +75,8 @@ _ZERO_POINT_INPUT = {
     "qlinearmul": 7, "qlinearaveragepool": 4, "qlinearglobalaveragepool": 4,
     "qlinearleakyrelu": 4, "qlinearsigmoid": 4, "qlinearsoftmax": 4, "qlinearconcat": 1,
 }  # fmt: skip
+# Of those, the ops that keep every channel in place: a per-channel zero point still applies.
+_CHANNEL_KEEPING = {"Identity", "MaxPool", "GlobalMaxPool", "Resize"}
 # Ops whose quantized output keeps its input's zero point (they move or pick values).
 _ZERO_POINT_KEEPING = {
     "maxpool", "reshape", "transpose", "flatten", "squeeze", "unsqueeze", "split", "slice",
@@ -314,6 +316,11 @@ def _capture(
             "onnx.shape_inference on the model or give its outputs value_info"
         )
     rank = len(shape) if shape is not None else None
+    if rank is not None and rank < 2:
+        raise InputError(
+            f"{name}: tensor {tensor!r} has rank {rank}, but a capture needs samples and "
+            f"neurons (rank >= 2); exclude layer {layer.name!r}"
+        )
     override = overrides.get(layer.name, overrides.get(name))
     merge = None
     if override is not None:
@@ -391,8 +398,8 @@ def _same_states_activation(index: GraphIndex, tensor: str) -> str:
     Clip(x, 0, max > 0) gives min(x, max) > 0 for x > 0 and 0 otherwise. NaN stays NaN in
     each. A graph output is already read without disturbing the model: it stays.
     """
-    if tensor in index.graph_outputs:
-        return tensor
+    if tensor in index.graph_outputs or index.info.get(tensor, (None,))[0] in INTEGER_TYPES:
+        return tensor  # (an integer tensor fires against its zero point, not 0)
     users = [index.nodes[i] for i in sorted(index.consumers.get(tensor, ()))]
     if not users or not all(_keeps_sign(index, n) and n.input[0] == tensor for n in users):
         return tensor
@@ -447,11 +454,17 @@ def _zero_point(
     if elem_type not in _QUANTIZED_TYPES:
         return 0
     name = tensor
+    passed: list[str] = []  # the ops walked through, nearest first
     for _ in range(len(index.nodes) + 1):
         node = index.producers.get(name)
         if node is None:
             break
         op = node.op_type.lower()
+        if op == "dynamicquantizelinear":
+            raise ModelError(
+                f"the zero point of {tensor!r} (layer {layer!r}) is computed at run time "
+                "(DynamicQuantizeLinear); capture the float tensor instead"
+            )
         if op in _ZERO_POINT_INPUT:
             k = _ZERO_POINT_INPUT[op]
             if len(node.input) <= k or not node.input[k]:
@@ -466,6 +479,13 @@ def _zero_point(
             if len(set(flat)) <= 1:
                 return flat[0] if flat else 0
             q_axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            moved = [o for o in passed if o not in _CHANNEL_KEEPING]
+            if moved:
+                raise ModelError(
+                    f"{tensor!r} (layer {layer!r}) has one zero point per channel, and "
+                    f"{moved[0]} between it and its quantizer moves or cuts channels; capture "
+                    "the float (dequantized) tensor instead"
+                )
             if rank is not None and q_axis % rank == axis:
                 return tuple(flat)
             raise ModelError(
@@ -474,6 +494,7 @@ def _zero_point(
             )
         if op not in _ZERO_POINT_KEEPING:
             break
+        passed.append(node.op_type)
         data = index.data_input(node)
         if data is None:
             break

@@ -218,6 +218,7 @@ class Instrumented:
         self.plan: ThreadPlan = plan_threads(providers, threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
         self._session: Any = None  # built on first use: see ``session``
+        self._weights_dropped = False
         # (batch, outputs) of the original model for the parity check: see ``parity``
         self._plain_first: tuple[dict[str, np.ndarray], list[np.ndarray]] | None = None
         self.parity_first = False
@@ -232,6 +233,8 @@ class Instrumented:
     @property
     def model(self) -> ModelProto:
         """The instrumented model (a copy of the original with the extra outputs)."""
+        if self._weights_dropped and self._runnable_path is not None:
+            return add_outputs(load.load_model(self._runnable_path), self.captures)
         return add_outputs(self._base, self.captures)
 
     @property
@@ -255,6 +258,12 @@ class Instrumented:
                 self._session = make_session(
                     base, *self._session_args, config=self.plan.session_config()
                 )
+            del base
+            if self._runnable_path is not None and self._base is self.original:
+                # onnxruntime holds the weights now, and the file has them for a parity
+                # session: the proto's copy goes (``model`` reads the file again).
+                _drop_weights(self.original)
+                self._weights_dropped = True
         return self._session
 
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
@@ -485,6 +494,19 @@ def instrument(
     proto = load.load_model(model)
     captures = select_captures(GraphIndex(proto), attach_to, exclude, method, neuron_axes)
     return add_outputs(*expose_nested(proto, captures))
+
+
+_DATA_FIELDS = (
+    "raw_data", "float_data", "int32_data", "int64_data", "double_data", "uint64_data",
+)  # fmt: skip
+
+
+def _drop_weights(model: ModelProto, keep_bytes: int = 1024) -> None:
+    """Clear the data of the main graph's initializers above *keep_bytes* (in place)."""
+    for init in model.graph.initializer:
+        if init.ByteSize() > keep_bytes:
+            for name in _DATA_FIELDS:
+                init.ClearField(name)
 
 
 def _packable(c: Capture) -> bool:

@@ -85,6 +85,7 @@ from onnx_state.cli.audit import audit_command  # noqa: E402
 from onnx_state.cli.compare import compare_command  # noqa: E402
 from onnx_state.cli.export import export_command  # noqa: E402
 from onnx_state.cli.inspect import inspect_command  # noqa: E402
+from onnx_state.cli.report import report_command  # noqa: E402
 from onnx_state.cli.separation import separation_command, separation_test_command  # noqa: E402
 
 main.add_command(inspect_command)
@@ -94,3 +95,4 @@ main.add_command(compare_command)
 main.add_command(audit_command)
 main.add_command(separation_command)
 main.add_command(separation_test_command)
+main.add_command(report_command)

@@ -13,8 +13,10 @@ from onnx_state.cli.options import (
     echo_json,
     feeding,
     reading,
+    report_option,
     selection,
     session,
+    write_report,
 )
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
@@ -32,7 +34,8 @@ from onnx_state.store import is_store
 @session
 @cluster
 @click.option("--output", "-o", type=click.Path(), help="Write the results store (zarr) here.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output store.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output or --report.")
+@report_option
 @click.option(
     "--checkpoint-every",
     type=click.IntRange(min=1),
@@ -58,6 +61,7 @@ def analyze_command(
     checkpoint_every: int | None,
     resume: bool,
     no_parity: bool,
+    report: str | None,
     as_json: bool,
     quiet: bool,
     **options: Any,
@@ -75,6 +79,8 @@ def analyze_command(
         raise InputError("--checkpoint-every and --resume need --output (the store to write)")
     if output and not resume:  # before the run, not after it
         check_output(output, overwrite=overwrite, kind="store", is_ours=is_store)
+    if report:
+        check_output(report, overwrite=overwrite, kind="file")
     checkpointing = bool(checkpoint_every or resume)
     result = analyze(
         model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,
@@ -83,6 +89,7 @@ def analyze_command(
     )  # fmt: skip
     if output and not checkpointing:  # (a checkpointed run saved its result itself)
         result.save(output, overwrite=overwrite)
+    write_report(report, overwrite, analysis=result, progress=False if quiet else None)
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -14,10 +14,13 @@ from onnx_state.cli.options import (
     list_or_none,
     parse_constants,
     print_gated,
+    report_option,
     selection,
     session,
+    write_report,
 )
 from onnx_state.compare import compare, load_mapping
+from onnx_state.outputs import check_output
 
 
 def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -47,6 +50,9 @@ def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--max-output-diff", type=click.FloatRange(min=0), help="Gate: exit 1 above.")
 @session
 @cluster
+@report_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing --report file.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @json_option
 def compare_command(
     model_a: str,
@@ -56,6 +62,9 @@ def compare_command(
     min_top1_agreement: float | None,
     max_js: float | None,
     max_output_diff: float | None,
+    report: str | None,
+    overwrite: bool,
+    quiet: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -63,6 +72,9 @@ def compare_command(
 
     Exit code 1 when a gate (--min-*/--max-*) is violated, 2 on bad input.
     """
-    result = compare(model_a, model_b, data, **options)
+    if report:
+        check_output(report, overwrite=overwrite, kind="file")
+    result = compare(model_a, model_b, data, progress=False if quiet else None, **options)
+    write_report(report, overwrite, comparison=result)
     broken = result.violations(min_state_agreement, min_top1_agreement, max_js, max_output_diff)
     print_gated(result, broken, as_json)

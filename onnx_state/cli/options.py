@@ -268,6 +268,24 @@ def feeding(output_axis: bool = True) -> Callable[[F], F]:
     return decorate
 
 
+def report_option(f: F) -> F:
+    """--report FILE.html (replaced only with the command's --overwrite, where it has one)."""
+    return click.option(
+        "--report",
+        type=click.Path(dir_okay=False),
+        help="Also write a self-contained HTML report of the result here.",
+    )(f)
+
+
+def write_report(path: str | None, overwrite: bool = False, **results: Any) -> None:
+    """Write the HTML report of *results* (``report.save_report`` keywords) to *path*."""
+    if path:
+        from onnx_state.report import save_report
+
+        save_report(path, overwrite=overwrite, **results)
+        click.echo(f"report: {path}", err=True)
+
+
 def json_option(f: F) -> F:
     """--json."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)

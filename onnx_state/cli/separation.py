@@ -11,8 +11,10 @@ from onnx_state.cli.options import (
     echo_json,
     feeding,
     json_option,
+    report_option,
     selection,
     session,
+    write_report,
 )
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
@@ -43,10 +45,14 @@ _FORMULA = click.option("--formula", type=click.Choice(FORMULAS), default=FORMUL
 @feeding(output_axis=False)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Save the result (JSON).")
 @click.option("--plots", type=click.Path(file_okay=False), help="Write plots to this folder.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output or --plots.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --output, --plots or --report.")  # fmt: skip
+@report_option
+@click.option("--pairs", is_flag=True, help="Print each layer's class x class separations too.")
 @click.option("--pca-pair", nargs=2, type=int, help="Two classes for the PCA scatter plots.")
 @_FORMULA
 @session
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @json_option
 def separation_command(
     model: str,
@@ -58,6 +64,9 @@ def separation_command(
     overwrite: bool,
     pca_pair: tuple[int, int] | None,
     formula: Formula,
+    report: str | None,
+    pairs: bool,
+    quiet: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -68,19 +77,23 @@ def separation_command(
         check_output(output, overwrite=overwrite, kind="file")
     if plots:
         check_output(plots, overwrite=overwrite, kind="folder")
+    if report:
+        check_output(report, overwrite=overwrite, kind="file")
     if not pca_pair and plots:
         pca_pair = first_classes(labels)
-    result = separation(model, data, labels=labels, pca_pair=pca_pair or None, **options)
+    result = separation(model, data, labels=labels, pca_pair=pca_pair or None,
+                        progress=False if quiet else None, **options)  # fmt: skip
     if output:
         result.save(output, overwrite=overwrite)
     if plots:
         from onnx_state.plots import plot_separation
 
         plot_separation(result, plots, formula=formula)
+    write_report(report, overwrite, separation=result)
     if as_json:
         echo_json(result.to_dict())
     else:
-        click.echo(result.table(formula))
+        click.echo(result.table(formula, pairs=pairs))
 
 
 @click.command("separation-test")
