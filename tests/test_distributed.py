@@ -200,6 +200,22 @@ def test_audit_with_a_reference_equals_one_process(client, digits, tmp_path):
     assert any(la.novelty for la in ran.layers)  # the figures compared are not all zero
 
 
+def test_audit_passes_with_calibration_labels_and_ood_data_equal_one_process(client, digits):
+    model, x, y = digits
+    reference = onnx_state.analyze(model, x[:200], labels=y[:200], batch_size=BATCH, threads=1)
+    common = {"reference": reference, "calibration": x[200:300], "ood_data": x[300:400][::-1] * 3,
+              "labels": y[400:], "batch_size": BATCH}  # fmt: skip
+    local = audit(model, x[400:], threads=1, **common)
+    ran = audit(model, x[400:], cluster=client, **common)
+    assert same(ran.to_dict(), local.to_dict())
+    for name, d in local.sample_distance.items():
+        assert np.array_equal(ran.sample_distance[name], d)
+    assert np.array_equal(ran.sample_scores, local.sample_scores)
+    assert local.sample_distance and local.detection is not None  # the figures exist
+    with pytest.raises(InputError, match="window"):
+        audit(model, x[400:], reference=reference, window=50, cluster=client)
+
+
 def test_compare_in_lock_step_equals_one_process(client, digits, tmp_path):
     model, x, y = digits
     noisy = (x + np.random.default_rng(0).normal(0, 0.05, x.shape)).astype(np.float32)
