@@ -18,7 +18,10 @@ subprocess (peak RSS is its own), alternating, and the median of --repeat is rep
   the captured arrays alone (``StateCounter`` on one thread, and ``ParallelCounting`` with the
   run's thread plan), the data fingerprint, and the parity check (``Instrumented.parity``).
 
-The ratio is end to end (session build included on both sides). Targets (issue 11): <= 1.3
+The ratio is end to end (session build included on both sides). On a busy machine it moves by
+±0.5 between runs; the parts, measured side by side in one process, move far less, and their
+sum over plain ("summed ratio") is printed too (an upper bound: it was 0.15-0.2 above the
+quiet end-to-end ratio of LeNet-5). Targets (issue 11): <= 1.3
 on the CNNs, <= 1.5 on the encoder, <= 1.15 on LeNet-5. ``graphs`` (once per model, not
 timed) prints the node counts of onnxruntime's optimized graph that the capture changes
 (layout conversions ``com.microsoft.nchwc.ReorderOutput``, BatchNorms left unfolded, ...).
@@ -246,6 +249,8 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
         "fingerprint": p["fingerprint"],
     }
     rest = extra - sum(parts.values())
+    plain_parts = p["setup_plain"] + p["run_plain"]
+    summed = (plain_parts + sum(parts.values())) / plain_parts
     ok = "met" if ratio <= target(name) else "NOT met"
     print(f"\n== {name}: {arch.description}")
     print(f"   {int(p['captures'])} captures, {batches} batches of {arch.batch_size}, "
@@ -257,6 +262,9 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
     print(f"   extra {extra:.3f} s = " + ", ".join(
         f"{k} {v:.3f} s ({100 * v / extra:.0f} %)" if extra > 0 else f"{k} {v:.3f} s"
         for k, v in parts.items()) + f", rest {rest:.3f} s")  # fmt: skip
+    print(f"   the parts as shares of plain (setup + runs, {plain_parts:.3f} s, same process): "
+          + ", ".join(f"{k} {100 * v / plain_parts:.0f} %" for k, v in parts.items())
+          + f"; summed ratio {summed:.2f} (robust to load, an upper bound)")  # fmt: skip
     print(f"   runs: plain {p['run_plain']:.3f} s, instrumented {p['run_instrumented']:.3f} s "
           f"({p['run_instrumented'] / p['run_plain']:.2f}x); counting on 1 thread "
           f"{p['count_1thread']:.3f} s; setup: Instrumented {p['setup_instrumented']:.3f} s, "
@@ -276,7 +284,8 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
     if graphs:
         ops = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in graphs["ops"].items())
         print(f"   onnxruntime's optimized graph, plain -> instrumented: {ops}")
-    return {"model": name, "ratio": ratio, "plain_s": plain, "analyze_s": analyze,
+    return {"model": name, "ratio": ratio, "summed_ratio": summed, "plain_s": plain,
+            "analyze_s": analyze,
             "analyze_noparity_s": noparity,
             "parts": p, "rss_mb": rss, "graphs": graphs, "runs": rows}  # fmt: skip
 
@@ -328,9 +337,10 @@ def main() -> None:
     for name in names:
         graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to)
         results.append(report(name, rows[name], graphs, args.batches))
-    print("\nmodel          ratio  target")
+    print("\nmodel          ratio  summed  target")
     for r in results:
-        print(f"{r['model']:14s} {r['ratio']:5.2f}  <= {target(r['model'])}")
+        name = r["model"]
+        print(f"{name:14s} {r['ratio']:5.2f}  {r['summed_ratio']:6.2f}  <= {target(name)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True))
 
