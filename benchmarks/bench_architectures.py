@@ -12,11 +12,13 @@ subprocess (peak RSS is its own), alternating, and the median of --repeat is rep
 - ``analyze``: ``onnx_state.analyze`` with default options (parity check on), the CNNs with
   every Conv captured, the encoder every MatMul/Gemm, the OCR net Conv + LSTM + MatMul,
   LeNet-5 the default selection; ``analyze_noparity`` the same with ``parity=False``.
-- ``parts``: the pieces of analyze measured one by one with the public API: setup (the
-  ``Instrumented`` build: load, rewrite, serialize, session), the model hash, the
+- ``parts``: the pieces of analyze measured one by one, in analyze's order, with the public
+  API: setup (the ``Instrumented`` build and its session), the model hash
+  (``Instrumented.sha256``), the parity check (a session of the file run on the first
+  ``PARITY_SAMPLES`` samples and released, then the instrumented run of those), the
   instrumented graph against a plain session batch by batch (the observer effect), counting
-  the captured arrays alone (``StateCounter`` on one thread, and ``ParallelCounting`` with the
-  run's thread plan), the data fingerprint, and the parity check (``Instrumented.parity``).
+  the captured arrays alone (``ParallelCounting`` with the run's thread plan, and one
+  ``StateCounter`` thread), and the data fingerprint.
 
 The ratio is end to end (session build included on both sides). On a busy machine it moves by
 ±0.5 between runs; the parts, measured side by side in one process, move far less, and their
@@ -133,24 +135,37 @@ def child(
 
 
 def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict[str, Any]:
-    from onnx_state.capture import Fingerprint, Instrumented, model_sha256
-    from onnx_state.count import ParallelCounting, StateCounter
+    """analyze's pieces one by one, in analyze's order: the Instrumented build and hash, the
+    parity check's plain session of the file (released before the instrumented session is
+    built), the instrumented session, then batch by batch a plain session against it."""
+    from onnx_state.capture import Fingerprint, Instrumented, make_session
+    from onnx_state.capture.session import PARITY_SAMPLES, new_counter
+    from onnx_state.count import ParallelCounting
 
     clock = time.perf_counter
     t = clock()
     inst = Instrumented(path, attach_to=attach, threads=threads)
     setup_inst = clock() - t
     t = clock()
-    model_sha256(inst.original)
+    inst.sha256  # noqa: B018 (computed and kept on first access)
     sha = clock() - t
+    feed = inst.specs[0].name
+    head = {feed: x[:PARITY_SAMPLES]}
+    t = clock()
+    original = make_session(path, threads=threads, config=inst.plan.session_config())
+    expected = original.run(None, head)
+    del original
+    parity = clock() - t
+    t = clock()
+    inst.session  # noqa: B018 (built on first use)
+    setup_inst += clock() - t
     t = clock()
     plain = _plain_session(path, threads, spin_stop=True)
     setup_plain = clock() - t
-    feed = inst.specs[0].name
-    keys = {(c.tensor, c.axis) for c in inst.captures}
-    single = {k: StateCounter() for k in keys}
-    shared = {k: StateCounter() for k in keys}
-    run_plain = run_inst = count1 = countn = fp = parity = 0.0
+    keys = {(c.key, c.axis): c for c in inst.captures}
+    single = {k: new_counter(c) for k, c in keys.items()}
+    shared = {k: new_counter(c) for k, c in keys.items()}
+    run_plain = run_inst = count1 = countn = fp = 0.0
     captured_mb = 0.0
     digest = Fingerprint()
     with ParallelCounting(shared, inst.plan.counting_threads) as counting:
@@ -164,8 +179,8 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
             run_inst += clock() - t
             captured_mb = max(captured_mb, sum(a.nbytes for a in run.captured.values()) / 2**20)
             t = clock()
-            for tensor, axis in keys:
-                single[(tensor, axis)].update(run.captured[tensor], axis)
+            for key, axis in keys:
+                single[(key, axis)].update(run.captured[key], axis)
             count1 += clock() - t
             t = clock()
             counting(run.batch, run.captured)
@@ -173,10 +188,11 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
             t = clock()
             digest.update(run.batch)
             fp += clock() - t
-            if i == 0:
+            if i == 0:  # the parity check's second half: the instrumented run of the head
                 t = clock()
-                inst.parity(run.batch, run.outputs)
-                parity = clock() - t
+                got = inst.run(head).outputs
+                max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got))
+                parity += clock() - t
             del run
     return {
         "setup_instrumented": setup_inst, "sha256": sha, "setup_plain": setup_plain,
