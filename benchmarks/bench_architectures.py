@@ -97,10 +97,18 @@ def _peak_mb() -> float:
 
 
 def child(
-    mode: str, name: str, path: str, batches: int, threads: int, attach_to: str | None = None
+    mode: str,
+    name: str,
+    path: str,
+    batches: int,
+    threads: int,
+    attach_to: str | None = None,
+    options: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """One configuration in this process; its figures as a dict. *attach_to* (comma-separated)
-    replaces the model's selection."""
+    replaces the model's selection; *options* (literal, quantized, pack) go to analyze and
+    Instrumented."""
+    options = options or {}
     arch = ARCHS[name]
     bs = arch.batch_size
     x = _data(arch, batches * bs)
@@ -122,19 +130,21 @@ def child(
     elif mode in ("analyze", "analyze_noparity"):
         t = time.perf_counter()
         a = onnx_state.analyze(path, x, attach_to=attach, batch_size=bs, threads=threads,
-                               parity=mode == "analyze", progress=False)  # fmt: skip
+                               parity=mode == "analyze", progress=False, **options)  # fmt: skip
         out.update(seconds=time.perf_counter() - t, captures=len(a.layers),
                    parity=a.parity_max_abs_diff)  # fmt: skip
     elif mode == "parts":
-        out.update(_parts(path, x, bs, attach, threads))
+        out.update(_parts(path, x, bs, attach, threads, options))
     elif mode == "graphs":
-        out.update(_graphs(path, attach, threads))
+        out.update(_graphs(path, attach, threads, options))
     out["peak_rss_mb"] = _peak_mb()
     out["cpu_seconds"] = time.process_time() - cpu0  # every thread of the timed part
     return out
 
 
-def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict[str, Any]:
+def _parts(
+    path: str, x: np.ndarray, bs: int, attach: Any, threads: int, options: dict[str, bool]
+) -> dict[str, Any]:
     """analyze's pieces one by one, in analyze's order: the Instrumented build and hash, the
     parity check's plain session of the file (released before the instrumented session is
     built), the instrumented session, then batch by batch a plain session against it."""
@@ -144,7 +154,7 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
 
     clock = time.perf_counter
     t = clock()
-    inst = Instrumented(path, attach_to=attach, threads=threads)
+    inst = Instrumented(path, attach_to=attach, threads=threads, **options)
     setup_inst = clock() - t
     t = clock()
     inst.sha256  # noqa: B018 (computed and kept on first access)
@@ -216,26 +226,35 @@ def _optimized_ops(model: Any, threads: int, folder: str) -> Counter[str]:
     return Counter(f"{n.domain}.{n.op_type}".lstrip(".") for n in graph.node)
 
 
-def _graphs(path: str, attach: Any, threads: int) -> dict[str, Any]:
-    from onnx_state.capture import instrument
+def _graphs(path: str, attach: Any, threads: int, options: dict[str, bool]) -> dict[str, Any]:
+    """Node counts of onnxruntime's optimized graph that capturing changes (the instrumented
+    model as ``Instrumented.model`` has it: without the nodes ``pack`` adds)."""
+    from onnx_state.capture import Instrumented
 
+    model = Instrumented(path, attach_to=attach, threads=threads, **options).model
     with tempfile.TemporaryDirectory() as folder:
         plain = _optimized_ops(path, threads, folder)
-        inst = _optimized_ops(
-            instrument(path, attach_to=attach).SerializeToString(), threads, folder
-        )
+        inst = _optimized_ops(model.SerializeToString(), threads, folder)
     ops = sorted(set(plain) | set(inst))
     return {"ops": {op: [plain[op], inst[op]] for op in ops if plain[op] != inst[op]}}
 
 
 # -- parent -----------------------------------------------------------------------------------
 def run_child(
-    mode: str, name: str, path: Path, batches: int, threads: int, attach_to: str | None = None
+    mode: str,
+    name: str,
+    path: Path,
+    batches: int,
+    threads: int,
+    attach_to: str | None = None,
+    options: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", mode, "--model", name, "--path", str(path),
            "--batches", str(batches), "--threads", str(threads)]  # fmt: skip
     if attach_to:
         cmd += ["--attach-to", attach_to]
+    if options:
+        cmd += ["--options", json.dumps(options)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{name} {mode} failed:\n{proc.stderr[-3000:]}")
@@ -316,17 +335,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 batches, 1 repeat")
     ap.add_argument("--attach-to", help="comma-separated selection replacing every model's "
                     "(BatchNorm2d, ReLU: what capturing elsewhere costs)")  # fmt: skip
+    for flag in ("literal", "quantized", "pack"):
+        ap.add_argument(f"--{flag}", action="store_true",
+                        help=f"analyze({flag}=True) (see onnx_state.analyze)")  # fmt: skip
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--options", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=(*MODES, "graphs"), help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         (name,) = args.model
-        figures = child(args.child, name, args.path, args.batches, args.threads, args.attach_to)
+        options = json.loads(args.options) if args.options else {}
+        figures = child(
+            args.child, name, args.path, args.batches, args.threads, args.attach_to, options
+        )
         print(json.dumps(figures))
         return
     if args.quick:
         args.batches, args.repeat = 2, 1
+    options = {f: True for f in ("literal", "quantized", "pack") if getattr(args, f)}
     names = args.model or list(ARCHS)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="onnx_state-arch-"))
     paths = {}
@@ -340,18 +367,20 @@ def main() -> None:
             paths[name] = build(name, folder)
             print(f"built {paths[name]} ({time.perf_counter() - t:.0f} s)", flush=True)
     print(f"{args.batches} batches per run, {args.threads} threads, median of {args.repeat} "
-          "alternating repeats, each configuration in its own process")  # fmt: skip
+          "alternating repeats, each configuration in its own process; analyze options: "
+          f"{options or 'default'}")  # fmt: skip
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {n: {m: [] for m in MODES} for n in names}
     for r in range(args.repeat):
         for name in names:
             print(f"  repeat {r + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
             for mode in MODES:
-                rows[name][mode].append(
-                    run_child(mode, name, paths[name], args.batches, args.threads, args.attach_to)
+                figures = run_child(
+                    mode, name, paths[name], args.batches, args.threads, args.attach_to, options
                 )
+                rows[name][mode].append(figures)
     results = []
     for name in names:
-        graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to)
+        graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to, options)
         results.append(report(name, rows[name], graphs, args.batches))
     print("\nmodel          ratio  summed  target")
     for r in results:
