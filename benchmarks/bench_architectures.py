@@ -12,13 +12,18 @@ subprocess (peak RSS is its own), alternating, and the median of --repeat is rep
 - ``analyze``: ``onnx_state.analyze`` with default options (parity check on), the CNNs with
   every Conv captured, the encoder every MatMul/Gemm, the OCR net Conv + LSTM + MatMul,
   LeNet-5 the default selection; ``analyze_noparity`` the same with ``parity=False``.
-- ``parts``: the pieces of analyze measured one by one with the public API: setup (the
-  ``Instrumented`` build: load, rewrite, serialize, session), the model hash, the
+- ``parts``: the pieces of analyze measured one by one, in analyze's order, with the public
+  API: setup (the ``Instrumented`` build and its session), the model hash
+  (``Instrumented.sha256``), the parity check (a session of the file run on the first
+  ``PARITY_SAMPLES`` samples and released, then the instrumented run of those), the
   instrumented graph against a plain session batch by batch (the observer effect), counting
-  the captured arrays alone (``StateCounter`` on one thread, and ``ParallelCounting`` with the
-  run's thread plan), the data fingerprint, and the parity check (``Instrumented.parity``).
+  the captured arrays alone (``ParallelCounting`` with the run's thread plan, and one
+  ``StateCounter`` thread), and the data fingerprint.
 
-The ratio is end to end (session build included on both sides). Targets (issue 11): <= 1.3
+The ratio is end to end (session build included on both sides). On a busy machine it moves by
+±0.5 between runs; the parts, measured side by side in one process, move far less, and their
+sum over plain ("summed ratio") is printed too (an upper bound: it was 0.15-0.2 above the
+quiet end-to-end ratio of LeNet-5). Targets (issue 11): <= 1.3
 on the CNNs, <= 1.5 on the encoder, <= 1.15 on LeNet-5. ``graphs`` (once per model, not
 timed) prints the node counts of onnxruntime's optimized graph that the capture changes
 (layout conversions ``com.microsoft.nchwc.ReorderOutput``, BatchNorms left unfolded, ...).
@@ -92,10 +97,18 @@ def _peak_mb() -> float:
 
 
 def child(
-    mode: str, name: str, path: str, batches: int, threads: int, attach_to: str | None = None
+    mode: str,
+    name: str,
+    path: str,
+    batches: int,
+    threads: int,
+    attach_to: str | None = None,
+    options: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """One configuration in this process; its figures as a dict. *attach_to* (comma-separated)
-    replaces the model's selection."""
+    replaces the model's selection; *options* (literal, quantized, pack) go to analyze and
+    Instrumented."""
+    options = options or {}
     arch = ARCHS[name]
     bs = arch.batch_size
     x = _data(arch, batches * bs)
@@ -117,37 +130,52 @@ def child(
     elif mode in ("analyze", "analyze_noparity"):
         t = time.perf_counter()
         a = onnx_state.analyze(path, x, attach_to=attach, batch_size=bs, threads=threads,
-                               parity=mode == "analyze", progress=False)  # fmt: skip
+                               parity=mode == "analyze", progress=False, **options)  # fmt: skip
         out.update(seconds=time.perf_counter() - t, captures=len(a.layers),
                    parity=a.parity_max_abs_diff)  # fmt: skip
     elif mode == "parts":
-        out.update(_parts(path, x, bs, attach, threads))
+        out.update(_parts(path, x, bs, attach, threads, options))
     elif mode == "graphs":
-        out.update(_graphs(path, attach, threads))
+        out.update(_graphs(path, attach, threads, options))
     out["peak_rss_mb"] = _peak_mb()
     out["cpu_seconds"] = time.process_time() - cpu0  # every thread of the timed part
     return out
 
 
-def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict[str, Any]:
-    from onnx_state.capture import Fingerprint, Instrumented, model_sha256
-    from onnx_state.count import ParallelCounting, StateCounter
+def _parts(
+    path: str, x: np.ndarray, bs: int, attach: Any, threads: int, options: dict[str, bool]
+) -> dict[str, Any]:
+    """analyze's pieces one by one, in analyze's order: the Instrumented build and hash, the
+    parity check's plain session of the file (released before the instrumented session is
+    built), the instrumented session, then batch by batch a plain session against it."""
+    from onnx_state.capture import Fingerprint, Instrumented, make_session
+    from onnx_state.capture.session import PARITY_SAMPLES, new_counter
+    from onnx_state.count import ParallelCounting
 
     clock = time.perf_counter
     t = clock()
-    inst = Instrumented(path, attach_to=attach, threads=threads)
+    inst = Instrumented(path, attach_to=attach, threads=threads, **options)
     setup_inst = clock() - t
     t = clock()
-    model_sha256(inst.original)
+    inst.sha256  # noqa: B018 (computed and kept on first access)
     sha = clock() - t
+    feed = inst.specs[0].name
+    head = {feed: x[:PARITY_SAMPLES]}
+    t = clock()
+    original = make_session(path, threads=threads, config=inst.plan.session_config())
+    expected = original.run(None, head)
+    del original
+    parity = clock() - t
+    t = clock()
+    inst.session  # noqa: B018 (built on first use)
+    setup_inst += clock() - t
     t = clock()
     plain = _plain_session(path, threads, spin_stop=True)
     setup_plain = clock() - t
-    feed = inst.specs[0].name
-    keys = {(c.tensor, c.axis) for c in inst.captures}
-    single = {k: StateCounter() for k in keys}
-    shared = {k: StateCounter() for k in keys}
-    run_plain = run_inst = count1 = countn = fp = parity = 0.0
+    keys = {(c.key, c.axis): c for c in inst.captures}
+    single = {k: new_counter(c) for k, c in keys.items()}
+    shared = {k: new_counter(c) for k, c in keys.items()}
+    run_plain = run_inst = count1 = countn = fp = 0.0
     captured_mb = 0.0
     digest = Fingerprint()
     with ParallelCounting(shared, inst.plan.counting_threads) as counting:
@@ -161,8 +189,8 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
             run_inst += clock() - t
             captured_mb = max(captured_mb, sum(a.nbytes for a in run.captured.values()) / 2**20)
             t = clock()
-            for tensor, axis in keys:
-                single[(tensor, axis)].update(run.captured[tensor], axis)
+            for key, axis in keys:
+                single[(key, axis)].update(run.captured[key], axis)
             count1 += clock() - t
             t = clock()
             counting(run.batch, run.captured)
@@ -170,10 +198,11 @@ def _parts(path: str, x: np.ndarray, bs: int, attach: Any, threads: int) -> dict
             t = clock()
             digest.update(run.batch)
             fp += clock() - t
-            if i == 0:
+            if i == 0:  # the parity check's second half: the instrumented run of the head
                 t = clock()
-                inst.parity(run.batch, run.outputs)
-                parity = clock() - t
+                got = inst.run(head).outputs
+                max(float(np.max(np.abs(a - b))) for a, b in zip(expected, got))
+                parity += clock() - t
             del run
     return {
         "setup_instrumented": setup_inst, "sha256": sha, "setup_plain": setup_plain,
@@ -197,26 +226,35 @@ def _optimized_ops(model: Any, threads: int, folder: str) -> Counter[str]:
     return Counter(f"{n.domain}.{n.op_type}".lstrip(".") for n in graph.node)
 
 
-def _graphs(path: str, attach: Any, threads: int) -> dict[str, Any]:
-    from onnx_state.capture import instrument
+def _graphs(path: str, attach: Any, threads: int, options: dict[str, bool]) -> dict[str, Any]:
+    """Node counts of onnxruntime's optimized graph that capturing changes (the instrumented
+    model as ``Instrumented.model`` has it: without the nodes ``pack`` adds)."""
+    from onnx_state.capture import Instrumented
 
+    model = Instrumented(path, attach_to=attach, threads=threads, **options).model
     with tempfile.TemporaryDirectory() as folder:
         plain = _optimized_ops(path, threads, folder)
-        inst = _optimized_ops(
-            instrument(path, attach_to=attach).SerializeToString(), threads, folder
-        )
+        inst = _optimized_ops(model.SerializeToString(), threads, folder)
     ops = sorted(set(plain) | set(inst))
     return {"ops": {op: [plain[op], inst[op]] for op in ops if plain[op] != inst[op]}}
 
 
 # -- parent -----------------------------------------------------------------------------------
 def run_child(
-    mode: str, name: str, path: Path, batches: int, threads: int, attach_to: str | None = None
+    mode: str,
+    name: str,
+    path: Path,
+    batches: int,
+    threads: int,
+    attach_to: str | None = None,
+    options: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", mode, "--model", name, "--path", str(path),
            "--batches", str(batches), "--threads", str(threads)]  # fmt: skip
     if attach_to:
         cmd += ["--attach-to", attach_to]
+    if options:
+        cmd += ["--options", json.dumps(options)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"{name} {mode} failed:\n{proc.stderr[-3000:]}")
@@ -246,6 +284,8 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
         "fingerprint": p["fingerprint"],
     }
     rest = extra - sum(parts.values())
+    plain_parts = p["setup_plain"] + p["run_plain"]
+    summed = (plain_parts + sum(parts.values())) / plain_parts
     ok = "met" if ratio <= target(name) else "NOT met"
     print(f"\n== {name}: {arch.description}")
     print(f"   {int(p['captures'])} captures, {batches} batches of {arch.batch_size}, "
@@ -257,6 +297,9 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
     print(f"   extra {extra:.3f} s = " + ", ".join(
         f"{k} {v:.3f} s ({100 * v / extra:.0f} %)" if extra > 0 else f"{k} {v:.3f} s"
         for k, v in parts.items()) + f", rest {rest:.3f} s")  # fmt: skip
+    print(f"   the parts as shares of plain (setup + runs, {plain_parts:.3f} s, same process): "
+          + ", ".join(f"{k} {100 * v / plain_parts:.0f} %" for k, v in parts.items())
+          + f"; summed ratio {summed:.2f} (robust to load, an upper bound)")  # fmt: skip
     print(f"   runs: plain {p['run_plain']:.3f} s, instrumented {p['run_instrumented']:.3f} s "
           f"({p['run_instrumented'] / p['run_plain']:.2f}x); counting on 1 thread "
           f"{p['count_1thread']:.3f} s; setup: Instrumented {p['setup_instrumented']:.3f} s, "
@@ -276,7 +319,8 @@ def report(name: str, rows: dict[str, list[dict[str, Any]]], graphs: dict[str, A
     if graphs:
         ops = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in graphs["ops"].items())
         print(f"   onnxruntime's optimized graph, plain -> instrumented: {ops}")
-    return {"model": name, "ratio": ratio, "plain_s": plain, "analyze_s": analyze,
+    return {"model": name, "ratio": ratio, "summed_ratio": summed, "plain_s": plain,
+            "analyze_s": analyze,
             "analyze_noparity_s": noparity,
             "parts": p, "rss_mb": rss, "graphs": graphs, "runs": rows}  # fmt: skip
 
@@ -291,17 +335,25 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 batches, 1 repeat")
     ap.add_argument("--attach-to", help="comma-separated selection replacing every model's "
                     "(BatchNorm2d, ReLU: what capturing elsewhere costs)")  # fmt: skip
+    for flag in ("literal", "quantized", "pack"):
+        ap.add_argument(f"--{flag}", action="store_true",
+                        help=f"analyze({flag}=True) (see onnx_state.analyze)")  # fmt: skip
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--options", help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=(*MODES, "graphs"), help=argparse.SUPPRESS)
     ap.add_argument("--path", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         (name,) = args.model
-        figures = child(args.child, name, args.path, args.batches, args.threads, args.attach_to)
+        options = json.loads(args.options) if args.options else {}
+        figures = child(
+            args.child, name, args.path, args.batches, args.threads, args.attach_to, options
+        )
         print(json.dumps(figures))
         return
     if args.quick:
         args.batches, args.repeat = 2, 1
+    options = {f: True for f in ("literal", "quantized", "pack") if getattr(args, f)}
     names = args.model or list(ARCHS)
     folder = Path(args.folder or tempfile.mkdtemp(prefix="onnx_state-arch-"))
     paths = {}
@@ -315,22 +367,25 @@ def main() -> None:
             paths[name] = build(name, folder)
             print(f"built {paths[name]} ({time.perf_counter() - t:.0f} s)", flush=True)
     print(f"{args.batches} batches per run, {args.threads} threads, median of {args.repeat} "
-          "alternating repeats, each configuration in its own process")  # fmt: skip
+          "alternating repeats, each configuration in its own process; analyze options: "
+          f"{options or 'default'}")  # fmt: skip
     rows: dict[str, dict[str, list[dict[str, Any]]]] = {n: {m: [] for m in MODES} for n in names}
     for r in range(args.repeat):
         for name in names:
             print(f"  repeat {r + 1}/{args.repeat}: {name}", file=sys.stderr, flush=True)
             for mode in MODES:
-                rows[name][mode].append(
-                    run_child(mode, name, paths[name], args.batches, args.threads, args.attach_to)
+                figures = run_child(
+                    mode, name, paths[name], args.batches, args.threads, args.attach_to, options
                 )
+                rows[name][mode].append(figures)
     results = []
     for name in names:
-        graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to)
+        graphs = run_child("graphs", name, paths[name], 1, args.threads, args.attach_to, options)
         results.append(report(name, rows[name], graphs, args.batches))
-    print("\nmodel          ratio  target")
+    print("\nmodel          ratio  summed  target")
     for r in results:
-        print(f"{r['model']:14s} {r['ratio']:5.2f}  <= {target(r['model'])}")
+        name = r["model"]
+        print(f"{name:14s} {r['ratio']:5.2f}  {r['summed_ratio']:6.2f}  <= {target(name)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, sort_keys=True))
 

@@ -86,7 +86,7 @@ def analyze(
         alone consumes it (same states; the default keeps onnxruntime's fusions).
     quantized:
         In a QDQ model, read each float tensor that only a QuantizeLinear consumes as that
-        quantized tensor (fires iff > its zero point): the deployed int8 arithmetic.
+        quantized tensor (fires iff > its zero point): the int8 values the deployed model computes.
     pack:
         Read float32 conv maps as their firing bits, packed inside the graph
         (``capture.pack``): exact, 13-32x fewer bytes to count; a batch in which a NaN

@@ -445,6 +445,19 @@ class Audit:
         With windows, the novelty, JS, efficiency-drift and OOD-fraction gates also apply
         to each window; the first window that crosses one is reported (one line).
         """
+        needs = []  # a gate whose figure this audit did not compute can never fail: refuse it
+        if self.reference is None:
+            needs += [f"--{flag} needs --reference" for flag, v in (
+                ("max-novelty", max_novelty), ("max-js", max_js),
+                ("max-efficiency-drift", max_efficiency_drift),
+                ("max-ood-fraction", max_ood_fraction)) if v is not None]  # fmt: skip
+        elif max_ood_fraction is not None and self.ood_fraction is None:
+            needs.append("--max-ood-fraction needs Hamming novelty (not --novelty exact)")
+        if self.detection is None:
+            needs += [f"--{flag} needs --ood-data" for flag, v in (
+                ("min-auroc", min_auroc), ("max-fpr95", max_fpr95)) if v is not None]  # fmt: skip
+        if needs:
+            raise InputError("; ".join(needs) + ": this gate would never fail without it")
         out = []
         for la in self.layers:
             if max_dead_fraction is not None and la.dead_fraction > max_dead_fraction:
@@ -873,9 +886,15 @@ def audit(
         )
     if window is not None and window < 1:
         raise InputError(f"window must be at least 1 sample, got {window}")
-    for given, what in ((ood_data, "ood_data (--ood-data)"), (calibration, "calibration")):
+    for given, what in ((ood_data, "ood_data (--ood-data)"), (calibration, "calibration"),
+                        (window, "window (--window)")):  # fmt: skip
         if given is not None and reference is None:
             raise InputError(f"{what} needs a reference store: give reference= (--reference)")
+    if novelty == "exact" and (calibration is not None or min_votes is not None):
+        raise InputError(
+            "calibration and min_votes set Hamming novelty's thresholds and votes; exact "
+            "novelty has none (drop them, or use novelty='hamming')"
+        )
     ref = Analysis.load(reference) if isinstance(reference, (str, os.PathLike)) else reference
     inst = Instrumented(
         model, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
@@ -883,6 +902,11 @@ def audit(
         optimization=optimization,
         output_batch_axis=output_batch_axis,
     )  # fmt: skip
+    if min_votes is not None and not 1 <= min_votes <= len(inst.captures):
+        raise InputError(
+            f"min_votes must be between 1 and the {len(inst.captures)} audited layers, "
+            f"got {min_votes}"
+        )
     ref_layers = _check_reference(ref, inst.captures) if ref is not None else {}
     hamming = {
         name: ReferenceLayer(r, by_class=by_class, quantile=quantile, threads=threads)

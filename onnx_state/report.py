@@ -84,10 +84,19 @@ def _pyplot() -> Any:
 @contextmanager
 def _style() -> Iterator[Any]:
     plt = _pyplot()
-    rc = {"svg.fonttype": "none", "svg.hashsalt": "onnx_state", "font.size": 8,
-          "font.sans-serif": ["DejaVu Sans", "Arial"],  # (named in every SVG text element)
-          "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
-          "grid.alpha": 0.3, "legend.fontsize": 7, "legend.frameon": False}  # fmt: skip
+    rc = {
+        "svg.fonttype": "none",
+        "svg.hashsalt": "onnx_state",
+        "font.size": 8,
+        "font.sans-serif": ["DejaVu Sans", "Arial"],  # (named in every SVG text element)
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "legend.fontsize": 7,
+        "legend.frameon": False,
+        "text.parse_math": False,
+    }  # fmt: skip  (layer names are text, never mathtext)
     with plt.rc_context(rc):
         yield plt
 
@@ -136,9 +145,10 @@ def _entropy_plot(layers: Sequence[LayerResult], rows: Sequence[dict[str, Any]])
                 label="ceiling: log2(states counted)")  # fmt: skip
         ax.plot(x, neurons, ":", color="#72b7b2", lw=1.2, marker="_", ms=12,
                 label="ceiling: neurons (1 bit each)")  # fmt: skip
-        ax.errorbar(x, h, yerr=[np.maximum(h - low, 0), np.maximum(high - h, 0)], fmt="o-",
-                    color="#4c78a8", ms=3, lw=1, capsize=3,
-                    label="entropy (plug-in), bootstrap interval")  # fmt: skip
+        # The percentile interval need not bracket the plug-in estimate (it is biased low):
+        # draw it as it is, beside the point.
+        ax.plot(x, h, "o-", color="#4c78a8", ms=3, lw=1, label="entropy (plug-in)")
+        ax.vlines(x + 0.12, low, high, color="#4c78a8", lw=1.5, label="bootstrap interval")
         ax.plot(x, [r["miller_madow"] for r in rows], "^", color="#f58518", ms=4,
                 label="Miller–Madow")  # fmt: skip
         ax.plot(x, [r["chao_shen"] for r in rows], "s", color="#54a24b", ms=3, label="Chao–Shen")
@@ -189,7 +199,7 @@ def _firing_plot(layers: Sequence[LayerResult]) -> str:
                 continue
             rate = r.firing_rates()
             fired = r.firing_counts()
-            dead, on = fired == 0, fired == r.state_count
+            dead, on = fired == 0, (fired == r.state_count) & (r.state_count > 0)
             x = i + rng.uniform(-0.3, 0.3, len(rate))
             live = ~(dead | on)
             ax.scatter(x[live], rate[live], s=5, color="#4c78a8", alpha=0.6, lw=0,
@@ -379,7 +389,8 @@ def _layer_table(a: Analysis, rows: Sequence[dict[str, Any]]) -> str:
     cells = []
     for r, e in zip(a.layers, rows):
         fired = r.firing_counts()
-        dead, on = int(np.sum(fired == 0)), int(np.sum(fired == r.state_count))
+        dead = int(np.sum(fired == 0))
+        on = int(np.sum(fired == r.state_count)) if r.state_count else 0
         eff = r.efficiency() if r.state_count else None
         cap = math.log2(r.state_count) if r.state_count else None
         capped = cap is not None and e["entropy"] > 0.95 * cap
@@ -519,9 +530,11 @@ def save_report(
 
 
 def check_report_path(path: str | os.PathLike[str] | None, overwrite: bool) -> None:
-    """Check a ``--report`` path before a run (so a long run does not fail at its end)."""
+    """Check a ``--report`` path, and that matplotlib is there, before a run (so a long run
+    does not fail at its end)."""
     if path is not None:
         check_output(path, overwrite=overwrite, kind="file")
+        _pyplot()
 
 
 def load_result(path: str | os.PathLike[str], kind: str) -> Any:

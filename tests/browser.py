@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -72,8 +73,14 @@ class _Pipe:
                 return reply.get("result", {})  # type: ignore[no-any-return]
             self.events.append(reply)
 
-    def receive(self) -> dict[str, Any]:
+    def receive(self, timeout: float = 60) -> dict[str, Any]:
+        end = time.monotonic() + timeout
         while b"\0" not in self.buffer:
+            # Wait with a deadline: a browser that stays alive but never answers must not
+            # hang the test run.
+            left = end - time.monotonic()
+            if left <= 0 or not select.select([self.inp], [], [], left)[0]:
+                raise TimeoutError(f"Chromium sent nothing over the DevTools pipe for {timeout} s")
             chunk = os.read(self.inp, 1 << 20)
             if not chunk:
                 raise RuntimeError("Chromium closed the DevTools pipe")
@@ -84,9 +91,10 @@ class _Pipe:
     def wait_for(self, method: str, timeout: float) -> None:
         end = time.monotonic() + timeout
         while not any(e.get("method") == method for e in self.events):
-            if time.monotonic() > end:
+            left = end - time.monotonic()
+            if left <= 0:
                 raise TimeoutError(f"no {method} within {timeout} s")
-            self.events.append(self.receive())
+            self.events.append(self.receive(left))
 
 
 def open_page(

@@ -309,3 +309,28 @@ def test_hamming_distances_by_predicted_or_given_class_equal_brute_force(bundled
 
     with pytest.raises(InputError, match="needs labels"):
         audit(model, data, reference=ref, class_from="labels", attach_to="Linear")
+
+
+def test_gates_and_options_that_could_never_act_are_refused(bundled):
+    """A gate whose figure was not computed, a window without a reference, votes out of range
+    and calibration in exact mode: one-line errors, never a silent pass."""
+    from onnx_state.errors import InputError
+
+    model, x, y = bundled
+    ref = onnx_state.analyze(model, x[:200], labels=y[:200], attach_to="Linear", parity=False)
+    plain = audit(model, x[200:260], attach_to="Linear")
+    with pytest.raises(InputError, match="--max-js needs --reference"):
+        plain.violations(max_js=0.1)
+    with_ref = audit(model, x[200:260], reference=ref, attach_to="Linear")
+    with pytest.raises(InputError, match="--min-auroc needs --ood-data"):
+        with_ref.violations(min_auroc=0.9)
+    exact = audit(model, x[200:260], reference=ref, novelty="exact", attach_to="Linear")
+    with pytest.raises(InputError, match="--max-ood-fraction needs Hamming novelty"):
+        exact.violations(max_ood_fraction=0.0)
+    with pytest.raises(InputError, match=r"window .* needs a reference"):
+        audit(model, x[:40], window=20, attach_to="Linear")
+    with pytest.raises(InputError, match="min_votes must be between 1 and the 1"):
+        audit(model, x[:40], reference=ref, min_votes=3, attach_to="Linear")
+    with pytest.raises(InputError, match="exact novelty has none"):
+        audit(model, x[:40], reference=ref, novelty="exact", calibration=x[:20],
+              attach_to="Linear")  # fmt: skip

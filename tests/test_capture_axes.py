@@ -483,3 +483,29 @@ def test_squeeze_with_axes_computed_at_run_time_is_guessed_and_warned():
     )
     with pytest.warns(AxisGuessWarning, match="layer 'sq'"):
         select_captures(model, ["Squeeze"])
+
+
+def test_a_bidirectional_lstm_reshaped_as_pytorch_does_keeps_its_hidden_units():
+    """LSTM Y (seq, 2, batch, H) → Transpose (seq, batch, 2, H) → Reshape (seq, batch, 2H),
+    an exporter's way to PyTorch's output: the neurons are the last axis, both directions."""
+    hid = 3
+    nodes = [
+        helper.make_node(
+            "LSTM", ["x", "W", "R"], ["Y"], name="lstm", hidden_size=hid, direction="bidirectional"
+        ),
+        helper.make_node("Transpose", ["Y"], ["t"], name="tr", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["t", "shape"], ["out"], name="merge"),
+    ]
+    rng = np.random.default_rng(0)
+    model = make_model(
+        nodes,
+        [vi("x", ["S", "N", 2])],
+        [vi("out", ["S", "N", 2 * hid])],
+        [("W", rng.normal(size=(2, 4 * hid, 2)).astype(np.float32)),
+         ("R", rng.normal(size=(2, 4 * hid, hid)).astype(np.float32)),
+         ("shape", np.array([0, 0, -1], np.int64))],
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AxisGuessWarning)
+        choice = neuron_axis(model, "out")
+    assert choice.axis == 2 and "hidden axis of LSTM" in choice.rule

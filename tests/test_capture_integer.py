@@ -131,8 +131,8 @@ def test_qdq_conv_read_as_its_quantized_tensor_fires_iff_above_the_zero_point(pe
     assert_states(flt, *packed_counts(c > 0, 1))
 
 
-def test_quantized_capture_keeps_the_deployed_outputs():
-    """Reading the quantized tensor leaves the QLinear fusion alone: parity 0."""
+def test_quantized_capture_leaves_an_exact_qdq_models_outputs_unchanged():
+    """Integral values throughout: the float path and the int8 kernels agree, parity 0."""
     model, _, _ = qdq_model()
     x = np.random.default_rng(5).integers(-5, 6, (8, 2, 3, 3)).astype(np.float32)
     result = analyze(model, x, attach_to=["Conv"], quantized=True)

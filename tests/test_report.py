@@ -266,3 +266,13 @@ def test_the_example_report_renders_in_chromium(example, tmp_path):
     shot = tmp_path / "report.png"
     shot.write_bytes(page.screenshot)
     assert page.screenshot.startswith(b"\x89PNG") and shot.stat().st_size > 10_000
+
+
+def test_a_layer_name_with_dollars_is_drawn_as_text():
+    """matplotlib would read `$...$` in a label as mathtext (and fail on `a$\\foo$b`)."""
+    pytest.importorskip("matplotlib")
+    states = States(np.array([[1], [2]], np.uint8), np.array([2, 3]))
+    name = "a$\\foo$b"
+    layer = LayerResult(name, "t", name, "T", "Op", "post", 3, 1, 5, 0, states)
+    html = build_report(Analysis([layer], 5, "0" * 64, "xxh3_128:" + "0" * 32))
+    assert name in html

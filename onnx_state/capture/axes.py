@@ -143,6 +143,10 @@ def neuron_axis(model: GraphIndex | ModelProto, tensor: str) -> AxisChoice:
         if choice.guessed:  # a guess from upstream yields to what a consumer defines here
             choice = _consumer_rule(index, out) or choice
         memo[out] = choice
+    if choice.axis == 0 and (index.rank(tensor) or 0) >= 2:
+        # Axis 0 holds the samples: a rule that lands there followed the wrong dimension.
+        choice = _guess(index, tensor, f"{choice.rule} gives axis 0, the samples")
+        memo[tensor] = choice
     return choice
 
 
@@ -392,6 +396,19 @@ def _reshape_map(in_shape: Shape, out_shape: Shape, k: int) -> int | None:
         and tuple(out_shape[len(out_shape) - len(suffix) :]) == tuple(suffix)
     ):
         return len(out_shape) - len(suffix)
+    # The neuron axis, last, merged with the axes before it into the last axis (a
+    # bidirectional RNN's (seq, batch, dirs, hidden) -> (seq, batch, dirs * hidden)): the
+    # neurons are still last, the merged axes joining them, as PyTorch's nn.LSTM output.
+    if k == len(in_shape) - 1 and out_shape and isinstance(out_shape[-1], int):
+        size = 1
+        for d in reversed(in_shape):
+            if not isinstance(d, int) or d <= 0:
+                break
+            size *= d
+            if size == out_shape[-1]:
+                return len(out_shape) - 1
+            if size > out_shape[-1]:
+                break
     tail_in = [d for d in in_shape[common:] if isinstance(d, int) and d > 0]
     tail_out = [d for d in out_shape[common:] if isinstance(d, int) and d > 0]
     if len(tail_in) != len(in_shape) - common or len(tail_out) != len(out_shape) - common:

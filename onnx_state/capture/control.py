@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import GraphProto, ModelProto, NodeProto, helper
 
-from onnx_state.capture.index import Shape, TensorInfo, node_meta
+from onnx_state.capture.index import Shape, TensorInfo, declared_info, node_meta
 from onnx_state.errors import LayerNotFoundError, ModelError, did_you_mean
 
 __all__ = [
@@ -146,20 +146,7 @@ def node_labels(graph: GraphProto) -> list[str]:
 
 def _graph_info(graph: GraphProto) -> dict[str, TensorInfo]:
     """Elem type and shape of the values *graph* itself declares."""
-    info: dict[str, TensorInfo] = {}
-    for vi in [*graph.input, *graph.value_info, *graph.output]:
-        tt = vi.type.tensor_type
-        if not tt.elem_type:
-            continue
-        shape: Shape | None = None
-        if tt.HasField("shape"):
-            shape = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tt.shape.dim
-            )
-        info[vi.name] = (tt.elem_type, shape)
-    for init in graph.initializer:
-        info.setdefault(init.name, (init.data_type, tuple(init.dims)))
+    info = declared_info(graph)
     for node in graph.node:  # a Constant's type is known even when inference failed
         if node.op_type == "Constant" and node.output:
             value = next((a.t for a in node.attribute if a.name == "value"), None)

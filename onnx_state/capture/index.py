@@ -26,6 +26,7 @@ __all__ = [
     "Shape",
     "TensorInfo",
     "as_index",
+    "declared_info",
     "node_meta",
 ]
 
@@ -182,8 +183,13 @@ def shape_info(model: ModelProto) -> dict[str, TensorInfo]:
             inferred = onnx.shape_inference.infer_shapes(
                 _skeleton(model), strict_mode=False, data_prop=True
             )
+    return declared_info(inferred.graph)
+
+
+def declared_info(graph: onnx.GraphProto) -> dict[str, TensorInfo]:
+    """Elem type and shape of every value *graph* declares (inputs, value_info, outputs,
+    initializers); symbolic dims as their names, unknown ones as None."""
     info: dict[str, TensorInfo] = {}
-    graph = inferred.graph
     for vi in [*graph.input, *graph.value_info, *graph.output]:
         tt = vi.type.tensor_type
         if not tt.elem_type:

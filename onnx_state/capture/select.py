@@ -15,7 +15,7 @@ What is read can differ from the layer's tensor, never its states:
   the tensor itself);
 - with ``quantized``, a float tensor whose only consumer is a QuantizeLinear (a QDQ model)
   is read as that quantized tensor, firing iff q > its zero point: the deployed int8
-  arithmetic, which keeps onnxruntime's QLinear kernels in place;
+  values (onnxruntime 1.32 still runs those layers unfused: see the README);
 - a recurrent layer's directions join its hidden units into one neuron set, forward then
   backward, as PyTorch's ``nn.LSTM`` concatenates them (``Capture.merge_axis``).
 """

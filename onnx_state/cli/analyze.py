@@ -20,6 +20,7 @@ from onnx_state.cli.options import (
 )
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
+from onnx_state.report import check_report_path
 from onnx_state.store import is_store
 
 
@@ -80,7 +81,7 @@ def analyze_command(
     if output and not resume:  # before the run, not after it
         check_output(output, overwrite=overwrite, kind="store", is_ours=is_store)
     if report:
-        check_output(report, overwrite=overwrite, kind="file")
+        check_report_path(report, overwrite)
     checkpointing = bool(checkpoint_every or resume)
     result = analyze(
         model, data, labels=labels, parity=not no_parity, progress=False if quiet else None,

@@ -20,7 +20,7 @@ from onnx_state.cli.options import (
     session,
     write_report,
 )
-from onnx_state.outputs import check_output
+from onnx_state.report import check_report_path
 
 
 def _rules(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, float]:
@@ -82,7 +82,7 @@ def audit_command(model: str, data: Any, rules: dict[str, float], report: str | 
     flags = {k: options.pop(k) for k in RULES}
     thresholds = {**rules, **{k: v for k, v in flags.items() if v is not None}}
     if report:
-        check_output(report, overwrite=overwrite, kind="file")
+        check_report_path(report, overwrite)
     result = audit(model, data, progress=False if quiet else None, **options)
     write_report(report, overwrite, audit=result)
     print_gated(result, result.violations(**thresholds), as_json)

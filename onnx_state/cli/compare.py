@@ -20,7 +20,7 @@ from onnx_state.cli.options import (
     write_report,
 )
 from onnx_state.compare import compare, load_mapping
-from onnx_state.outputs import check_output
+from onnx_state.report import check_report_path
 
 
 def _mapping(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -73,7 +73,7 @@ def compare_command(
     Exit code 1 when a gate (--min-*/--max-*) is violated, 2 on bad input.
     """
     if report:
-        check_output(report, overwrite=overwrite, kind="file")
+        check_report_path(report, overwrite)
     result = compare(model_a, model_b, data, progress=False if quiet else None, **options)
     write_report(report, overwrite, comparison=result)
     broken = result.violations(min_state_agreement, min_top1_agreement, max_js, max_output_diff)

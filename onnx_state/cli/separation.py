@@ -18,6 +18,7 @@ from onnx_state.cli.options import (
 )
 from onnx_state.errors import InputError
 from onnx_state.outputs import check_output
+from onnx_state.report import check_report_path
 from onnx_state.separation import (
     FORMULAS,
     Formula,
@@ -78,7 +79,7 @@ def separation_command(
     if plots:
         check_output(plots, overwrite=overwrite, kind="folder")
     if report:
-        check_output(report, overwrite=overwrite, kind="file")
+        check_report_path(report, overwrite)
     if not pca_pair and plots:
         pca_pair = first_classes(labels)
     result = separation(model, data, labels=labels, pca_pair=pca_pair or None,
