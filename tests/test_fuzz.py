@@ -973,7 +973,8 @@ def _use_comparison(c: Comparison) -> None:
 
 def _use_audit(a: Audit) -> None:
     a.table()
-    a.violations(0.5, 0.5, 0.5, 0.5, 0.5)
+    # the drift gates apply with a reference only (without one they are refused)
+    a.violations(0.5, 0.5, *((0.5, 0.5, 0.5) if a.reference is not None else ()))
     Audit.from_dict(json.loads(json.dumps(a.to_dict())))
 
 
