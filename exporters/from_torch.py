@@ -134,7 +134,7 @@ def optimize(model: Any, iterations: int = 2) -> bool:
     if model.functions:
         passes.InlinePass()(model)
     rewrite = RewritePass(rules)
-    unused_functions = passes.RemoveUnusedFunctionsPass()  # type: ignore[no-untyped-call]
+    unused_functions = passes.RemoveUnusedFunctionsPass()  # type: ignore[no-untyped-call, unused-ignore]
     tidy = [passes.RemoveUnusedNodesPass(), unused_functions, passes.RemoveUnusedOpsetsPass()]
     for _ in range(iterations):
         changed = fold_constants(model, onnx_shape_inference=True).modified
