@@ -504,7 +504,8 @@ _DATA_FIELDS = (
 def _drop_weights(model: ModelProto, keep_bytes: int = 1024) -> None:
     """Clear the data of the main graph's initializers above *keep_bytes* (in place)."""
     for init in model.graph.initializer:
-        if init.ByteSize() > keep_bytes:
+        # (ByteSize would walk every tensor: 80 ms on a 27 MB model)
+        if len(init.raw_data) > keep_bytes or len(init.float_data) > keep_bytes // 4:
             for name in _DATA_FIELDS:
                 init.ClearField(name)
 
