@@ -34,6 +34,7 @@ import numpy as np
 from onnx_state.capture.data import Fingerprint, InputSpec, as_inputs, check_inputs, open_data
 from onnx_state.count import StateCounter
 from onnx_state.errors import ArgumentError, InputError, MissingExtraError, ModelError, one_line
+from onnx_state.outputs import progress_bar
 
 __all__ = [
     "MERGE_FAN_IN",
@@ -628,7 +629,7 @@ def _follow(
     """Wait for every range, advancing a progress bar by its batches; on a failure, raise
     the error of the earliest range that failed (as one process would meet it first)."""
     index = {f.key: i for i, f in enumerate(futures)}
-    with _progress(-(-ranges[-1][1] // batch_size), progress) as bar:
+    with progress_bar(-(-ranges[-1][1] // batch_size), progress) as bar:
         for future in distributed.as_completed(futures):
             if future.status == "error":
                 first = index[future.key]
@@ -650,27 +651,3 @@ def _error(future: Any, samples: tuple[int, int]) -> BaseException:
             "memory, or a crash in onnxruntime); run those samples in one process to see why"
         )
     return exc  # type: ignore[no-any-return]
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool | None) -> Any:
-    """A tqdm bar over batches, as local runs show, or a stand-in when disabled."""
-    import sys
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="batch", leave=False)

@@ -15,11 +15,11 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from onnx_state.errors import InputError
 
-__all__ = ["check_output", "deferred_interrupts"]
+__all__ = ["check_output", "deferred_interrupts", "progress_bar"]
 
 Kind = Literal["store", "file", "folder"]
 
@@ -94,3 +94,35 @@ def deferred_interrupts() -> Iterator[None]:
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         for signum in dict.fromkeys(held):  # even if the block failed: never lose one
             signal.raise_signal(signum)  # now handled (or deadly) as usual
+
+
+class _NoBar:
+    """What ``progress_bar`` returns when off: the bar's interface, doing nothing."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def progress_bar(
+    total: int | None, enabled: bool | None, unit: str = "batch", desc: str | None = None
+) -> Any:
+    """A tqdm bar (a context manager with ``update``), or a stand-in when disabled.
+
+    *enabled* None shows the bar when stderr is a terminal. tqdm is imported only when a bar
+    is shown (it takes 5 ms to import).
+    """
+    import sys
+
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, leave=False)

@@ -13,7 +13,6 @@ import io
 import math
 import os
 import re
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from onnx_state.errors import InputError, MissingExtraError
-from onnx_state.outputs import check_output, deferred_interrupts
+from onnx_state.outputs import check_output, deferred_interrupts, progress_bar
 from onnx_state.separation import FORMULAS
 from onnx_state.views import (
     STYLE,
@@ -419,13 +418,6 @@ def _network_notes(a: Analysis) -> str:
     return "".join(f"<div>{esc(n)}</div>" for n in notes)
 
 
-def _progress(total: int, enabled: bool | None) -> Any:
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, unit="layer", desc="report", leave=False, disable=not show)
-
-
 def build_report(
     analysis: Analysis | None = None,
     *,
@@ -460,7 +452,7 @@ def build_report(
     if analysis is not None:
         layers = analysis.layers
         rows: list[dict[str, Any]] = []
-        with _progress(len(layers), progress) as bar_:
+        with progress_bar(len(layers), progress, "layer", "report") as bar_:
             for r in layers:
                 rows.append(_estimates(r, n_boot))
                 r.firing_counts()

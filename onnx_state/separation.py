@@ -39,7 +39,7 @@ from onnx_state.capture import (
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
-from onnx_state.outputs import check_output
+from onnx_state.outputs import check_output, progress_bar
 from onnx_state.store import (
     MISSING,
     check_dict,
@@ -371,16 +371,6 @@ def _features(
     return {k: np.concatenate(v) for k, v in feats.items()}, first
 
 
-def _bar(total: int, enabled: bool | None, what: str) -> Any:
-    """A tqdm bar over *total* layers (off unless *enabled*, or None and stderr a terminal)."""
-    import sys
-
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if enabled is None else enabled
-    return tqdm(total=total, unit="layer", desc=what, leave=False, disable=not show)
-
-
 def _pair_counts(f: np.ndarray, groups: list[np.ndarray], max_bytes: int) -> np.ndarray:
     """K x K cross-edge counts, reusing one distance matrix per layer when it fits."""
     k = len(groups)
@@ -510,7 +500,7 @@ def separation(
         names = list(feats)
         offsets = np.cumsum([0] + [len(g) for g in groups])
         local = [np.arange(offsets[i], offsets[i + 1]) for i in range(len(groups))]
-        with _bar(len(feats), progress, f"MSTs ({split})") as bar:
+        with progress_bar(len(feats), progress, "layer", f"MSTs ({split})") as bar:
             cross[split] = {}
             for name, f in feats.items():
                 cross[split][name] = _pair_counts(f, local, max_matrix_bytes)

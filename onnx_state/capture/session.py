@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -37,6 +36,7 @@ from onnx_state.capture.select import Capture, Method, select_captures
 from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
+from onnx_state.outputs import progress_bar
 
 __all__ = [
     "OPTIMIZATION_LEVELS",
@@ -337,7 +337,7 @@ class Instrumented:
                 raise InputError(f"the data holds fewer than the {skip} batches to skip")
             if on_skip is not None:
                 on_skip(batch)
-        with _progress(total, progress) as bar:
+        with progress_bar(total, progress) as bar:
             bar.update(skip)
             if not (self.plan.overlap if overlap is None else overlap):
                 for batch in batches:
@@ -556,25 +556,3 @@ def _skeleton(model: ModelProto) -> ModelProto:
 def _fixed(dim: int | str | None) -> bool:
     """Whether a declared dimension is a fixed size."""
     return isinstance(dim, int) and dim > 0
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-def _progress(total: int | None, enabled: bool | None) -> Any:
-    """A tqdm bar, or a stand-in when disabled (tqdm takes 5 ms to import)."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="batch", leave=False)
