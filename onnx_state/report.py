@@ -29,6 +29,7 @@ from onnx_state.views import (
     bar,
     comparison_html,
     esc,
+    network_notes,
     number,
     percent,
     separation_html,
@@ -406,16 +407,8 @@ def _layer_table(a: Analysis, rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _network_notes(a: Analysis) -> str:
-    """The network figures under the CLI's table (samples, efficiency, accuracy, aIQ)."""
-    d = a.to_dict()
-    notes = [f"samples: {a.n_samples}"]
-    if d["network_efficiency"] is not None:
-        notes.append(f"network efficiency (geometric mean): {percent(d['network_efficiency'])}")
-    if a.accuracy is not None:
-        notes.append(f"accuracy: {percent(a.accuracy)}")
-    if d["aiq_beta2"] is not None:
-        notes.append(f"aIQ (beta=2): {percent(d['aiq_beta2'])}")
-    return "".join(f"<div>{esc(n)}</div>" for n in notes)
+    """The network figures under the table (as the notebook view shows them)."""
+    return "".join(f"<div>{esc(n)}</div>" for n in network_notes(a))
 
 
 def build_report(

@@ -101,6 +101,22 @@ def _wrap(body: str) -> str:
 
 
 # -- one function per result; the report calls them with standalone=False -----------------------
+def network_notes(a: Any) -> list[str]:
+    """The network figures under an Analysis's table: samples, network efficiency, accuracy,
+    aIQ, parity (the CLI's lines, for HTML)."""
+    d = a.to_dict()
+    notes = [f"samples: {a.n_samples}"]
+    if d["network_efficiency"] is not None:
+        notes.append(f"network efficiency: {percent(d['network_efficiency'])}")
+    if a.accuracy is not None:
+        notes.append(f"accuracy: {percent(a.accuracy)}")
+        if d["aiq_beta2"] is not None:
+            notes.append(f"aIQ (beta=2): {percent(d['aiq_beta2'])}")
+    if a.parity_max_abs_diff is not None:
+        notes.append(f"parity (instrumented vs original, max |diff|): {a.parity_max_abs_diff:.3g}")
+    return notes
+
+
 def analysis_html(a: Any, standalone: bool = True) -> str:
     """The per-layer table of an Analysis (as ``Analysis.table``), then the network figures."""
     header = ["layer", "type", "neurons", "states", "unique", "entropy", "efficiency"]
@@ -112,17 +128,7 @@ def analysis_html(a: Any, standalone: bool = True) -> str:
             r.name, r.layer_type, str(r.neurons), str(r.state_count), str(r.n_unique),
             number(r.entropy() if observed else None), bar(eff, percent(eff)),
         ])  # fmt: skip
-    d = a.to_dict()
-    notes = [f"samples: {a.n_samples}"]
-    if d["network_efficiency"] is not None:
-        notes.append(f"network efficiency: {percent(d['network_efficiency'])}")
-    if a.accuracy is not None:
-        notes.append(f"accuracy: {percent(a.accuracy)}")
-        if d["aiq_beta2"] is not None:
-            notes.append(f"aIQ (beta=2): {percent(d['aiq_beta2'])}")
-    if a.parity_max_abs_diff is not None:
-        notes.append(f"parity (instrumented vs original, max |diff|): {a.parity_max_abs_diff:.3g}")
-    body = table_html(header, rows, left=2, raw=(6,)) + _notes(notes)
+    body = table_html(header, rows, left=2, raw=(6,)) + _notes(network_notes(a))
     return _wrap(body) if standalone else body
 
 
