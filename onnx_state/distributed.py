@@ -31,7 +31,14 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from onnx_state.capture.data import Fingerprint, InputSpec, as_inputs, check_inputs, open_data
+from onnx_state.capture.data import (
+    Fingerprint,
+    InputSpec,
+    as_inputs,
+    check_inputs,
+    open_data,
+    storage_chunking,
+)
 from onnx_state.count import StateCounter
 from onnx_state.errors import ArgumentError, InputError, MissingExtraError, ModelError, one_line
 from onnx_state.outputs import progress_bar
@@ -374,6 +381,11 @@ class _Window:
 
     def __len__(self) -> int:
         return int(self.shape[0])
+
+    def sample_chunking(self) -> tuple[int, int] | None:
+        """The array's storage chunks, counted from the window's first sample."""
+        chunking = storage_chunking(self.array)
+        return None if chunking is None else (chunking[0], chunking[1] - self.start)
 
     def __getitem__(self, rows: slice) -> np.ndarray:
         a, b, _ = rows.indices(self.shape[0])

@@ -82,3 +82,60 @@ def test_pickled_npz_is_refused(tmp_path, net):
     np.save(tmp_path / "o.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(InputError, match="object arrays are refused"):
         onnx_state.analyze(net[0], tmp_path / "o.npy", attach_to="Conv")
+
+
+class _Chunked:
+    """An array stored in chunks of *chunk* samples that records every read; a read that
+    touches the chunk holding a sample in *bad* fails (a corrupt chunk, as zarr meets it)."""
+
+    def __init__(self, x: np.ndarray, chunk: int, bad: range = range(0)) -> None:
+        self.x, self.chunks, self.bad = x, (chunk, *x.shape[1:]), bad
+        self.shape, self.dtype = x.shape, x.dtype
+        self.reads: list[tuple[int, int]] = []
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        a, b, _ = rows.indices(len(self.x))
+        chunk = self.chunks[0]
+        if any(a // chunk <= i // chunk <= (b - 1) // chunk for i in self.bad):
+            raise ValueError("checksum mismatch")
+        self.reads.append((a, b))
+        return self.x[a:b]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 10, 25, 200])
+@pytest.mark.parametrize("batch", [3, 10, 11, 40])
+def test_chunked_data_is_read_once_per_sample_in_batches_equal_to_the_rows(chunk, batch):
+    from onnx_state.capture.data import _Blocks
+
+    x = np.arange(97 * 2, dtype=np.float32).reshape(97, 2)
+    array = _Chunked(x, chunk)
+    blocks = _Blocks(array, len(x))
+    for a in range(0, len(x), batch):
+        rows = slice(a, min(len(x), a + batch))
+        got = blocks.read(rows)
+        np.testing.assert_array_equal(got, x[rows])
+        assert got.flags.c_contiguous
+    # every sample decoded once; each read ends at a chunk's end (or the data's end)
+    assert sum(b - a for a, b in array.reads) == len(x)
+    assert all(b % chunk == 0 or b == len(x) for _, b in array.reads)
+
+
+def test_a_chunk_too_big_to_keep_is_read_batch_by_batch(monkeypatch):
+    from onnx_state.capture import data
+
+    monkeypatch.setattr(data, "BLOCK_BYTES", 8 * 50 - 1)  # one chunk of 50 two-float samples
+    x = np.arange(200, dtype=np.float32).reshape(100, 2)
+    array = _Chunked(x, 50)
+    blocks = data._Blocks(array, len(x))
+    for a in range(0, 100, 30):
+        np.testing.assert_array_equal(blocks.read(slice(a, min(100, a + 30))), x[a : a + 30])
+    assert array.reads == [(0, 30), (30, 60), (60, 90), (90, 100)]
+
+
+@pytest.mark.parametrize(("chunk", "batch"), [(1, "22..33"), (10, "11..22"), (64, "0..1")])
+def test_a_bad_chunk_names_the_first_batch_that_needs_it(net, chunk, batch):
+    model, _, x, _ = net
+    # (read batch by batch it fails there too; 0..1 is the first sample's check of the data)
+    array = _Chunked(x, chunk, bad=range(23, 24))
+    with pytest.raises(InputError, match=rf"^cannot read samples {batch} of the data: checksum"):
+        onnx_state.analyze(model, array, attach_to="Conv", batch_size=11)
