@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import pickle
 import resource
 import tempfile
@@ -36,6 +35,7 @@ import onnx_state
 from onnx_state.analysis import _AnalyzeRanges
 from onnx_state.capture import Instrumented, load_array
 from onnx_state.data import example_paths
+from onnx_state.distributed import local_cluster
 
 
 def make_data(path: Path, n: int, chunk: int) -> str:
@@ -81,12 +81,9 @@ class Variant:
 
 
 def cluster_variant(stack, workers: int, model: str, data: str, warm: str, bs: int):
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = stack.enter_context(LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    ))  # fmt: skip
+    cluster = stack.enter_context(local_cluster(workers))  # as cluster=N starts it
     client = stack.enter_context(Client(cluster))
     t = time.perf_counter()
     onnx_state.analyze(model, warm, batch_size=bs, cluster=client, progress=False)

@@ -46,10 +46,12 @@ from onnx_state.outputs import progress_bar
 __all__ = [
     "MERGE_FAN_IN",
     "RANGES_PER_THREAD",
+    "WORKER_ENVIRON",
     "RangeWork",
     "Ranges",
     "Table",
     "connect",
+    "local_cluster",
     "open_inputs",
     "open_url",
     "plan_ranges",
@@ -64,6 +66,13 @@ RANGES_PER_THREAD = 8
 MERGE_FAN_IN = 8
 # Samples hashed per read by the fingerprint task (bounded memory, large reads).
 _HASH_READ_BYTES = 32 << 20
+# The malloc settings of worker processes this module starts. Dask's nanny sets
+# MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS), which also fixes
+# glibc's mmap threshold at 128 kB: every batch's captured tensors are then fresh mmaps,
+# page-faulted in each time. Measured on 50,000 LeNet-5 samples, one worker: 7.36 s
+# against 6.73 s with these (peak RSS 342 against 542 MB). README "Scaling out" says how
+# to give them to a cluster of your own.
+WORKER_ENVIRON = {"MALLOC_TRIM_THRESHOLD_": 32 << 20, "MALLOC_MMAP_THRESHOLD_": 16 << 20}
 # Worker contexts (sessions) kept per worker process, most recently used last.
 _MAX_CONTEXTS = 4
 
@@ -199,16 +208,7 @@ def connect(cluster: Any) -> Iterator[Any]:
     if isinstance(cluster, int):
         if cluster < 1:
             raise InputError(f"the number of workers must be at least 1, got {cluster}")
-        with (
-            distributed.LocalCluster(
-                n_workers=cluster,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                silence_logs=logging.ERROR,
-            ) as local,  # fmt: skip
-            distributed.Client(local) as client,
-        ):
+        with local_cluster(cluster) as local, distributed.Client(local) as client:
             yield client
         return
     try:
@@ -220,6 +220,20 @@ def connect(cluster: Any) -> Iterator[Any]:
         ) from None
     with client:
         yield client
+
+
+def local_cluster(workers: int) -> Any:
+    """A ``distributed.LocalCluster`` of *workers* processes of one thread each, started
+    with WORKER_ENVIRON (what ``cluster=N`` runs on)."""
+    import dask
+
+    distributed = _distributed()
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        return distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=logging.ERROR,
+        )  # fmt: skip
 
 
 def worker_threads() -> int:

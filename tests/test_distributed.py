@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import threading
 import time
@@ -22,7 +21,7 @@ import pytest
 import onnx_state
 from onnx_state.audit import audit
 from onnx_state.compare import compare
-from onnx_state.distributed import NO_ITERABLES, Table, plan_ranges
+from onnx_state.distributed import NO_ITERABLES, WORKER_ENVIRON, Table, local_cluster, plan_ranges
 from onnx_state.errors import ArgumentError, InputError, MissingExtraError
 from tests.cli import run_cli
 
@@ -34,17 +33,17 @@ BATCH = 40
 def client():
     """One cluster for the whole module: two worker processes of one thread each."""
     distributed = pytest.importorskip("distributed")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        ) as cluster,  # fmt: skip
-        distributed.Client(cluster) as c,
-    ):
+    with local_cluster(2) as cluster, distributed.Client(cluster) as c:
         yield c
+
+
+def test_workers_started_for_a_call_get_large_malloc_thresholds(client):
+    import os
+
+    # (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536, costs onnxruntime 20 %)
+    for name, value in WORKER_ENVIRON.items():
+        assert set(client.run(os.environ.get, name).values()) == {str(value)}
+    assert len(client.run(os.getpid)) == 2
 
 
 @pytest.fixture(scope="module")
