@@ -40,6 +40,7 @@ KEYS = [("dense", 1), ("hashed", -1), ("wide", 1)]
 def tiny_pieces(monkeypatch):
     """Split even these small tensors, so the shard path is exercised."""
     monkeypatch.setattr(engine, "_MIN_PIECE_VALUES", 1)
+    monkeypatch.setattr(engine, "_CUT_SHARE", 0.0)
 
 
 @pytest.fixture
@@ -103,6 +104,31 @@ def test_small_hash_tables_are_cut_into_shards_too(tiny_pieces, updates, workers
     for counter, _, width in updates:
         by_width.setdefault(width, set()).add(counter)
     assert all((len(by_width[w]) > 1) == (workers > 1) for w in (6, 30, 70))
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_many_layers_share_out_whole_and_only_a_dominant_one_is_cut(monkeypatch, updates, workers):
+    # Cutting a layer costs shards and a merge; with many layers a batch, whole layers keep
+    # every thread busy. Here: twelve equal layers, and one over half a thread's share.
+    monkeypatch.setattr(engine, "_MIN_PIECE_VALUES", 1)
+    rng = np.random.default_rng(workers)
+    data = [{f"t{i}": rng.choice([-1.0, 1.0], (20 + b, 4, 3)).astype(np.float32)
+             for i in range(12)} for b in range(3)]  # fmt: skip
+    data = [{**d, "big": rng.choice([-1.0, 1.0], (20 + b, 5, 400)).astype(np.float32)}
+            for b, d in enumerate(data)]  # fmt: skip
+    keys = [(name, 1) for name in data[0]]
+    counters = {key: StateCounter() for key in keys}
+    with ParallelCounting(counters, workers) as counting:
+        for captured in data:
+            counting({}, captured)
+    for tensor, axis in keys:
+        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
+        assert_states(counters[(tensor, axis)], *expected)
+    by_width: dict[int, set[int]] = {}
+    for counter, _, width in updates:
+        by_width.setdefault(width, set()).add(counter)
+    assert len(by_width[4]) == 12  # each small layer went to its own counter only
+    assert len(by_width[5]) > 1  # the big one was shared (shards)
 
 
 def test_recording_counters_are_never_split(tiny_pieces):

@@ -112,6 +112,11 @@ def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 # A piece below this many values is not worth a hand-off between threads.
 _MIN_PIECE_VALUES = 1 << 17
+# Whole layers share out among the threads for free; a layer is cut into pieces (counted
+# into shards, merged at the end) only when it holds more than this fraction of one
+# thread's share of the batch. (ResNet-style, 53 conv maps a batch: cutting every layer
+# gave two threads no speed-up, 32.6 ms a batch on both; whole layers 17.3 ms.)
+_CUT_SHARE = 0.5
 
 
 def _guided_edges(n: int, workers: int, smallest: int) -> list[int]:
@@ -207,6 +212,8 @@ class ParallelCounting:
         """(counter key, array, axis, split?) per piece, largest first; the fingerprint of
         *batch* last, as (None, batch, 0, False)."""
         pieces: list[tuple[Any, Any, int, bool]] = []
+        sizes = [getattr(captured.get(tensor), "size", 0) for tensor, _ in self.counters]
+        share = _CUT_SHARE * sum(sizes) / self.workers
         for key, counter in self.counters.items():
             tensor, axis = key
             try:
@@ -233,6 +240,7 @@ class ParallelCounting:
             splittable = (
                 valid
                 and self.workers > 1
+                and x.size > share
                 and (counter.shards_cheaply or (self.shard_any and counter.shardable))
                 and n > 1
                 and x.size >= 2 * _MIN_PIECE_VALUES
