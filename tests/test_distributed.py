@@ -84,8 +84,13 @@ def test_ranges_are_whole_batches_that_end_on_chunk_ends_where_they_can():
     assert plan_ranges(600, 40, range(130, 601, 130), 2) == [
         (0, 120), (120, 240), (240, 360), (360, 520), (520, 600),
     ]  # fmt: skip
-    # no chunks (in memory): about RANGES_PER_THREAD ranges per thread, whole batches
-    assert plan_ranges(1000, 30, [], 1) == [(a, min(a + 120, 1000)) for a in range(0, 1000, 120)]
+    # no chunks (in memory): about RANGES_PER_THREAD ranges per thread, whole batches, the
+    # last ones shorter: 1000 / 8 = 125 samples (120 the nearest whole batches), then
+    # left / 2 (160 / 2: 90), down to a quarter of 125 (31: one batch of 30)
+    assert plan_ranges(1000, 30, [], 1) == [
+        *[(a, a + 120) for a in range(0, 840, 120)], (840, 930), (930, 960), (960, 990),
+        (990, 1000),
+    ]  # fmt: skip
     # fewer samples than one batch: one range
     assert plan_ranges(7, 50, [], 4) == [(0, 7)]
 
@@ -101,7 +106,7 @@ def test_ranges_cover_every_sample_once_in_whole_batches(threads, chunk):
     assert all(a < b and a % batch == 0 for a, b in ranges)
 
 
-@pytest.mark.parametrize("neurons", [5, 50, 64, 100])
+@pytest.mark.parametrize("neurons", [1, 5, 50, 64, 65, 100, 200])
 def test_merged_tables_hold_every_state_with_its_summed_count(neurons):
     rng = np.random.default_rng(neurons)
     width = (neurons + 7) // 8

@@ -733,3 +733,59 @@ cdef class StateTable:
                 cv[i] = <int64_t>_row(&self.t, i)[0]
                 memcpy(&kv[i, 0], _row(&self.t, i) + 1, nw * sizeof(uint64_t))
         return keys, counts
+
+
+cdef inline int _cmp_ids(const uint8_t* a, const uint8_t* b, Py_ssize_t width) noexcept nogil:
+    """Order of two state ids as little-endian integers (the last byte most significant):
+    the order of StateCounter.state_table for every width."""
+    cdef Py_ssize_t i = width - 1
+    while i >= 0:
+        if a[i] != b[i]:
+            return -1 if a[i] < b[i] else 1
+        i -= 1
+    return 0
+
+
+def merge_sorted_ids(const uint8_t[:, ::1] a, const int64_t[::1] ca,
+                     const uint8_t[:, ::1] b, const int64_t[::1] cb):
+    """One table of two tables of distinct state ids (rows of bytes), each sorted in
+    state_table order, with their counts: one linear pass; equal ids add their counts.
+
+    Returns (ids, counts), sorted the same way.
+    """
+    cdef Py_ssize_t na = a.shape[0], nb = b.shape[0]
+    cdef Py_ssize_t width = a.shape[1] if na else b.shape[1]
+    if na and nb and a.shape[1] != b.shape[1]:
+        raise ValueError(f"state ids of {a.shape[1]} and {b.shape[1]} bytes cannot merge")
+    if ca.shape[0] != na or cb.shape[0] != nb:
+        raise ValueError("one count per state id is needed")
+    ids = np.empty((na + nb, width), np.uint8)
+    counts = np.empty(na + nb, np.int64)
+    if na + nb == 0 or width == 0:
+        return ids[:0], counts[:0]
+    cdef uint8_t[:, ::1] out = ids
+    cdef int64_t[::1] oc = counts
+    cdef Py_ssize_t i = 0, j = 0, k = 0
+    cdef int c
+    with nogil:
+        while i < na and j < nb:
+            c = _cmp_ids(&a[i, 0], &b[j, 0], width)
+            if c <= 0:
+                memcpy(&out[k, 0], &a[i, 0], width)
+                oc[k] = ca[i] + (cb[j] if c == 0 else 0)
+                j += c == 0
+                i += 1
+            else:
+                memcpy(&out[k, 0], &b[j, 0], width)
+                oc[k] = cb[j]
+                j += 1
+            k += 1
+        if i < na:
+            memcpy(&out[k, 0], &a[i, 0], (na - i) * width)
+            memcpy(&oc[k], &ca[i], (na - i) * sizeof(int64_t))
+            k += na - i
+        if j < nb:
+            memcpy(&out[k, 0], &b[j, 0], (nb - j) * width)
+            memcpy(&oc[k], &cb[j], (nb - j) * sizeof(int64_t))
+            k += nb - j
+    return ids[:k], counts[:k]
