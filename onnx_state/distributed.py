@@ -226,11 +226,24 @@ def local_cluster(workers: int) -> Any:
 
     distributed = _distributed()
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_ENVIRON}
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        return distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-            silence_logs=logging.ERROR,
-        )  # fmt: skip
+    # Dask's nanny reads os.environ over its config (a plain cluster run earlier leaves
+    # MALLOC_TRIM_THRESHOLD_=65536 there) and copies its settings into os.environ: ours are
+    # set there for the start only, then what was there is put back (a nanny restarting a
+    # worker later sets them again).
+    before = {k: os.environ.get(k) for k in environ}
+    os.environ.update({k: str(v) for k, v in WORKER_ENVIRON.items()})
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+            return distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=logging.ERROR,
+            )  # fmt: skip
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def worker_threads() -> int:
@@ -323,8 +336,8 @@ def plan_ranges(
     a whole batch), else every batch; each range ends at the candidate nearest to its
     target size past its start (the earlier on a tie): ``n / (threads * RANGES_PER_THREAD)``
     samples, shrinking towards the end to ``left / (2 * threads)`` but not below a quarter
-    of that (guided scheduling: the last ranges are short, so that no thread runs a long one
-    while the others wait, and few, since each ships its tables).
+    of the first size (guided scheduling: the last ranges are short, so that no thread runs
+    a long one while the others wait, and few, since each ships its tables).
     """
     if n < 1 or batch_size < 1 or threads < 1:
         raise InputError(f"cannot plan ranges of {n} samples in batches of {batch_size}")
@@ -409,9 +422,8 @@ class _Window:
         except Exception as exc:  # zarr codecs and numpy memmaps raise their own kinds
             why = " ".join(str(exc).split()) or type(exc).__name__
             lo = self.offset + a - a % self.batch  # (a head read fails for its batch)
-            raise InputError(
-                f"cannot read samples {lo}..{lo + self.batch} of the data: {why}"
-            ) from None
+            hi = min(lo + self.batch, self.offset + len(self))  # as one process names it
+            raise InputError(f"cannot read samples {lo}..{hi} of the data: {why}") from None
 
 
 def _source(array: Any) -> Any:

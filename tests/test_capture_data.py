@@ -139,3 +139,29 @@ def test_a_bad_chunk_names_the_first_batch_that_needs_it(net, chunk, batch):
     array = _Chunked(x, chunk, bad=range(23, 24))
     with pytest.raises(InputError, match=rf"^cannot read samples {batch} of the data: checksum"):
         onnx_state.analyze(model, array, attach_to="Conv", batch_size=11)
+
+
+def test_inputs_without_chunks_are_read_as_before(net):
+    # (lists and other array-likes without a numpy dtype, e.g. torch tensors, are read as
+    # they were: only chunked arrays are read by blocks)
+    from onnx_state.capture.data import _Blocks
+
+    x = [[1.0, 2.0]] * 5
+    blocks = _Blocks(x, 5)
+    np.testing.assert_array_equal(blocks.read(slice(0, 2)), np.asarray(x[:2]))
+    torch = pytest.importorskip("torch")
+    model, _, data, _ = net
+    given = onnx_state.analyze(model, torch.from_numpy(data), attach_to="Conv", batch_size=11)
+    direct = onnx_state.analyze(model, data, attach_to="Conv", batch_size=11)
+    np.testing.assert_array_equal(given.layers[0].counts(), direct.layers[0].counts())
+
+
+def test_a_batch_read_from_a_block_is_its_own_copy():
+    from onnx_state.capture.data import _Blocks
+
+    x = np.arange(100, dtype=np.float32).reshape(50, 2)
+    blocks = _Blocks(_Chunked(x, 25), 50)
+    first = blocks.read(slice(0, 10))
+    assert first.base is None or first.base.size == first.size  # not a view of the block
+    whole = _Blocks(_Chunked(x, 25), 50).read(slice(0, 25))  # the block is the batch
+    np.testing.assert_array_equal(whole, x[:25])

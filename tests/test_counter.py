@@ -536,3 +536,11 @@ def test_hash_tables_shard_cheaply_only_while_small(monkeypatch):
     assert StateCounter(20).update(x[:, :20]).shards_cheaply  # dense: always
     assert not StateCounter(40, record=True).shards_cheaply
     assert not StateCounter().shards_cheaply  # no table yet
+
+
+def test_merging_sorted_ids_refuses_states_of_no_bytes():
+    from onnx_state.count._counter import merge_sorted_ids
+
+    empty = np.zeros((2, 0), np.uint8)
+    with pytest.raises(ValueError, match="0 bytes"):
+        merge_sorted_ids(empty, np.ones(2, np.int64), empty, np.ones(2, np.int64))

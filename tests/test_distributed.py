@@ -37,13 +37,25 @@ def client():
         yield c
 
 
-def test_workers_started_for_a_call_get_large_malloc_thresholds(client):
-    import os
+def _malloc_environ() -> dict[str, str | None]:
+    """The malloc settings of the process this runs in (a module function, so that
+    client.run runs it on the worker rather than pickling this process's os.environ)."""
+    return {k: os.environ.get(k) for k in WORKER_ENVIRON}
 
-    # (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536, costs onnxruntime 20 %)
-    for name, value in WORKER_ENVIRON.items():
-        assert set(client.run(os.environ.get, name).values()) == {str(value)}
-    assert len(client.run(os.getpid)) == 2
+
+def test_workers_started_for_a_call_get_large_malloc_thresholds(client, monkeypatch):
+    distributed = pytest.importorskip("distributed")
+    # (Dask's own default, MALLOC_TRIM_THRESHOLD_=65536, cost one worker 9 % on LeNet-5)
+    ours = {k: str(v) for k, v in WORKER_ENVIRON.items()}
+    assert list(client.run(_malloc_environ).values()) == [ours, ours]
+    # ... even after a plain Dask cluster left its own value in os.environ; and this
+    # process's environment is left as it was
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    with local_cluster(1) as cluster, distributed.Client(cluster) as one:
+        assert list(one.run(_malloc_environ).values()) == [ours]
+    assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "65536"
+    assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
 
 
 @pytest.fixture(scope="module")
@@ -273,6 +285,19 @@ def test_bad_data_fails_with_the_one_line_error_of_its_batch(client, digits, tmp
         onnx_state.analyze(model, str(data), batch_size=BATCH, cluster=client)
     assert str(ran.value) == str(one.value)
     assert "samples 400..440" in str(ran.value) and "\n" not in str(ran.value)
+
+
+def test_a_bad_last_chunk_is_named_by_its_short_batch_as_in_one_process(client, digits, tmp_path):
+    model, x, _ = digits
+    data = Path(zarr_array(tmp_path / "x.zarr", x[:590], 10))  # last batch: 560..590
+    chunk = next(p for p in (data / "c").rglob("*") if p.is_file() and p.parts[-4] == "58")
+    chunk.write_bytes(b"not a chunk")  # samples 580..590: only the last batch reads them
+    with pytest.raises(InputError) as one:
+        onnx_state.analyze(model, str(data), batch_size=BATCH, threads=1)
+    with pytest.raises(InputError) as ran:
+        onnx_state.analyze(model, str(data), batch_size=BATCH, cluster=client)
+    assert str(ran.value) == str(one.value)
+    assert "samples 560..590 of the data" in str(ran.value)
 
 
 # -- refusals -------------------------------------------------------------------------------

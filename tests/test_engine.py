@@ -302,3 +302,12 @@ def test_a_packed_batch_of_another_width_is_refused(tiny_pieces):
     counters = {("bits", 1): StateCounter(13, packed=True)}
     with pytest.raises(InputError, match="is 2 bytes"), ParallelCounting(counters, 2) as counting:
         counting({}, {"bits": np.zeros((64, 3), np.uint8)})
+
+
+def test_count_states_takes_array_likes_without_a_numpy_size():
+    # (torch's .size is a method: the share of a batch is taken from the arrays made of it)
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(3).normal(size=(40, 6, 5)).astype(np.float32)
+    for threads in (1, 2):
+        got = count_states(torch.from_numpy(x), axis=1, threads=threads)
+        assert_states(got, *reference_counts(x, 1))

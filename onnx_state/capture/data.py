@@ -434,17 +434,20 @@ class _Blocks:
     batch by batch decoded each chunk once per batch (a chunk of 2,000 samples read in
     batches of 200: ten times, 1.4 s of an 8 s LeNet-5 run over 50,000 zarr samples).
     This reads the chunks a batch touches once, keeps them and serves the next batches
-    from them; a batch across a chunk edge joins the kept tail with the next chunks. It
-    holds at most one batch plus one chunk, and reads batch by batch when one chunk would
-    exceed BLOCK_BYTES.
+    from them (copies, so that a batch still being counted does not keep a whole block
+    alive); a batch across a chunk edge joins the kept tail with the next chunks. It holds
+    at most one chunk plus one batch, and reads batch by batch when one chunk would exceed
+    BLOCK_BYTES.
     """
 
     def __init__(self, array: Any, n: int) -> None:
         self.array, self.n = array, n
         chunking = storage_chunking(array)
-        sample = int(np.dtype(array.dtype).itemsize * np.prod(array.shape[1:], dtype=np.int64))
-        fits = chunking is not None and chunking[0] > 1 and chunking[0] * sample <= BLOCK_BYTES
-        self.chunking = chunking if fits else None
+        if chunking is not None and chunking[0] > 1:
+            sample = int(np.dtype(array.dtype).itemsize * np.prod(array.shape[1:], dtype=np.int64))
+            if chunking[0] * sample > BLOCK_BYTES:
+                chunking = None
+        self.chunking = chunking if chunking is not None and chunking[0] > 1 else None
         self.block: np.ndarray | None = None
         self.lo = self.hi = 0  # the samples self.block holds
 
@@ -462,7 +465,9 @@ class _Blocks:
                 assert self.block is not None
                 new = np.concatenate([self.block[a - self.lo :], new])
             self.block, self.lo, self.hi = new, a, end
-        return self.block[a - self.lo : b - self.lo]
+        if (a, b) == (self.lo, self.hi):
+            return self.block  # the block is this batch
+        return self.block[a - self.lo : b - self.lo].copy()
 
 
 def check_batch(

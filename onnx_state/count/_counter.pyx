@@ -759,10 +759,12 @@ def merge_sorted_ids(const uint8_t[:, ::1] a, const int64_t[::1] ca,
         raise ValueError(f"state ids of {a.shape[1]} and {b.shape[1]} bytes cannot merge")
     if ca.shape[0] != na or cb.shape[0] != nb:
         raise ValueError("one count per state id is needed")
+    if width == 0:
+        raise ValueError("state ids of 0 bytes (a table of no neurons) cannot merge")
     ids = np.empty((na + nb, width), np.uint8)
     counts = np.empty(na + nb, np.int64)
-    if na + nb == 0 or width == 0:
-        return ids[:0], counts[:0]
+    if na + nb == 0:
+        return ids, counts
     cdef uint8_t[:, ::1] out = ids
     cdef int64_t[::1] oc = counts
     cdef Py_ssize_t i = 0, j = 0, k = 0
