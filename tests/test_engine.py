@@ -36,6 +36,28 @@ def batches(seed: int, n_batches: int = 4):
 KEYS = [("dense", 1), ("hashed", -1), ("wide", 1)]
 
 
+def count_and_check(data, keys, workers: int) -> dict:
+    """Count *data* (captured tensors per batch) through the engine on *workers* threads,
+    check every layer against the numpy reference, and return the counters."""
+    counters = {key: StateCounter() for key in keys}
+    with ParallelCounting(counters, workers) as counting:
+        for captured in data:
+            counting({}, captured)
+    # Complete once the block ends: no call is needed to fold the shards back.
+    for tensor, axis in keys:
+        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
+        assert_states(counters[(tensor, axis)], *expected)
+    return counters
+
+
+def counters_by_width(updates) -> dict[int, set[int]]:
+    """The counters that got a layer's states, by the layer's neurons."""
+    by_width: dict[int, set[int]] = {}
+    for counter, _, width in updates:
+        by_width.setdefault(width, set()).add(counter)
+    return by_width
+
+
 @pytest.fixture
 def tiny_pieces(monkeypatch):
     """Split even these small tensors, so the shard path is exercised."""
@@ -68,21 +90,12 @@ def updates(monkeypatch):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_parallel_counting_equals_the_reference(tiny_pieces, big_tables, updates, workers):
     data = batches(workers)
-    counters = {key: StateCounter() for key in KEYS}
-    with ParallelCounting(counters, workers) as counting:
-        for captured in data:
-            counting({}, captured)
-    # Complete once the block ends: no call is needed to fold the shards back.
-    for tensor, axis in KEYS:
-        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
-        assert_states(counters[(tensor, axis)], *expected)
+    counters = count_and_check(data, KEYS, workers)
     total = sum(c["dense"].shape[0] * 9 for c in data)
     assert counters[("dense", 1)].state_count == total
     # Only the dense-table layer is cut into shards (those of hash tables cost memory and a
     # merge): its states went into more than one counter exactly when threads share it.
-    by_width: dict[int, set[int]] = {}
-    for counter, _, width in updates:
-        by_width.setdefault(width, set()).add(counter)
+    by_width = counters_by_width(updates)
     assert (len(by_width[6]) > 1) == (workers > 1)
     assert len(by_width[30]) == len(by_width[70]) == 1
     assert 6 <= DENSE_NEURONS < 30
@@ -92,17 +105,8 @@ def test_parallel_counting_equals_the_reference(tiny_pieces, big_tables, updates
 def test_small_hash_tables_are_cut_into_shards_too(tiny_pieces, updates, workers):
     # Wide layers whose states repeat (MatMul outputs) keep small tables: every thread
     # helps count them, and the shards merge exactly.
-    data = batches(workers + 10)
-    counters = {key: StateCounter() for key in KEYS}
-    with ParallelCounting(counters, workers) as counting:
-        for captured in data:
-            counting({}, captured)
-    for tensor, axis in KEYS:
-        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
-        assert_states(counters[(tensor, axis)], *expected)
-    by_width: dict[int, set[int]] = {}
-    for counter, _, width in updates:
-        by_width.setdefault(width, set()).add(counter)
+    count_and_check(batches(workers + 10), KEYS, workers)
+    by_width = counters_by_width(updates)
     assert all((len(by_width[w]) > 1) == (workers > 1) for w in (6, 30, 70))
 
 
@@ -116,17 +120,8 @@ def test_many_layers_share_out_whole_and_only_a_dominant_one_is_cut(monkeypatch,
              for i in range(12)} for b in range(3)]  # fmt: skip
     data = [{**d, "big": rng.choice([-1.0, 1.0], (20 + b, 5, 400)).astype(np.float32)}
             for b, d in enumerate(data)]  # fmt: skip
-    keys = [(name, 1) for name in data[0]]
-    counters = {key: StateCounter() for key in keys}
-    with ParallelCounting(counters, workers) as counting:
-        for captured in data:
-            counting({}, captured)
-    for tensor, axis in keys:
-        expected = reference_counts(np.concatenate([c[tensor] for c in data]), axis)
-        assert_states(counters[(tensor, axis)], *expected)
-    by_width: dict[int, set[int]] = {}
-    for counter, _, width in updates:
-        by_width.setdefault(width, set()).add(counter)
+    count_and_check(data, [(name, 1) for name in data[0]], workers)
+    by_width = counters_by_width(updates)
     assert len(by_width[4]) == 12  # each small layer went to its own counter only
     assert len(by_width[5]) > 1  # the big one was shared (shards)
 
