@@ -165,3 +165,7 @@ def test_a_batch_read_from_a_block_is_its_own_copy():
     assert first.base is None or first.base.size == first.size  # not a view of the block
     whole = _Blocks(_Chunked(x, 25), 50).read(slice(0, 25))  # the block is the batch
     np.testing.assert_array_equal(whole, x[:25])
+    last = blocks.read(slice(10, 25))  # the block's last batch: the block is let go
+    np.testing.assert_array_equal(last, x[10:25])
+    assert blocks.block is None
+    np.testing.assert_array_equal(blocks.read(slice(25, 35)), x[25:35])

@@ -544,3 +544,16 @@ def test_merging_sorted_ids_refuses_states_of_no_bytes():
     empty = np.zeros((2, 0), np.uint8)
     with pytest.raises(ValueError, match="0 bytes"):
         merge_sorted_ids(empty, np.ones(2, np.int64), empty, np.ones(2, np.int64))
+
+
+def test_merged_ids_keep_no_buffer_beyond_the_merged_table():
+    # Tables of ranges share most states: the merge's buffer (room for both) is trimmed.
+    from onnx_state.count._counter import merge_sorted_ids
+
+    ids = np.arange(300, dtype=np.uint16).view(np.uint8).reshape(300, 2).copy()
+    counts = np.ones(300, np.int64)
+    merged, summed = merge_sorted_ids(ids, counts, ids, counts)
+    np.testing.assert_array_equal(merged, ids)
+    np.testing.assert_array_equal(summed, 2 * counts)
+    assert merged.base is None or merged.base.size == merged.size
+    assert summed.base is None or summed.base.size == summed.size

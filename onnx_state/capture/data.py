@@ -467,7 +467,10 @@ class _Blocks:
             self.block, self.lo, self.hi = new, a, end
         if (a, b) == (self.lo, self.hi):
             return self.block  # the block is this batch
-        return self.block[a - self.lo : b - self.lo].copy()
+        batch = self.block[a - self.lo : b - self.lo].copy()
+        if b == self.hi:  # the block's last batch: it need not wait for the next read
+            self.block, self.lo = None, self.hi
+        return batch
 
 
 def check_batch(

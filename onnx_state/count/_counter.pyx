@@ -790,4 +790,6 @@ def merge_sorted_ids(const uint8_t[:, ::1] a, const int64_t[::1] ca,
             memcpy(&out[k, 0], &b[j, 0], (nb - j) * width)
             memcpy(&oc[k], &cb[j], (nb - j) * sizeof(int64_t))
             k += nb - j
-    return ids[:k], counts[:k]
+    if k < na + nb:  # equal ids met: a view would keep the rest of the buffer alive
+        return ids[:k].copy(), counts[:k].copy()
+    return ids, counts
