@@ -581,8 +581,8 @@ def run_ranges(
     edges = sorted({e for d in datasets for a in d.values() for e in _chunk_edges(a)})
     ranges = plan_ranges(n, batch_size, edges, threads)
     parts = [_range_parts(client, d, ranges) for d in datasets]
-    if shared is not None:  # on every worker: one that dies takes no copy with it
-        shared = client.scatter(shared, broadcast=True, hash=False)
+    if shared is not None:
+        shared = _hold(client, shared)
     futures = [
         client.submit(
             _range_task,
@@ -631,6 +631,27 @@ def run_ranges(
         client.cancel([*futures, root, *([hashing] if hashing is not None else [])])
         raise
     return Ranges(merged, digest, ranges, len(info))
+
+
+def _hold(client: Any, value: Any) -> Any:
+    """A future of *value* that survives the death of any worker.
+
+    Not ``scatter(broadcast=True)``: its replicate step can hang for good with the workers
+    re-gathering from each other (dask/distributed#4907; here one test run in six). A task
+    whose spec holds the value runs on one worker; the others fetch its result as any
+    dependency, and should every holder die the scheduler runs it again from the spec
+    (scattered data would be lost with its worker).
+    """
+    import dask
+
+    # The value travels in the graph on purpose (once, to the scheduler): no "large graph"
+    # advice to scatter it instead.
+    with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1 PiB"}):
+        return client.submit(_identity, value, pure=False)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _sample_bytes(inputs: Mapping[str, Any]) -> int:

@@ -274,6 +274,25 @@ def test_a_worker_killed_mid_run_leaves_the_result_exact(client, digits, tmp_pat
     assert killed[0] not in client.run(os.getpid)
 
 
+def test_data_every_range_needs_outlives_the_worker_holding_it(client):
+    # Audit's reference states reach the workers as one task's result: with its only
+    # holder killed, the scheduler runs the task again on the other worker.
+    from onnx_state.distributed import _hold
+
+    value = {"conv": (np.arange(12, dtype=np.uint8).reshape(4, 3), None)}
+    future = _hold(client, value)
+    client.wait_for_workers(2, timeout=60)
+    distributed = pytest.importorskip("distributed")
+    distributed.wait(future)
+    (holder,) = client.who_has(future)[future.key]
+    os.kill(client.run(os.getpid)[holder], 9)
+    got = future.result(timeout=60)
+    assert got.keys() == value.keys()
+    np.testing.assert_array_equal(got["conv"][0], value["conv"][0])
+    assert holder not in client.who_has(future)[future.key]
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the next tests
+
+
 def test_bad_data_fails_with_the_one_line_error_of_its_batch(client, digits, tmp_path):
     model, x, _ = digits
     data = Path(zarr_array(tmp_path / "x.zarr", x, 100))
