@@ -424,6 +424,22 @@ class Analysis:
         rows = [{k: v for k, v in r.summary().items() if k != "firing_counts"} for r in self.layers]
         return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
 
+    def network_notes(self) -> list[str]:
+        """The network figures under the table: samples, network efficiency, accuracy, aIQ,
+        parity (one line each; the CLI prints them, the HTML views show them)."""
+        d = self.to_dict()
+        notes = [f"samples: {self.n_samples}"]
+        if d["network_efficiency"] is not None:
+            notes.append(f"network efficiency: {100 * d['network_efficiency']:.2f}%")
+        if self.accuracy is not None:
+            notes.append(f"accuracy: {100 * self.accuracy:.2f}%")
+            if d["aiq_beta2"] is not None:
+                notes.append(f"aIQ (beta=2): {100 * d['aiq_beta2']:.2f}%")
+        if self.parity_max_abs_diff is not None:
+            diff = self.parity_max_abs_diff
+            notes.append(f"parity (instrumented vs original, max |diff|): {diff:.3g}")
+        return notes
+
     def table(self) -> str:
         """The per-layer table the CLI prints."""
         head = f"{'layer':28s} {'type':14s} {'neurons':>7s} {'states':>10s} {'unique':>8s}"
@@ -436,19 +452,8 @@ class Analysis:
                 f"{r.name[:28]:28s} {r.layer_type[:14]:14s} {r.neurons:7d} {r.state_count:10d}"
                 f" {r.n_unique:8d} {ent} {eff}"
             )
-        d = self.to_dict()
         lines.append("")
-        lines.append(f"samples: {self.n_samples}")
-        if d["network_efficiency"] is not None:
-            lines.append(f"network efficiency: {100 * d['network_efficiency']:.2f}%")
-        if self.accuracy is not None:
-            lines.append(f"accuracy: {100 * self.accuracy:.2f}%")
-            if d["aiq_beta2"] is not None:
-                lines.append(f"aIQ (beta=2): {100 * d['aiq_beta2']:.2f}%")
-        if self.parity_max_abs_diff is not None:
-            lines.append(
-                f"parity (instrumented vs original, max |diff|): {self.parity_max_abs_diff:.3g}"
-            )
+        lines.extend(self.network_notes())
         nans = sum(r.nan_count for r in self.layers)
         if nans:
             lines.append(f"warning: {nans} NaN activations were counted as not firing")

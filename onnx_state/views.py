@@ -102,19 +102,8 @@ def _wrap(body: str) -> str:
 
 # -- one function per result; the report calls them with standalone=False -----------------------
 def network_notes(a: Any) -> list[str]:
-    """The network figures under an Analysis's table: samples, network efficiency, accuracy,
-    aIQ, parity (the CLI's lines, for HTML)."""
-    d = a.to_dict()
-    notes = [f"samples: {a.n_samples}"]
-    if d["network_efficiency"] is not None:
-        notes.append(f"network efficiency: {percent(d['network_efficiency'])}")
-    if a.accuracy is not None:
-        notes.append(f"accuracy: {percent(a.accuracy)}")
-        if d["aiq_beta2"] is not None:
-            notes.append(f"aIQ (beta=2): {percent(d['aiq_beta2'])}")
-    if a.parity_max_abs_diff is not None:
-        notes.append(f"parity (instrumented vs original, max |diff|): {a.parity_max_abs_diff:.3g}")
-    return notes
+    """The network figures under an Analysis's table (``Analysis.network_notes``)."""
+    return list(a.network_notes())
 
 
 def analysis_html(a: Any, standalone: bool = True) -> str:
