@@ -33,6 +33,7 @@ from onnx_state.capture.data import (
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
+from onnx_state.capture.weights import point_at_own_file
 from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 Optimization = Literal["disable", "basic", "extended", "all"]
+# onnxruntime's session config key: the folder external data of a model given as bytes is in
+_EXTERNAL_FOLDER = "session.model_external_initializers_file_folder_path"
 PARITY_SAMPLES = 4  # samples of the first batch that the parity check runs twice
 OPTIMIZATION_LEVELS: tuple[Optimization, ...] = ("disable", "basic", "extended", "all")
 
@@ -76,8 +79,9 @@ def make_session(
     optimization:
         onnxruntime's graph optimization level.
     model_dir:
-        The folder of the model's external data. Models too large for one protobuf are
-        written there, loaded from there, and the temporary file is removed.
+        The folder that the model's external-data references resolve from (onnxruntime is
+        told it: nothing is written there); a model too large for one protobuf is written
+        there as a temporary file, loaded from it, and the file is removed.
     config:
         Session config entries (``ThreadPlan.session_config()``).
     """
@@ -113,9 +117,12 @@ def make_session(
     try:
         if isinstance(model, str):
             return ort.InferenceSession(model, options, providers=providers)
-        if model.ByteSize() < load.LARGE_MODEL_BYTES and not load.has_external_data(model):
-            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         folder = Path(model_dir or ".")
+        if model.ByteSize() < load.LARGE_MODEL_BYTES:
+            if load.has_external_data(model):
+                # resolved from the folder, as for a file there (no temporary file written)
+                options.add_session_config_entry(_EXTERNAL_FOLDER, str(folder))
+            return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".onnx_state-")
         os.close(fd)
         try:
@@ -241,10 +248,16 @@ class Instrumented:
     def session(self) -> Any:
         """The instrumented model's onnxruntime session, built on first use.
 
-        The model is serialized once, with the extra outputs added to the original proto for
-        that moment only (no second copy of the weights in memory).
+        A model read from a file reaches onnxruntime without its weights, which it reads from
+        the file (see ``capture.weights``); otherwise the model is serialized once, with the
+        extra outputs added to the original proto for that moment only (no second copy of
+        the weights in memory).
         """
         if self._session is None:
+            own = self._runnable_path is not None and self._base is self.original
+            if own and point_at_own_file(self.original, self._runnable_path):  # type: ignore[arg-type]
+                # the proto is small from now on (``model`` reads the file again)
+                self._weights_dropped = True
             base = self._base
             packed = [c for c in self.captures if c.packed]
             if packed:  # a copy with the packing nodes, dropped once the session is built
@@ -259,7 +272,7 @@ class Instrumented:
                     base, *self._session_args, config=self.plan.session_config()
                 )
             del base
-            if self._runnable_path is not None and self._base is self.original:
+            if own and not self._weights_dropped:
                 # onnxruntime holds the weights now, and the file has them for a parity
                 # session: the proto's copy goes (``model`` reads the file again).
                 _drop_weights(self.original)
