@@ -139,3 +139,21 @@ def test_a_nan_reaching_packed_bits_is_refused_in_one_line():
     with pytest.warns(RuntimeWarning, match="NaN activations"):
         (layer,) = onnx_state.analyze(model, x, attach_to=["conv2"], parity=False).layers
     assert layer.nan_count == 8 * 9
+
+
+def test_results_let_each_counter_go_after_its_last_capture(net):
+    """Tables are released as their snapshots are taken (memory), also when two captures
+    share one counter (the same tensor and axis): both get the full states."""
+    from onnx_state.analysis import _release_into_results
+    from onnx_state.capture import Instrumented
+    from onnx_state.capture.session import new_counter
+
+    model, _, x, ref = net
+    inst = Instrumented(model, attach_to="Relu")
+    (c,) = inst.captures
+    counters = {(c.key, c.axis): new_counter(c)}
+    counters[(c.key, c.axis)].update(inst.run({"x": x}).captured[c.key], c.axis)
+    first, second = _release_into_results([c, c], counters)
+    assert counters == {}
+    for layer in (first, second):
+        assert_states(layer, *reference_counts(ref["r"], 1))
