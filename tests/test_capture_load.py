@@ -498,9 +498,9 @@ def test_a_large_model_keeps_only_its_initializer_references(tmp_path):
     path = save(model, tmp_path / "m.onnx")
     proto = capture.load_model(path, max_bytes=10)
     assert proto.graph.initializer[0].data_location == TensorProto.EXTERNAL
-    assert not any(load._is_external(SITES[site](proto)) for site in SITES)
+    assert not any(load.is_external(SITES[site](proto)) for site in SITES)
     untouched = capture.load_model(path, load_external=False)
-    assert all(load._is_external(SITES[site](untouched)) for site in SITES)
+    assert all(load.is_external(SITES[site](untouched)) for site in SITES)
 
 
 def test_a_proto_in_memory_is_checked_against_the_current_folder(ext_net, monkeypatch):

@@ -1,9 +1,7 @@
-"""capture.weights: an instrumented model's weights reach onnxruntime as references to the
-bytes of its own file, never serialized; anything that does not line up is left alone."""
+"""capture.weights: an instrumented model's weights reach onnxruntime from memory, never
+serialized, exactly as loaded; the proto keeps no copy once the session exists."""
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import onnx
@@ -12,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnx_state
 from onnx_state import capture
-from onnx_state.capture.weights import point_at_own_file, raw_data_spans
+from onnx_state.capture.weights import detach_weights
 from tests.models import OPSET, conv_net, int_data
 
 
@@ -50,57 +48,36 @@ def _saved(tmp_path, seed: int = 0, name: str = "m.onnx"):
     return path, p
 
 
-def test_spans_are_the_bytes_of_each_tensor_in_the_file(tmp_path):
-    path, _ = _saved(tmp_path)
-    data = path.read_bytes()
-    proto = onnx.load(path)
-    spans = raw_data_spans(data)
-    assert [s[0] for s in spans] == [t.name for t in proto.graph.initializer]
-    for tensor, (_, offset, length) in zip(proto.graph.initializer, spans):
-        if tensor.raw_data:
-            assert data[offset : offset + length] == tensor.raw_data
-        else:  # w2 holds float_data
-            assert (offset, length) == (-1, 0)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda data: data[: len(data) - 7],  # truncated inside the graph
-        lambda data: data + data,  # two graph fields: protobuf would merge them
-        lambda data: data + b"\x0b",  # a group's start tag
-    ],
-    ids=["truncated", "two graphs", "group"],
-)
-def test_spans_refuse_what_they_cannot_read(tmp_path, make):
-    path, _ = _saved(tmp_path)
-    assert raw_data_spans(make(path.read_bytes())) is None
-
-
-def test_pointed_model_runs_as_the_file_and_holds_no_weights(tmp_path):
+def test_detached_weights_run_as_the_file_and_restore_exactly(tmp_path):
     path, p = _saved(tmp_path)
     proto = capture.load_model(path)
-    assert point_at_own_file(proto, path)
+    before = proto.SerializeToString()
+    weights = detach_weights(proto)
     by_name = {t.name: t for t in proto.graph.initializer}
+    assert weights.tensors == [by_name["w1"]] and weights.buffers == [p["w1"].tobytes()]
     assert by_name["w1"].data_location == TensorProto.EXTERNAL and not by_name["w1"].raw_data
     assert by_name["b1"].raw_data  # small: kept
     assert len(by_name["w2"].float_data) == 64 * 8  # not raw_data: kept
     assert len(proto.SerializeToString()) < p["w1"].nbytes  # w1 is no longer in it
-    session = capture.make_session(proto, model_dir=path.parent)
+    empty = tmp_path / "empty"
+    empty.mkdir()  # no file of that name anywhere: the bytes come from memory
+    session = capture.make_session(proto, model_dir=empty, weights=weights)
     x = np.random.default_rng(3).normal(size=(5, 16)).astype(np.float32)
     expected = np.maximum(x @ p["w1"] + p["b1"], 0) @ p["w2"]
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+    weights.restore()
+    assert proto.SerializeToString() == before
 
 
-def test_analyze_reads_the_weights_from_the_file_and_counts_as_from_memory(tmp_path):
+def test_analyze_hands_the_weights_over_from_memory_and_counts_as_the_proto(tmp_path):
     path, p = _saved(tmp_path)
     x = np.random.default_rng(4).normal(size=(40, 16)).astype(np.float32)
     inst = capture.Instrumented(path, attach_to="Relu")
     inst.session  # noqa: B018 (built on first use)
-    w1 = next(t for t in inst.original.graph.initializer if t.name == "w1")
-    assert w1.data_location == TensorProto.EXTERNAL  # the proto dropped the weights
-    full = next(t for t in inst.model.graph.initializer if t.name == "w1")
-    np.testing.assert_array_equal(numpy_helper.to_array(full), p["w1"])  # `model` re-reads
+    big = [t for t in inst.original.graph.initializer if t.name in ("w1", "w2")]
+    assert all(not t.raw_data and not t.float_data and not t.external_data for t in big)
+    full = {t.name: t for t in inst.model.graph.initializer}  # `model` reads the file again
+    np.testing.assert_array_equal(numpy_helper.to_array(full["w1"]), p["w1"])
     a = onnx_state.analyze(path, x, attach_to="Relu")
     b = onnx_state.analyze(_mlp()[0], x, attach_to="Relu")  # in memory: serialized
     assert a.layers[0] == b.layers[0]
@@ -110,27 +87,54 @@ def test_analyze_reads_the_weights_from_the_file_and_counts_as_from_memory(tmp_p
     np.testing.assert_array_equal(np.sort(a.layers[0].counts()), np.sort(counts))
 
 
-def test_a_file_that_changed_since_it_was_read_is_not_pointed_at(tmp_path):
-    path, _ = _saved(tmp_path)
-    proto = capture.load_model(path)
-    before = proto.SerializeToString()
-    onnx.save(_mlp(seed=1)[0], path)  # same layout, other weights
-    assert not point_at_own_file(proto, path)
-    assert proto.SerializeToString() == before
+def test_the_loaded_weights_run_whatever_happens_to_the_file(tmp_path):
+    """The session runs the bytes that were loaded and hashed: the file rewritten before the
+    session is built, or truncated and rewritten while it runs, changes nothing."""
+    path, p = _saved(tmp_path)
+    x = np.random.default_rng(6).normal(size=(7, 16)).astype(np.float32)
+    expected = np.maximum(x @ p["w1"] + p["b1"], 0) @ p["w2"]
+    inst = capture.Instrumented(path, attach_to="Relu")
+    other = _mlp(seed=1)[0]
+    onnx.save(other, path)  # same layout, other weights, before the session exists
+    np.testing.assert_allclose(inst.run({"x": x}).outputs[0], expected, rtol=1e-5, atol=1e-5)
+    path.write_bytes(b"")  # truncated under the running session
+    onnx.save(_mlp(seed=2)[0], path)
+    np.testing.assert_allclose(inst.run({"x": x}).outputs[0], expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:The onnxtxt format is experimental")
-def test_other_formats_and_links_are_left_alone(tmp_path):
-    path, _ = _saved(tmp_path)
-    proto = capture.load_model(path)
-    before = proto.SerializeToString()
-    link = tmp_path / "link.onnx"
-    os.symlink(path, link)
-    assert not point_at_own_file(proto, link)
-    text = tmp_path / "m.onnxtxt"
-    onnx.save(proto, text, format="onnxtxt")
-    assert not point_at_own_file(capture.load_model(text), text)
-    assert proto.SerializeToString() == before
+def test_a_failed_build_leaves_the_weights_in_place(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    path, p = _saved(tmp_path)
+    inst = capture.Instrumented(path, attach_to="Relu")
+    before = inst.original.SerializeToString()
+    real = ort.InferenceSession
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of memory (simulated)")
+
+    monkeypatch.setattr(ort, "InferenceSession", failing)
+    with pytest.raises(onnx_state.errors.ModelError, match="simulated"):
+        inst.session  # noqa: B018
+    assert inst.original.SerializeToString() == before
+    monkeypatch.setattr(ort, "InferenceSession", real)
+    x = np.random.default_rng(7).normal(size=(3, 16)).astype(np.float32)
+    expected = np.maximum(x @ p["w1"] + p["b1"], 0) @ p["w2"]
+    np.testing.assert_allclose(inst.run({"x": x}).outputs[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_large_tensor_leaves_the_proto_once_the_session_exists(tmp_path):
+    """Detached raw_data, typed float_data and tensors loaded from an external file alike."""
+    model, _ = _mlp()
+    path = tmp_path / "mixed.onnx"
+    saved = onnx.ModelProto()
+    saved.CopyFrom(model)  # onnx.save turns the proto's own tensors into references
+    onnx.save(saved, path, save_as_external_data=True, location="w.bin", size_threshold=3000)
+    inst = capture.Instrumented(path, attach_to="Relu")
+    assert any(t.raw_data for t in inst.original.graph.initializer if t.name == "w1")
+    inst.session  # noqa: B018
+    held = {t.name: t.ByteSize() for t in inst.original.graph.initializer}
+    assert max(held.values()) < 1100, held
 
 
 def test_kept_external_references_load_without_a_temporary_file(tmp_path, monkeypatch):
@@ -155,15 +159,26 @@ def test_kept_external_references_load_without_a_temporary_file(tmp_path, monkey
     assert sorted(f.name for f in tmp_path.iterdir()) == ["ext.bin", "ext.onnx"]
 
 
-def test_packed_bits_read_the_weights_from_the_file_too(tmp_path):
-    model, _ = conv_net()  # G (2,880 bytes) is pointed at, W (432) stays in the proto
+def test_packed_bits_take_the_detached_weights_too(tmp_path, monkeypatch):
+    """pack=True builds from a copy of the proto with the packing nodes: the copy is made
+    after the weights are detached, so it is light too."""
+    from onnx_state.capture import session as session_module
+
+    model, _ = conv_net()  # G (2,880 bytes) is detached, W (432) stays in the proto
     path = tmp_path / "conv.onnx"
     onnx.save(model, path)
-    x = int_data(20)
+    handed = []
+    real = session_module.make_session
+
+    def spy(model, *args, weights=None, **kwargs):
+        handed.append(None if weights is None else list(weights.names))
+        return real(model, *args, weights=weights, **kwargs)
+
+    monkeypatch.setattr(session_module, "make_session", spy)
     inst = capture.Instrumented(path, attach_to="Conv", pack=True)
     inst.session  # noqa: B018 (built on first use)
-    g = next(t for t in inst.original.graph.initializer if t.name == "G")
-    assert g.data_location == TensorProto.EXTERNAL and inst.captures[0].packed
+    assert inst.captures[0].packed and handed == [["onnx_state-detached-1.bin"]]
+    x = int_data(20)
     a = onnx_state.analyze(path, x, attach_to="Conv", pack=True)
     b = onnx_state.analyze(model, x, attach_to="Conv")
     assert a.layers[0] == b.layers[0]

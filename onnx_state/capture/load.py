@@ -37,9 +37,12 @@ __all__ = [
     "LARGE_MODEL_BYTES",
     "ExternalTensor",
     "all_graphs",
+    "all_initializers",
     "check_external_data",
     "external_bytes",
+    "external_location",
     "has_external_data",
+    "is_external",
     "load_model",
     "load_model_hashed",
     "model_sha256",
@@ -137,8 +140,14 @@ def _sparse_sites(
     yield f"{here} (indices)", sparse.indices, False
 
 
-def _is_external(tensor: onnx.TensorProto) -> bool:
+def is_external(tensor: onnx.TensorProto) -> bool:
+    """Whether *tensor* refers to external data."""
     return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_location(tensor: onnx.TensorProto) -> str | None:
+    """The ``location`` of an external *tensor*'s data (the last one given), or None."""
+    return next((e.value for e in reversed(tensor.external_data) if e.key == "location"), None)
 
 
 def all_initializers(model: ModelProto) -> Iterable[onnx.TensorProto]:
@@ -149,7 +158,7 @@ def all_initializers(model: ModelProto) -> Iterable[onnx.TensorProto]:
 
 def has_external_data(model: ModelProto) -> bool:
     """Whether any tensor of the model, wherever it sits, refers to external data."""
-    return any(_is_external(tensor) for tensor in all_initializers(model))
+    return any(is_external(tensor) for tensor in all_initializers(model))
 
 
 def all_graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
@@ -185,7 +194,7 @@ def check_external_data(
     return [
         _check_tensor(f"{where}{model_name}", tensor, base, top, f"{folder} {base}")
         for where, tensor, top in _tensor_sites(model)
-        if _is_external(tensor)
+        if is_external(tensor)
     ]
 
 

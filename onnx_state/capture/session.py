@@ -33,7 +33,7 @@ from onnx_state.capture.data import (
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
-from onnx_state.capture.weights import point_at_own_file
+from onnx_state.capture.weights import DetachedWeights, detach_weights, memory_files_supported
 from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
@@ -64,6 +64,7 @@ def make_session(
     optimization: Optimization = "all",
     model_dir: str | os.PathLike[str] | None = None,
     config: Mapping[str, str] | None = None,
+    weights: DetachedWeights | None = None,
 ) -> Any:
     """An onnxruntime InferenceSession for *model*.
 
@@ -79,11 +80,15 @@ def make_session(
     optimization:
         onnxruntime's graph optimization level.
     model_dir:
-        The folder that the model's external-data references resolve from (onnxruntime is
-        told it: nothing is written there); a model too large for one protobuf is written
-        there as a temporary file, loaded from it, and the file is removed.
+        The folder that the model's external-data references resolve from. onnxruntime is
+        told it where it can be (1.21 and later: nothing is written there); otherwise, and
+        for a model too large for one protobuf, the model is written there as a temporary
+        file, loaded from it, and the file is removed.
     config:
         Session config entries (``ThreadPlan.session_config()``).
+    weights:
+        The tensors ``capture.weights.detach_weights`` took out of *model*, handed to
+        onnxruntime from memory.
     """
     import onnxruntime as ort
 
@@ -118,9 +123,16 @@ def make_session(
         if isinstance(model, str):
             return ort.InferenceSession(model, options, providers=providers)
         folder = Path(model_dir or ".")
-        if model.ByteSize() < load.LARGE_MODEL_BYTES:
-            if load.has_external_data(model):
-                # resolved from the folder, as for a file there (no temporary file written)
+        in_memory = set()
+        if weights is not None and weights.names:
+            options.add_external_initializers_from_files_in_memory(*weights.files())
+            in_memory = set(weights.names)
+        on_disk = any(
+            load.external_location(t) not in in_memory
+            for t in load.all_initializers(model) if load.is_external(t)
+        )  # fmt: skip
+        if model.ByteSize() < load.LARGE_MODEL_BYTES and (not on_disk or _folder_option(ort)):
+            if on_disk:  # resolved from the folder, as for a file there (nothing written)
                 options.add_session_config_entry(_EXTERNAL_FOLDER, str(folder))
             return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
         fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=folder, prefix=".onnx_state-")
@@ -134,6 +146,15 @@ def make_session(
         if isinstance(exc, InputError):
             raise
         raise ModelError(f"onnxruntime cannot load the model: {one_line(exc)}") from exc
+
+
+def _folder_option(ort: Any) -> bool:
+    """Whether this onnxruntime reads ``_EXTERNAL_FOLDER`` (1.21 and later)."""
+    try:
+        major, minor = (int(part) for part in ort.__version__.split(".")[:2])
+    except ValueError:  # a development build: assume a current one
+        return True
+    return (major, minor) >= (1, 21)
 
 
 def new_counter(capture: Capture, **kwargs: Any) -> StateCounter:
@@ -255,26 +276,33 @@ class Instrumented:
         """
         if self._session is None:
             own = self._runnable_path is not None and self._base is self.original
-            if own and point_at_own_file(self.original, self._runnable_path):  # type: ignore[arg-type]
-                # the proto is small from now on (``model`` reads the file again)
-                self._weights_dropped = True
+            # (the file has the weights for a parity session, and ``model`` reads it again)
+            weights = detach_weights(self.original) if own and memory_files_supported() else None
             base = self._base
-            packed = [c for c in self.captures if c.packed]
-            if packed:  # a copy with the packing nodes, dropped once the session is built
-                from onnx_state.capture.pack import PackRequest, add_packed_outputs
+            try:
+                packed = [c for c in self.captures if c.packed]
+                if packed:  # a copy with the packing nodes, dropped once the session is built
+                    from onnx_state.capture.pack import PackRequest, add_packed_outputs
 
-                requests = [PackRequest(c.read, c.axis, c.rank or 4, int(c.shape[c.axis]))  # type: ignore[index,arg-type]
-                            for c in packed]  # fmt: skip
-                base, outs = add_packed_outputs(base, requests)
-                self._packed = {c.read: o for c, o in zip(packed, outs)}
-            with _extra_outputs(base, [c for c in self.captures if not c.packed]):
-                self._session = make_session(
-                    base, *self._session_args, config=self.plan.session_config()
-                )
+                    requests = [PackRequest(c.read, c.axis, c.rank or 4, int(c.shape[c.axis]))  # type: ignore[index,arg-type]
+                                for c in packed]  # fmt: skip
+                    base, outs = add_packed_outputs(base, requests)
+                    self._packed = {c.read: o for c, o in zip(packed, outs)}
+                with _extra_outputs(base, [c for c in self.captures if not c.packed]):
+                    self._session = make_session(
+                        base, *self._session_args, config=self.plan.session_config(),
+                        weights=weights,
+                    )  # fmt: skip
+            except BaseException:
+                if weights is not None:
+                    weights.restore()  # the proto as it was: a retry sees the weights
+                raise
             del base
-            if own and not self._weights_dropped:
-                # onnxruntime holds the weights now, and the file has them for a parity
-                # session: the proto's copy goes (``model`` reads the file again).
+            if own:
+                # onnxruntime holds the weights now: the proto's copy goes (detached tensors
+                # and any other large one)
+                if weights is not None:
+                    weights.forget()
                 _drop_weights(self.original)
                 self._weights_dropped = True
         return self._session

@@ -1,160 +1,90 @@
-"""Hand a model's embedded weights to onnxruntime as references to its own file.
+"""Hand a loaded model's weights to onnxruntime without serializing them.
 
 The instrumented model must reach onnxruntime as bytes (it has extra outputs the file lacks).
-Serializing it with its weights costs a copy of every weight and, with protobuf's size pass,
-tens of milliseconds per 10 MB. But the weights already sit in the model file, byte for byte:
-an initializer's ``raw_data`` is one contiguous run of the file. ``point_at_own_file`` finds
-those runs by walking the protobuf wire format of the file (tags and lengths only, never the
-weights) and turns each large initializer into an external-data reference to its own bytes
-there (``location`` = the file's name, ``offset``, ``length``); onnxruntime reads them from
-the file as it reads any external data (``make_session`` tells it the folder). The proto
-keeps no copy of the weights from then on and serializes in about a millisecond.
-
-Where the file does not line up with the loaded proto — another serialization format, a file
-replaced since it was read, a layout the walk does not follow (a graph split into several
-fields, groups) — nothing is changed, and the model is serialized as before.
+Serializing it with its weights costs protobuf's size pass and a copy of every weight: 43 ms
+for 28 MB, more than building the session. onnxruntime also takes the contents of
+external-data files from memory (``SessionOptions.add_external_initializers_from_files_in_
+memory``) and copies what it needs while the session is built. ``detach_weights`` moves the
+``raw_data`` of each large main-graph initializer out of the proto into a buffer of its own
+(no copy), leaving a reference to a "file" of a name no other tensor uses, which exists only
+in that table: nothing on disk is read or written for it, so what runs is exactly the bytes
+that were loaded and hashed, whatever happens to the model file. Once the session exists,
+``DetachedWeights.forget`` leaves those tensors empty (their data lives in onnxruntime), or
+``restore`` puts the bytes back when the build failed.
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import onnx
 from onnx import ModelProto
 
-__all__ = ["point_at_own_file", "raw_data_spans"]
+__all__ = ["DetachedWeights", "detach_weights", "memory_files_supported"]
 
-# Field numbers of onnx.proto that the walk reads.
-_MODEL_GRAPH = 7
-_GRAPH_INITIALIZER = 5
-_TENSOR_NAME = 8
-_TENSOR_RAW_DATA = 9
-_LEN = 2  # wire type of length-delimited fields
-# Bytes compared at each end of a run against the loaded tensor: a replaced file shows.
-_PROBE = 64
+# The prefix of the in-memory "file" of each detached tensor (a plain relative file name,
+# as onnxruntime's checks of external-data locations require).
+_PREFIX = "onnx_state-detached-"
 
 
-class _LayoutError(Exception):
-    """The bytes are not the plain protobuf layout the walk reads."""
+def memory_files_supported() -> bool:
+    """Whether this onnxruntime takes external-data files from memory."""
+    import onnxruntime as ort
+
+    return hasattr(ort.SessionOptions, "add_external_initializers_from_files_in_memory")
 
 
-def _varint(buf: bytes | mmap.mmap, i: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise _LayoutError
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
+@dataclass
+class DetachedWeights:
+    """The weights ``detach_weights`` took out of a proto, as in-memory external-data files."""
+
+    tensors: list[onnx.TensorProto] = field(default_factory=list)
+    buffers: list[bytes] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+    def files(self) -> tuple[list[str], list[bytes], list[int]]:
+        """(names, contents, lengths): ``add_external_initializers_from_files_in_memory``."""
+        return list(self.names), list(self.buffers), [len(b) for b in self.buffers]
+
+    def forget(self) -> None:
+        """Drop the bytes: each tensor keeps its name, type and shape, and no data (as
+        ``session._drop_weights`` leaves a tensor)."""
+        for tensor in self.tensors:
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")  # (detach_weights took only tensors without)
+        self.buffers.clear()
+
+    def restore(self) -> None:
+        """Put the bytes back into their tensors, as they were before ``detach_weights``."""
+        for tensor, data in zip(self.tensors, self.buffers):
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
+            tensor.raw_data = data
+        self.buffers.clear()
 
 
-def _fields(buf: bytes | mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, start, end) of each field of the message in buf[start:end];
-    start..end is the payload of a length-delimited field, else the value's own bytes."""
-    i = start
-    while i < end:
-        key, i = _varint(buf, i, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            j = _varint(buf, i, end)[1]
-        elif wire == 1:
-            j = i + 8
-        elif wire == _LEN:
-            n, i = _varint(buf, i, end)
-            j = i + n
-        elif wire == 5:
-            j = i + 4
-        else:  # groups (deprecated) and invalid wire types
-            raise _LayoutError
-        if number == 0 or j > end:
-            raise _LayoutError
-        yield number, wire, i, j
-        i = j
-
-
-def raw_data_spans(buf: bytes | mmap.mmap) -> list[tuple[str, int, int]] | None:
-    """For each initializer of the main graph of the serialized ModelProto *buf*, in order:
-    its name and the offset and length of its ``raw_data`` bytes in *buf* (-1, 0 without).
-
-    None where *buf* does not have the layout read here: truncated, groups, or the graph
-    given in several fields (protobuf merges them; the offsets would not be one run).
-    Repeated scalar fields take the last value, as protobuf's parser does.
-    """
-    try:
-        graphs = [
-            (s, e) for n, w, s, e in _fields(buf, 0, len(buf)) if n == _MODEL_GRAPH and w == _LEN
-        ]
-        if len(graphs) != 1:
-            return None
-        spans = []
-        for n, w, s, e in _fields(buf, *graphs[0]):
-            if n != _GRAPH_INITIALIZER or w != _LEN:
-                continue
-            name, offset, length = b"", -1, 0
-            for tn, tw, ts, te in _fields(buf, s, e):
-                if tw != _LEN:
-                    continue
-                if tn == _TENSOR_NAME:
-                    name = bytes(buf[ts:te])
-                elif tn == _TENSOR_RAW_DATA:
-                    offset, length = ts, te - ts
-            spans.append((name.decode("utf-8"), offset, length))
-        return spans
-    except (_LayoutError, UnicodeDecodeError):
-        return None
-
-
-def point_at_own_file(
-    model: ModelProto, path: str | os.PathLike[str], min_bytes: int = 1024
-) -> bool:
-    """Make each main-graph initializer of *model* with at least *min_bytes* of ``raw_data``
-    an external-data reference to the same bytes in the file *path* that *model* was parsed
-    from (in place); whether it did.
-
-    Every initializer's name and data length must match the file, and each pointed run
-    must begin and end with the tensor's own bytes; otherwise (or for a file onnx does not
-    read as binary protobuf, or a symbolic link, whose target could change before
-    onnxruntime opens it) *model* is left unchanged and False is returned. onnxruntime must
-    then be given the file's folder (``session.make_session``'s *model_dir*).
-    """
-    path = Path(path)
-    fmt = onnx.serialization.registry.get_format_from_file_extension(path.suffix)
-    if fmt not in (None, "protobuf") or path.is_symlink():
-        return False
-    inits = model.graph.initializer
-    chosen: list[tuple[onnx.TensorProto, int, int]] = []
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            spans = raw_data_spans(mm)
-            if spans is None or len(spans) != len(inits):
-                return False
-            for tensor, (name, offset, length) in zip(inits, spans):
-                if tensor.name != name:
-                    return False
-                if offset < 0:  # no raw_data in the file (e.g. external there): left as is
-                    continue
-                raw = tensor.raw_data
-                if len(raw) != length:
-                    return False
-                if length < min_bytes:
-                    continue
-                head, end = min(_PROBE, length), offset + length
-                if mm[offset : offset + head] != raw[:head] or mm[end - head : end] != raw[-head:]:
-                    return False
-                chosen.append((tensor, offset, length))
-    except (OSError, ValueError):  # unreadable now, or empty: serialize instead
-        return False
-    for tensor, offset, length in chosen:
+def detach_weights(model: ModelProto, min_bytes: int = 1024) -> DetachedWeights:
+    """Move the ``raw_data`` of every main-graph initializer of *model* holding at least
+    *min_bytes* into a ``DetachedWeights`` (in place), each tensor left referring to its
+    in-memory file. Tensors already external (or spelling out a data location), or with
+    typed data fields, stay as they are."""
+    detached = DetachedWeights()
+    for i, tensor in enumerate(model.graph.initializer):
+        # (a tensor that spells out data_location, or has external_data entries, is left as
+        # it is: restore could not tell how it was written)
+        if tensor.HasField("data_location") or tensor.external_data:
+            continue
+        if len(tensor.raw_data) < min_bytes:
+            continue
+        data = tensor.raw_data
+        name = f"{_PREFIX}{i}.bin"
         tensor.ClearField("raw_data")
         tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
-        for key, value in (("location", path.name), ("offset", offset), ("length", length)):
+        for key, value in (("location", name), ("offset", "0"), ("length", str(len(data)))):
             entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-    return bool(chosen)
+            entry.key, entry.value = key, value
+        detached.tensors.append(tensor)
+        detached.buffers.append(data)
+        detached.names.append(name)
+    return detached
