@@ -182,3 +182,83 @@ def test_packed_bits_take_the_detached_weights_too(tmp_path, monkeypatch):
     a = onnx_state.analyze(path, x, attach_to="Conv", pack=True)
     b = onnx_state.analyze(model, x, attach_to="Conv")
     assert a.layers[0] == b.layers[0]
+
+
+def _two_matmuls(a: np.ndarray, b: onnx.TensorProto) -> onnx.ModelProto:
+    """x (N, 16) -> MatMul a (16 x 64) -> Relu -> MatMul b (64 x 8)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "a"], ["h"], name="mm1"),
+            helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            helper.make_node("MatMul", ["r", "b"], ["y"], name="mm2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+        [numpy_helper.from_array(a, "a"), b],
+    )
+    return helper.make_model(graph, opset_imports=OPSET)
+
+
+@pytest.mark.parametrize("file_name", ["w.bin", "onnx_state-detached-0.bin"])
+def test_embedded_and_kept_external_weights_together_run_right(tmp_path, monkeypatch, file_name):
+    """A large model keeps its file references; an embedded tensor next to them is not
+    detached (onnxruntime would look the file up among the in-memory ones), even when the
+    file bears the name a detached tensor would get."""
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(16, 64)).astype(np.float32)  # 4 KiB, embedded
+    b = rng.normal(size=(64, 8)).astype(np.float32)  # 2 KiB, in the data file
+    (tmp_path / file_name).write_bytes(b.tobytes())
+    ref = numpy_helper.from_array(b, "b")
+    ref.ClearField("raw_data")
+    ref.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", file_name), ("offset", "0"), ("length", str(b.nbytes))):
+        entry = ref.external_data.add()
+        entry.key, entry.value = key, value
+    path = tmp_path / "m.onnx"
+    onnx.save(_two_matmuls(a, ref), path)
+    monkeypatch.setattr(capture.load, "LARGE_MODEL_BYTES", path.stat().st_size + 1000)
+    x = rng.normal(size=(5, 16)).astype(np.float32)
+    out = capture.Instrumented(path, attach_to="Relu").run({"x": x}).outputs[0]
+    np.testing.assert_allclose(out, np.maximum(x @ a, 0) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_shadowed_initializer_names_keep_onnxruntimes_choice(tmp_path):
+    """Two initializers named "a": onnxruntime keeps one; the instrumented model runs what
+    a plain session of the file runs (the weights are serialized, not detached)."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(16, 64)).astype(np.float32)
+    b = rng.normal(size=(64, 8)).astype(np.float32)
+    model = _two_matmuls(a, numpy_helper.from_array(b, "b"))
+    model.graph.initializer.append(numpy_helper.from_array(a + 1, "a"))
+    path = tmp_path / "dup.onnx"
+    onnx.save(model, path)
+    x = rng.normal(size=(3, 16)).astype(np.float32)
+    plain = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    inst = capture.Instrumented(path, attach_to="Relu")
+    assert not capture.weights.can_detach(inst.original)
+    np.testing.assert_array_equal(inst.run({"x": x}).outputs[0], plain)
+
+
+def test_an_interrupt_while_detaching_leaves_the_proto_as_it_was(tmp_path, monkeypatch):
+    rng = np.random.default_rng(10)
+    a = rng.normal(size=(16, 64)).astype(np.float32)
+    b = rng.normal(size=(64, 8)).astype(np.float32)
+    proto = _two_matmuls(a, numpy_helper.from_array(b, "b"))
+    before = proto.SerializeToString()
+    turns = [0]
+    real_add = onnx.TensorProto.ClearField
+
+    def interrupted(self, name):
+        turns[0] += 1
+        if turns[0] == 2:  # the second tensor, half-way
+            raise KeyboardInterrupt
+        return real_add(self, name)
+
+    monkeypatch.setattr(onnx.TensorProto, "ClearField", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        detach_weights(proto)
+    monkeypatch.setattr(onnx.TensorProto, "ClearField", real_add)
+    assert proto.SerializeToString() == before

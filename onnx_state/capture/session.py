@@ -33,7 +33,12 @@ from onnx_state.capture.data import (
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
-from onnx_state.capture.weights import DetachedWeights, detach_weights, memory_files_supported
+from onnx_state.capture.weights import (
+    DetachedWeights,
+    can_detach,
+    detach_weights,
+    memory_files_supported,
+)
 from onnx_state.count.counter import StateCounter
 from onnx_state.count.engine import ThreadPlan, plan_threads
 from onnx_state.errors import InputError, ModelError, one_line
@@ -131,6 +136,8 @@ def make_session(
             load.external_location(t) not in in_memory
             for t in load.all_initializers(model) if load.is_external(t)
         )  # fmt: skip
+        if in_memory and on_disk:  # onnxruntime would look those up in the table too
+            raise ModelError("detached weights cannot go with files on disk (see can_detach)")
         if model.ByteSize() < load.LARGE_MODEL_BYTES and (not on_disk or _folder_option(ort)):
             if on_disk:  # resolved from the folder, as for a file there (nothing written)
                 options.add_session_config_entry(_EXTERNAL_FOLDER, str(folder))
@@ -277,9 +284,11 @@ class Instrumented:
         if self._session is None:
             own = self._runnable_path is not None and self._base is self.original
             # (the file has the weights for a parity session, and ``model`` reads it again)
-            weights = detach_weights(self.original) if own and memory_files_supported() else None
+            detach = own and memory_files_supported() and can_detach(self.original)
+            weights = None
             base = self._base
             try:
+                weights = detach_weights(self.original) if detach else None
                 packed = [c for c in self.captures if c.packed]
                 if packed:  # a copy with the packing nodes, dropped once the session is built
                     from onnx_state.capture.pack import PackRequest, add_packed_outputs
@@ -300,11 +309,11 @@ class Instrumented:
             del base
             if own:
                 # onnxruntime holds the weights now: the proto's copy goes (detached tensors
-                # and any other large one)
+                # and any other large one); ``model`` reads the file from here on
+                self._weights_dropped = True
                 if weights is not None:
                     weights.forget()
                 _drop_weights(self.original)
-                self._weights_dropped = True
         return self._session
 
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:

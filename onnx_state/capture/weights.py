@@ -5,12 +5,22 @@ Serializing it with its weights costs protobuf's size pass and a copy of every w
 for 28 MB, more than building the session. onnxruntime also takes the contents of
 external-data files from memory (``SessionOptions.add_external_initializers_from_files_in_
 memory``) and copies what it needs while the session is built. ``detach_weights`` moves the
-``raw_data`` of each large main-graph initializer out of the proto into a buffer of its own
-(no copy), leaving a reference to a "file" of a name no other tensor uses, which exists only
-in that table: nothing on disk is read or written for it, so what runs is exactly the bytes
-that were loaded and hashed, whatever happens to the model file. Once the session exists,
-``DetachedWeights.forget`` leaves those tensors empty (their data lives in onnxruntime), or
-``restore`` puts the bytes back when the build failed.
+``raw_data`` of each large main-graph initializer out of the proto into a buffer of its own,
+leaving a reference to a "file" of a name no other tensor uses, which exists only in that
+table: nothing on disk is read for it, so what runs is exactly the bytes that were loaded
+and hashed. Once the session exists, ``DetachedWeights.forget`` leaves those tensors empty
+(their data lives in onnxruntime), or ``restore`` puts the bytes back when the build failed.
+
+Memory: protobuf's Python API hands out each ``raw_data`` as a copy, and the proto's own
+buffer is freed only with the proto, so while the session is built the weights exist three
+times (the proto, the buffers, onnxruntime), as they did when the model was serialized (the
+proto, the serialized bytes, onnxruntime).
+
+Only a model that onnxruntime resolves by name alone is detached (``can_detach``): given a
+table of in-memory files, onnxruntime 1.32 looks every external reference up in it, so a
+model with references to files on disk keeps the serialized route, and so does one whose
+initializer names are not unique (onnxruntime keeps one tensor per name; the other would be
+looked up on disk).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from dataclasses import dataclass, field
 import onnx
 from onnx import ModelProto
 
-__all__ = ["DetachedWeights", "detach_weights", "memory_files_supported"]
+__all__ = ["DetachedWeights", "can_detach", "detach_weights", "memory_files_supported"]
 
 # The prefix of the in-memory "file" of each detached tensor (a plain relative file name,
 # as onnxruntime's checks of external-data locations require).
@@ -63,12 +73,36 @@ class DetachedWeights:
         self.buffers.clear()
 
 
+def can_detach(model: ModelProto) -> bool:
+    """Whether *model* can go to onnxruntime with detached weights: it refers to no external
+    data (wherever a tensor sits: see ``load.has_external_data``), and no main-graph
+    initializer shares its name with another, a sparse initializer or a node's output."""
+    from onnx_state.capture import load
+
+    if load.has_external_data(model):
+        return False
+    graph = model.graph
+    names = [t.name for t in graph.initializer]
+    others = {s.values.name for s in graph.sparse_initializer}
+    others.update(out for node in graph.node for out in node.output)
+    return len(set(names)) == len(names) and others.isdisjoint(names)
+
+
 def detach_weights(model: ModelProto, min_bytes: int = 1024) -> DetachedWeights:
     """Move the ``raw_data`` of every main-graph initializer of *model* holding at least
     *min_bytes* into a ``DetachedWeights`` (in place), each tensor left referring to its
     in-memory file. Tensors already external (or spelling out a data location), or with
     typed data fields, stay as they are."""
     detached = DetachedWeights()
+    try:
+        _detach(model, min_bytes, detached)
+    except BaseException:  # (an interrupt, or memory for the copies): the proto as it was
+        detached.restore()
+        raise
+    return detached
+
+
+def _detach(model: ModelProto, min_bytes: int, detached: DetachedWeights) -> None:
     for i, tensor in enumerate(model.graph.initializer):
         # (a tensor that spells out data_location, or has external_data entries, is left as
         # it is: restore could not tell how it was written)
@@ -78,13 +112,12 @@ def detach_weights(model: ModelProto, min_bytes: int = 1024) -> DetachedWeights:
             continue
         data = tensor.raw_data
         name = f"{_PREFIX}{i}.bin"
-        tensor.ClearField("raw_data")
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        del tensor.external_data[:]
-        for key, value in (("location", name), ("offset", "0"), ("length", str(len(data)))):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, value
+        # listed first: restore() can then undo a tensor caught half-way
         detached.tensors.append(tensor)
         detached.buffers.append(data)
         detached.names.append(name)
-    return detached
+        tensor.ClearField("raw_data")
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", name), ("offset", "0"), ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
