@@ -262,3 +262,25 @@ def test_an_interrupt_while_detaching_leaves_the_proto_as_it_was(tmp_path, monke
         detach_weights(proto)
     monkeypatch.setattr(onnx.TensorProto, "ClearField", real_add)
     assert proto.SerializeToString() == before
+
+
+def test_a_relative_path_survives_a_change_of_folder(tmp_path, monkeypatch):
+    _, p = _saved(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    inst = capture.Instrumented("m.onnx", attach_to="Relu")
+    inst.parity_first = True  # the original's session is built from the file, later
+    monkeypatch.chdir(tmp_path.parent)
+    x = np.random.default_rng(11).normal(size=(6, 16)).astype(np.float32)
+    run = inst.run({"x": x})
+    assert inst.parity({"x": x}, run.outputs) == 0.0
+    full = {t.name: t for t in inst.model.graph.initializer}
+    np.testing.assert_array_equal(numpy_helper.to_array(full["w1"]), p["w1"])
+
+
+def test_the_model_is_not_read_back_from_a_file_that_changed(tmp_path):
+    path, _ = _saved(tmp_path)
+    inst = capture.Instrumented(path, attach_to="Relu")
+    inst.session  # noqa: B018 (the proto's weights go)
+    onnx.save(_mlp(seed=3)[0], path)
+    with pytest.raises(onnx_state.errors.ModelError, match="changed since it was loaded"):
+        inst.model  # noqa: B018

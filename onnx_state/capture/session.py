@@ -230,7 +230,8 @@ class Instrumented:
         output_batch_axis: int | None = None,
         pack: bool = False,
     ) -> None:
-        self.path = None if isinstance(model, ModelProto) else Path(model)
+        # absolute: the file is read again (parity, ``model``) after any later chdir
+        self.path = None if isinstance(model, ModelProto) else Path(os.path.abspath(model))
         # Read through the module: one limit, which tests can lower.
         self.original, self.sha256, by_path = load.load_model_hashed(
             model, max_bytes=load.LARGE_MODEL_BYTES
@@ -269,7 +270,13 @@ class Instrumented:
     def model(self) -> ModelProto:
         """The instrumented model (a copy of the original with the extra outputs)."""
         if self._weights_dropped and self._runnable_path is not None:
-            return add_outputs(load.load_model(self._runnable_path), self.captures)
+            proto, sha, _ = load.load_model_hashed(self._runnable_path)
+            if sha != self.sha256:
+                raise ModelError(
+                    f"{self._runnable_path} changed since it was loaded (the session runs the "
+                    "model as it was then); build a new Instrumented to use the new file"
+                )
+            return add_outputs(proto, self.captures)
         return add_outputs(self._base, self.captures)
 
     @property
