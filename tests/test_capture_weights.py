@@ -284,3 +284,20 @@ def test_the_model_is_not_read_back_from_a_file_that_changed(tmp_path):
     onnx.save(_mlp(seed=3)[0], path)
     with pytest.raises(onnx_state.errors.ModelError, match="changed since it was loaded"):
         inst.model  # noqa: B018
+
+
+def test_the_loaded_proto_is_let_go_once_the_session_exists(tmp_path):
+    """protobuf frees a message's memory only with the message: after the build nothing of
+    the onnx_state side holds the loaded proto (its detached weights would stay resident)."""
+    import sys
+
+    path, p = _saved(tmp_path)
+    inst = capture.Instrumented(path, attach_to="Relu")
+    loaded = inst.original
+    inst.session  # noqa: B018
+    assert inst.original is not loaded and inst.index.model is inst.original
+    assert sys.getrefcount(loaded) == 2  # `loaded` and the call's argument
+    x = np.random.default_rng(12).normal(size=(4, 16)).astype(np.float32)
+    expected = np.maximum(x @ p["w1"] + p["b1"], 0) @ p["w2"]
+    np.testing.assert_allclose(inst.run({"x": x}).outputs[0], expected, rtol=1e-5, atol=1e-5)
+    assert inst.batch_axis("r", np.zeros((4, 64)), 4) == 0  # the new index knows the shapes

@@ -58,7 +58,7 @@ class GraphIndex:
         The model; it must not change while the index is in use.
     """
 
-    def __init__(self, model: ModelProto) -> None:
+    def __init__(self, model: ModelProto, info: dict[str, TensorInfo] | None = None) -> None:
         self.model = model
         graph = model.graph
         self.nodes: list[NodeProto] = list(graph.node)
@@ -72,7 +72,12 @@ class GraphIndex:
         self.constants: set[str] = {t.name for t in graph.initializer}
         self.constants.update(o for n in self.nodes if n.op_type == "Constant" for o in n.output)
         self.graph_outputs: set[str] = {o.name for o in graph.output}
-        self.info: dict[str, TensorInfo] = shape_info(model)
+        self.info: dict[str, TensorInfo] = shape_info(model) if info is None else info
+
+    def on_copy(self, model: ModelProto) -> GraphIndex:
+        """This index over *model*, a copy of this index's model (its shape information is
+        reused: no inference), holding nothing of the original."""
+        return GraphIndex(model, self.info)
 
     @cached_property
     def input_axes(self) -> dict[str, int]:

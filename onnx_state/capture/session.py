@@ -296,6 +296,9 @@ class Instrumented:
             base = self._base
             try:
                 weights = detach_weights(self.original) if detach else None
+                if weights is not None and weights.names:
+                    self._lighten(weights)
+                    base = self._base
                 packed = [c for c in self.captures if c.packed]
                 if packed:  # a copy with the packing nodes, dropped once the session is built
                     from onnx_state.capture.pack import PackRequest, add_packed_outputs
@@ -322,6 +325,16 @@ class Instrumented:
                     weights.forget()
                 _drop_weights(self.original)
         return self._session
+
+    def _lighten(self, weights: DetachedWeights) -> None:
+        """Swap the loaded proto for a copy made after *weights* left it, and let the loaded
+        one go: protobuf frees a message's memory only with the message, so the detached
+        weights would otherwise stay resident, a second copy, for the whole run."""
+        light = ModelProto()
+        light.CopyFrom(self.original)
+        weights.move_to(light)
+        self.index = self.index.on_copy(light)
+        self.original = self._base = light
 
     def run(self, batch: Mapping[str, np.ndarray], samples: int | None = None) -> BatchRun:
         """Run one checked batch: its final outputs and captured tensors by name.

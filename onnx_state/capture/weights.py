@@ -11,10 +11,12 @@ table: nothing on disk is read for it, so what runs is exactly the bytes that we
 and hashed. Once the session exists, ``DetachedWeights.forget`` leaves those tensors empty
 (their data lives in onnxruntime), or ``restore`` puts the bytes back when the build failed.
 
-Memory: protobuf's Python API hands out each ``raw_data`` as a copy, and the proto's own
-buffer is freed only with the proto, so while the session is built the weights exist three
-times (the proto, the buffers, onnxruntime), as they did when the model was serialized (the
-proto, the serialized bytes, onnxruntime).
+Memory: protobuf's Python API hands out each ``raw_data`` as a copy, and frees a message's
+memory only with the message, so ``session.Instrumented`` swaps the loaded proto for a copy
+made after the weights left it (``DetachedWeights.move_to``) and lets the loaded one go
+before the build: the weights then exist twice while the session is built (the buffers,
+onnxruntime's copy), not three times as when the model was serialized (the proto, the
+serialized bytes, onnxruntime).
 
 Only a model that onnxruntime resolves by name alone is detached (``can_detach``): given a
 table of in-memory files, onnxruntime 1.32 looks every external reference up in it, so a
@@ -51,6 +53,11 @@ class DetachedWeights:
     tensors: list[onnx.TensorProto] = field(default_factory=list)
     buffers: list[bytes] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)  # in the main graph's initializers
+
+    def move_to(self, model: ModelProto) -> None:
+        """Refer to the tensors of *model*, a copy of the proto they were detached from."""
+        self.tensors = [model.graph.initializer[i] for i in self.positions]
 
     def files(self) -> tuple[list[str], list[bytes], list[int]]:
         """(names, contents, lengths): ``add_external_initializers_from_files_in_memory``."""
@@ -116,6 +123,7 @@ def _detach(model: ModelProto, min_bytes: int, detached: DetachedWeights) -> Non
         detached.tensors.append(tensor)
         detached.buffers.append(data)
         detached.names.append(name)
+        detached.positions.append(i)
         tensor.ClearField("raw_data")
         tensor.data_location = onnx.TensorProto.EXTERNAL
         for key, value in (("location", name), ("offset", "0"), ("length", str(len(data)))):
