@@ -283,10 +283,10 @@ class Instrumented:
     def session(self) -> Any:
         """The instrumented model's onnxruntime session, built on first use.
 
-        A model read from a file reaches onnxruntime without its weights, which it reads from
-        the file (see ``capture.weights``); otherwise the model is serialized once, with the
-        extra outputs added to the original proto for that moment only (no second copy of
-        the weights in memory).
+        A model read from a file reaches onnxruntime with its weights detached, handed over
+        from memory (see ``capture.weights``: ``can_detach`` says which models), and the
+        loaded proto is let go for a light copy; otherwise the model is serialized once, with
+        the extra outputs added to the original proto for that moment only.
         """
         if self._session is None:
             own = self._runnable_path is not None and self._base is self.original
