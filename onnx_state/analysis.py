@@ -175,6 +175,13 @@ def analyze(
                 f"and parity={state.get('with_parity')}, this run has labels={given} and "
                 f"parity={parity}; resume with the same options"
             )
+        algorithm = str(state.get("fingerprint", "")).partition(":")[0]
+        if algorithm != Fingerprint.ALGORITHM:
+            raise InputError(
+                f"the checkpoint {checkpoint} fingerprints its data with {algorithm!r}, this "
+                f"onnx_state with {Fingerprint.ALGORITHM!r}, so it cannot check that the data "
+                "is the same; run again without resume"
+            )
         done, n_samples, parity_diff = state["batches"], state["n_samples"], state["parity"]
         if accuracy is not None:
             accuracy.correct, accuracy.seen = state["correct"], state["seen"]
@@ -386,6 +393,7 @@ class _AnalyzePart:
     correct: int
     seen: int
     parity: float | None
+    fingerprint: Fingerprint  # of the range's inputs (merged: of all of them)
 
 
 @dataclass(frozen=True)
@@ -416,10 +424,11 @@ class _AnalyzeRanges:
         inst = context[0]
         counters = {(c.key, c.axis): new_counter(c) for c in inst.captures}
         accuracy = accuracy_of(labels)
-        part = _AnalyzePart(start, {}, 0, 0, 0, None)
+        digest = Fingerprint(self.constants, start)  # hashed as read: no second pass
+        part = _AnalyzePart(start, {}, 0, 0, 0, None, digest)
         # The thread plan of the worker's session, as in one process: counting overlaps the
         # next run on a spare core (onnxruntime on one thread has no section to preempt).
-        with ParallelCounting(counters, inst.plan.counting_threads) as counting:
+        with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
             for run in inst.stream(
                 data[0], self.batch_size, lambda r: counting(r.batch, r.captured), False,
                 constants=self.constants,
@@ -443,6 +452,7 @@ class _AnalyzeRanges:
         return _AnalyzePart(
             first.start, tables, sum(p.n_samples for p in partials),
             sum(p.correct for p in partials), sum(p.seen for p in partials), parity,
+            Fingerprint.merge([p.fingerprint for p in partials]),
         )  # fmt: skip
 
 
@@ -541,8 +551,7 @@ def _analyze_on(
     )  # fmt: skip
     with distributed.connect(cluster) as client:
         ran = distributed.run_ranges(
-            client, work, [inputs], n, size, constants=fixed, labels=y, progress=progress,
-            fingerprint=True,
+            client, work, [inputs], n, size, labels=y, progress=progress
         )  # fmt: skip
     part: _AnalyzePart = ran.merged
     layers = [_table_result(c, part.tables[(c.key, c.axis)]) for c in inst.captures]
@@ -551,12 +560,11 @@ def _analyze_on(
         warnings.warn(
             f"{nans} NaN activations were counted as not firing", RuntimeWarning, stacklevel=3
         )
-    assert ran.fingerprint is not None
     result = Analysis(
         layers=layers,
         n_samples=part.n_samples,
         model_sha256=sha,
-        data_fingerprint=ran.fingerprint,
+        data_fingerprint=part.fingerprint.hexdigest(),
         accuracy=None if y is None else part.correct / part.n_samples,
         parity_max_abs_diff=part.parity,
         onnx_state_version=__version__,

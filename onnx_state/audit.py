@@ -1227,8 +1227,8 @@ def _run_pass_on(
     }  # fmt: skip
     with distributed.connect(cluster) as client:
         ran = distributed.run_ranges(
-            client, work, [inputs], n, size, constants=fixed,
-            labels=None if y is None else y.labels, progress=progress, shared=shared or None,
+            client, work, [inputs], n, size, labels=None if y is None else y.labels,
+            progress=progress, shared=shared or None,
         )  # fmt: skip
     part: _AuditPart = ran.merged
     for i, w in enumerate(watches):

@@ -7,12 +7,11 @@ results merge exactly (``merge``). This module owns the rest: connecting to a cl
 (``plan_ranges``), telling workers where to read each range (zarr and ``.npy`` sources are
 read by the workers themselves; in-memory arrays are scattered; dask arrays are computed on
 the workers), one context (onnxruntime sessions) per worker process and work, progress,
-faults, and the data fingerprint.
+and faults.
 
 Results equal a single-process run's exactly: every range is a run of the same batches
-(range edges are multiples of the batch size), counters merge exactly, and the fingerprint
-is the same single XXH3 stream per input, hashed in sample order by one task that reads the
-data itself (the one serial part; see README "Scaling out").
+(range edges are multiples of the batch size) and counters merge exactly; so does the data
+fingerprint, a tree hash that each range computes on what it reads (``capture.fingerprint``).
 
 Dask is an extra (``pip install 'onnx-state[dask]'``), imported only when a cluster is used.
 """
@@ -32,7 +31,6 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from onnx_state.capture.data import (
-    Fingerprint,
     InputSpec,
     as_inputs,
     check_inputs,
@@ -65,8 +63,6 @@ __all__ = [
 RANGES_PER_THREAD = 8
 # Partial results merged per merge task: the tree is log8(ranges) levels deep.
 MERGE_FAN_IN = 8
-# Samples hashed per read by the fingerprint task (bounded memory, large reads).
-_HASH_READ_BYTES = 32 << 20
 # The malloc settings of worker processes this module starts. Dask's nanny sets
 # MALLOC_TRIM_THRESHOLD_=65536 (to hand freed memory back to the OS), which also fixes
 # glibc's mmap threshold at 128 kB: every batch's captured tensors are then fresh mmaps,
@@ -120,11 +116,10 @@ class RangeWork(Protocol):
 
 @dataclass(frozen=True)
 class Ranges:
-    """What ``run_ranges`` returns: the merged result, the fingerprint (or None), the
-    ranges run and the workers that ran them."""
+    """What ``run_ranges`` returns: the merged result, the ranges run and the workers
+    that ran them."""
 
     merged: Any
-    fingerprint: str | None
     ranges: list[tuple[int, int]]
     workers: int
 
@@ -488,44 +483,6 @@ def _merge_task(work: RangeWork, *partials: Any) -> Any:
     return work.merge(partials)
 
 
-def _fingerprint_task(
-    parts: Mapping[str, Any], n: int, constants: Mapping[str, np.ndarray], step: int
-) -> str:
-    """The fingerprint of inputs read in sample order, *step* samples at a time."""
-    digest = Fingerprint(constants)
-    arrays = {name: _read_all(part, n) for name, part in parts.items()}
-    for start in range(0, n, step):
-        digest.update({name: a[start : start + step] for name, a in arrays.items()})
-    return digest.hexdigest()
-
-
-def _read_all(part: Any, n: int) -> Any:
-    """An input as an array-like over all *n* samples (a _DaskRows computes its rows as they
-    are sliced)."""
-    if isinstance(part, (_Memmap, _Zarr)):
-        return _Window(part.open(), 0, n, 0, n)
-    return part
-
-
-class _DaskRows:
-    """Rows of a dask array computed on demand from inside a task."""
-
-    def __init__(self, array: Any) -> None:
-        self.array = array
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        from distributed import worker_client
-
-        try:
-            from distributed import get_worker
-
-            get_worker()
-        except ValueError:  # on the client: its default scheduler is the cluster
-            return np.asarray(self.array[rows].compute())
-        with worker_client() as client:  # leaves the worker's pool while it waits
-            return np.asarray(client.compute(self.array[rows]).result())
-
-
 # -- the client side ------------------------------------------------------------------------
 def run_ranges(
     client: Any,
@@ -534,10 +491,8 @@ def run_ranges(
     n: int,
     batch_size: int,
     *,
-    constants: Mapping[str, np.ndarray] | None = None,
     labels: np.ndarray | None = None,
     progress: bool | None = None,
-    fingerprint: bool = False,
     shared: Any = None,
 ) -> Ranges:
     """Run *work* over every range of *n* samples on *client*'s workers and merge the
@@ -554,15 +509,10 @@ def run_ranges(
         lock-step: ``work.count`` gets each one's inputs over the same samples.
     batch_size:
         Samples per onnxruntime run; range edges are multiples of it.
-    constants:
-        The first data set's constant inputs, for its fingerprint.
     labels:
         One label per sample; each range gets its own.
     progress:
         Show a progress bar over batches; None shows one when stderr is a terminal.
-    fingerprint:
-        Hash the first data set in sample order (``Fingerprint``), on a worker for data
-        the workers read, on the client for in-memory data.
     shared:
         Data every range needs (an audit's reference states): sent once to every worker.
 
@@ -597,24 +547,6 @@ def run_ranges(
         )
         for i, (a, b) in enumerate(ranges)
     ]
-    digest = None
-    hashing = None
-    if fingerprint:
-        # (a dask array goes wrapped: as an argument Dask would compute it whole)
-        sources = {
-            k: _source(v) or (_DaskRows(v) if _is_dask(v) else v) for k, v in datasets[0].items()
-        }
-        step = max(1, _HASH_READ_BYTES // max(1, _sample_bytes(datasets[0])))
-        step = max(batch_size, step - step % batch_size)
-        # In-memory arrays (numpy, zarr in memory) are on the client already: hash them here.
-        if any(isinstance(s, np.ndarray) or _is_zarr(s) for s in sources.values()):
-            digest = _fingerprint_task(sources, n, dict(constants or {}), step)
-        else:
-            # First: run last, one worker would hash alone while the others wait.
-            hashing = client.submit(
-                _fingerprint_task, sources, n, dict(constants or {}), step, pure=False,
-                priority=1,
-            )  # fmt: skip
     level = futures
     while len(level) > 1:
         level = [
@@ -625,12 +557,10 @@ def run_ranges(
     try:
         _follow(distributed, futures, ranges, batch_size, progress)
         merged = root.result()
-        if hashing is not None:
-            digest = hashing.result()
     except BaseException:
-        client.cancel([*futures, root, *([hashing] if hashing is not None else [])])
+        client.cancel([*futures, root])
         raise
-    return Ranges(merged, digest, ranges, len(info))
+    return Ranges(merged, ranges, len(info))
 
 
 def _hold(client: Any, value: Any) -> Any:
@@ -652,10 +582,6 @@ def _hold(client: Any, value: Any) -> Any:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-def _sample_bytes(inputs: Mapping[str, Any]) -> int:
-    return sum(int(np.dtype(a.dtype).itemsize * math.prod(a.shape[1:])) for a in inputs.values())
 
 
 def _range_parts(

@@ -215,6 +215,16 @@ def test_resume_refuses_other_data_another_model_and_a_complete_store(net, tmp_p
     with pytest.raises(InputError, match="the data differs"):
         onnx_state.analyze(model, x[::-1].copy(), attach_to="Conv", batch_size=10,
                            checkpoint=path, resume=True)  # fmt: skip
+    import zarr  # a checkpoint of a version that fingerprinted data another way
+
+    group = zarr.open_group(path, mode="r+")
+    state = dict(group.attrs["checkpoint"])
+    old, state["fingerprint"] = state["fingerprint"], "xxh3_128:" + "0" * 32
+    group.attrs["checkpoint"] = state
+    with pytest.raises(InputError, match="fingerprints its data with 'xxh3_128', this"):
+        onnx_state.analyze(model, x, attach_to="Conv", batch_size=10, checkpoint=path,
+                           resume=True)  # fmt: skip
+    group.attrs["checkpoint"] = {**state, "fingerprint": old}
     with pytest.raises(InputError, match="captures"):
         onnx_state.analyze(model, x, attach_to="MatMul", batch_size=10, checkpoint=path,
                            resume=True)  # fmt: skip

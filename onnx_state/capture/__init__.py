@@ -2,14 +2,13 @@
 
 One job per module, imports flowing down this list: ``load`` (external-data safety),
 ``metadata`` (exporter keys), ``index`` (one GraphIndex per model), ``layers``, ``axes``,
-``select``, ``rewrite``, ``data`` (inputs and batches) and ``session`` (onnxruntime, the
-instrumented model and the one run loop).
+``select``, ``rewrite``, ``data`` (inputs and batches), ``fingerprint`` (of the data)
+and ``session`` (onnxruntime, the instrumented model and the one run loop).
 """
 
 from onnx_state.capture.axes import neuron_axis
 from onnx_state.capture.data import (
     DEFAULT_BATCH_SIZE,
-    Fingerprint,
     InputSpec,
     Rows,
     as_inputs,
@@ -27,6 +26,7 @@ from onnx_state.capture.data import (
     open_data,
     resolve_batch_size,
 )
+from onnx_state.capture.fingerprint import Fingerprint
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.layers import Layer, list_layers
 from onnx_state.capture.load import LARGE_MODEL_BYTES, check_external_data, load_model, model_sha256

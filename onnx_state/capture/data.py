@@ -1,4 +1,4 @@
-"""Data in: input specs, array files, batches checked against the model, fingerprints."""
+"""Data in: input specs, array files, batches checked against the model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-import xxhash
 from onnx import ModelProto
 
 from onnx_state.errors import InputError, ModelError, OnnxStateError, did_you_mean
@@ -21,7 +20,6 @@ BLOCK_BYTES = 128 << 20
 __all__ = [
     "BLOCK_BYTES",
     "DEFAULT_BATCH_SIZE",
-    "Fingerprint",
     "InputSpec",
     "Rows",
     "as_inputs",
@@ -535,51 +533,6 @@ def check_batch(
 
 def _fmt(shape: Sequence[Any]) -> str:
     return "(" + ", ".join(str(d) if d not in (None, 0) else "?" for d in shape) + ")"
-
-
-class Fingerprint:
-    """XXH3-128 of a data set as streamed, independent of how it was split into batches.
-
-    One hash per input over its bytes, then one over names, dtypes, sample shapes and those
-    hashes; the digest reads ``xxh3_128:<hex>``. XXH3 runs near memory speed (BLAKE2b took a
-    third of the counting time); it identifies data sets, it is not tamper-proof.
-    *constants* (fed whole with every batch) are hashed once, with their whole shape.
-    """
-
-    ALGORITHM = "xxh3_128"
-
-    def __init__(self, constants: Mapping[str, np.ndarray] | None = None) -> None:
-        self._inputs: dict[str, Any] = {}
-        self._meta: dict[str, str] = {}
-        self._constants = {
-            name: f"{a.dtype.str}{a.shape}:{_xxh3(a).hexdigest()}"
-            for name, a in (constants or {}).items()
-        }
-
-    def update(self, batch: Mapping[str, np.ndarray]) -> None:
-        """Hash the next batch (inputs by name, batch axis first)."""
-        for name, a in batch.items():
-            if name in self._constants:
-                continue
-            self._inputs.setdefault(name, xxhash.xxh3_128()).update(
-                memoryview(np.ascontiguousarray(a)).cast("B")  # type: ignore[arg-type]
-            )
-            self._meta[name] = f"{a.dtype.str}{a.shape[1:]}"
-
-    def hexdigest(self) -> str:
-        """``xxh3_128:<hex>`` of every batch so far, independent of their sizes."""
-        total = xxhash.xxh3_128()
-        for name in sorted(self._inputs):
-            total.update(f"{name}:{self._meta[name]}:{self._inputs[name].hexdigest()};".encode())
-        for name in sorted(self._constants):
-            total.update(f"constant {name}:{self._constants[name]};".encode())
-        return f"{self.ALGORITHM}:{total.hexdigest()}"
-
-
-def _xxh3(array: np.ndarray) -> Any:
-    h = xxhash.xxh3_128()
-    h.update(np.ascontiguousarray(array).tobytes())  # constants are small; 0-d ones too
-    return h
 
 
 class Rows:

@@ -144,7 +144,7 @@ class ParallelCounting:
     workers:
         Counting threads (``ThreadPlan.counting_threads``); results are identical for any.
     fingerprint:
-        An object with ``update(batch)``, e.g. ``capture.data.Fingerprint``.
+        An object with ``update(batch)``, e.g. ``capture.fingerprint.Fingerprint``.
     shard_any:
         Cut every ``shardable`` counter into shards, not only those that shard cheaply
         (worth it for one big array; memory grows by up to one table per thread).
