@@ -100,9 +100,8 @@ class _Tree:
             raise ValueError("the tree of a stream that does not start at byte 0 has no root")
         if not self.length:
             return xxhash.xxh3_128_digest(b"", seed=0)
-        levels = [[[i, bytearray(u)] for i, u in pieces] for pieces in self.levels]
-        tree = _Tree(0, self.leaf, self.fan_in)
-        tree.levels, tree.length = levels, self.length
+        tree = _Tree(0, self.leaf, self.fan_in)  # a copy of the open pieces to finish
+        tree.levels = levels = [[[i, bytearray(u)] for i, u in ps] for ps in self.levels]
         n, k = self.length, 0  # units of level k
         while k == 0 or n > 1:
             group = self.leaf if k == 0 else self.fan_in
