@@ -84,6 +84,16 @@ def updates(monkeypatch):
         return original(self, x, axis)
 
     monkeypatch.setattr(StateCounter, "update", update)
+    # Each piece takes a moment, as real ones do: else the calling thread may count every
+    # piece of these tiny batches before another thread wakes (one run in ~12 did), and a
+    # test of which counters got pieces would fail by chance.
+    count = ParallelCounting._count
+
+    def slow_count(self, worker, piece):
+        time.sleep(0.001)
+        count(self, worker, piece)
+
+    monkeypatch.setattr(ParallelCounting, "_count", slow_count)
     return seen
 
 
@@ -190,6 +200,17 @@ def test_thread_plan(monkeypatch, providers, threads, cpus, plan):
         "session.intra_op.allow_spinning": "0"
     }  # fmt: skip
     assert got.session_config() == spin
+
+
+@pytest.mark.parametrize(
+    ("threads", "most", "plan"),
+    [(1, 1, (True, 1)), (None, 3, (False, 3)), (4, 2, (True, 2)), (1, 99, (True, 16))],
+)
+def test_counting_threads_can_be_capped(monkeypatch, threads, most, plan):
+    # (a Dask worker caps them at its own threads, whatever the machine has)
+    monkeypatch.setattr(engine, "available_cpus", lambda: 64)
+    got = engine.plan_threads(None, threads, most)
+    assert (got.overlap, got.counting_threads) == plan
 
 
 @pytest.mark.parametrize(
