@@ -426,8 +426,9 @@ class _AnalyzeRanges:
         accuracy = accuracy_of(labels)
         digest = Fingerprint(self.constants, start)  # hashed as read: no second pass
         part = _AnalyzePart(start, {}, 0, 0, 0, None, digest)
-        # The thread plan of the worker's session, as in one process: counting overlaps the
-        # next run on a spare core (onnxruntime on one thread has no section to preempt).
+        # The thread plan of the worker's session, as in one process (but on at most the
+        # worker's threads): counting overlaps the next run on a spare core (onnxruntime on
+        # one thread has no section to preempt).
         with ParallelCounting(counters, inst.plan.counting_threads, digest) as counting:
             for run in inst.stream(
                 data[0], self.batch_size, lambda r: counting(r.batch, r.captured), False,
@@ -465,7 +466,8 @@ def instrument_on_worker(
     threads: int,
 ) -> tuple[Instrumented, int]:
     """The Instrumented model of a worker: onnxruntime on the worker's *threads* unless
-    the call fixed them; the model must be the one the client read."""
+    the call fixed them, counting on at most as many (the machine's other cores run other
+    workers); the model must be the one the client read."""
     attach_to, exclude, method, neuron_axes, literal, quantized, pack = selection
     providers, fixed_threads, optimization = session
     source: str | ModelProto = model if isinstance(model, str) else onnx.load_from_string(model)
@@ -473,7 +475,7 @@ def instrument_on_worker(
         source, attach_to=attach_to, exclude=exclude, method=method, neuron_axes=neuron_axes,
         literal=literal, quantized=quantized, providers=providers,
         threads=fixed_threads or threads, optimization=optimization,
-        output_batch_axis=output_batch_axis, pack=pack,
+        output_batch_axis=output_batch_axis, pack=pack, counting_threads=threads,
     )  # fmt: skip
     if inst.sha256 != sha:
         raise InputError(

@@ -64,6 +64,23 @@ def digits(bundled):
     return model, np.ascontiguousarray(x[:N]), np.ascontiguousarray(y[:N])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_worker_counts_on_at_most_its_own_threads(monkeypatch, bundled, threads):
+    # On a machine of 64 cores shared by one-thread workers, each worker planned with all 64
+    # and started 16 counting threads of its own.
+    from onnx_state.analysis import instrument_on_worker
+    from onnx_state.capture import Instrumented
+    from onnx_state.count import engine
+
+    monkeypatch.setattr(engine, "available_cpus", lambda: 64)
+    model = str(bundled[0])
+    assert Instrumented(model, threads=1).plan.counting_threads == 16  # one process: all spare
+    sha = Instrumented(model).sha256
+    selection = (None, (), "after", None, False, False, False)
+    inst, used = instrument_on_worker(model, sha, selection, (None, None, "all"), None, threads)
+    assert (inst.plan.overlap, inst.plan.counting_threads, used) == (True, threads, threads)
+
+
 def zarr_array(path: Path, x: np.ndarray, chunk: int) -> str:
     import zarr
 

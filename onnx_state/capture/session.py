@@ -209,6 +209,10 @@ class Instrumented:
     providers, threads, optimization:
         The onnxruntime session (see ``make_session``). *threads* also decides how states
         are counted (``count.engine.plan_threads``).
+    counting_threads:
+        The most threads that count (None: up to ``count.engine.MAX_COUNTING_THREADS``).
+        A Dask worker gives its own threads: its machine's cores are shared with other
+        workers, which would each start as many counting threads.
     output_batch_axis:
         The axis of the final outputs that holds the samples, when the graph cannot tell
         (see ``batch_first``).
@@ -229,6 +233,7 @@ class Instrumented:
         optimization: Optimization = "all",
         output_batch_axis: int | None = None,
         pack: bool = False,
+        counting_threads: int | None = None,
     ) -> None:
         # absolute: the file is read again (parity, ``model``) after any later chdir
         self.path = None if isinstance(model, ModelProto) else Path(os.path.abspath(model))
@@ -251,7 +256,7 @@ class Instrumented:
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
             raise ModelError("the model declares no graph outputs; it cannot be run")
-        self.plan: ThreadPlan = plan_threads(providers, threads)
+        self.plan: ThreadPlan = plan_threads(providers, threads, counting_threads)
         self._session_args = (providers, threads, optimization, self.model_dir)
         self._session: Any = None  # built on first use: see ``session``
         self._weights_dropped = False

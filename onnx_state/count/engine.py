@@ -78,8 +78,11 @@ class ThreadPlan:
         return {"session.intra_op.allow_spinning": "0"}
 
 
-def plan_threads(providers: Sequence[str] | None, threads: int | None) -> ThreadPlan:
-    """The plan for a session on *providers* with *threads* intra-op threads (None: all).
+def plan_threads(
+    providers: Sequence[str] | None, threads: int | None, most: int | None = None
+) -> ThreadPlan:
+    """The plan for a session on *providers* with *threads* intra-op threads (None: all),
+    counting on at most *most* threads (None: MAX_COUNTING_THREADS).
 
     When onnxruntime computes on every core, counting beside it only preempts its threads
     (a parallel section waits for its slowest thread), so batches are counted between runs
@@ -90,9 +93,10 @@ def plan_threads(providers: Sequence[str] | None, threads: int | None) -> Thread
     on_cpu = not providers or providers[0] == "CPUExecutionProvider"
     busy = min(threads or cpus, cpus) if on_cpu else 1
     spare = cpus - busy
+    most = MAX_COUNTING_THREADS if most is None else max(1, min(most, MAX_COUNTING_THREADS))
     if spare >= 1:
-        return ThreadPlan(True, min(spare, MAX_COUNTING_THREADS), on_cpu)
-    return ThreadPlan(False, min(busy, MAX_COUNTING_THREADS), on_cpu)
+        return ThreadPlan(True, min(spare, most), on_cpu)
+    return ThreadPlan(False, min(busy, most), on_cpu)
 
 
 def available_cpus(cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
