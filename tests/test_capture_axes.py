@@ -509,3 +509,44 @@ def test_a_bidirectional_lstm_reshaped_as_pytorch_does_keeps_its_hidden_units():
         warnings.simplefilter("error", AxisGuessWarning)
         choice = neuron_axis(model, "out")
     assert choice.axis == 2 and "hidden axis of LSTM" in choice.rule
+
+
+def _squeezed_batch_model():
+    """A batch-1 model that squeezes its batch away and brings it back: Conv (1, 6, 4, 4)
+    → Reshape (1, 6, 16) → Squeeze (6, 16) → Unsqueeze (1, 6, 16)."""
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("Reshape", ["c", "shape"], ["r"], name="flat_hw"),
+        helper.make_node("Squeeze", ["r", "ax0"], ["sq"], name="drop_batch"),
+        helper.make_node("Unsqueeze", ["sq", "ax0"], ["us"], name="re_batch"),
+    ]
+    rng = np.random.default_rng(5)
+    inits = [
+        ("W", rng.normal(size=(6, 3, 1, 1)).astype(np.float32)),
+        ("shape", np.array([1, 6, 16], np.int64)),
+        ("ax0", np.array([0], np.int64)),
+    ]
+    return make_model(nodes, [vi("x", [1, 3, 4, 4])], [vi("us", [1, 6, 16])], inits)
+
+
+@pytest.mark.parametrize("attach_to", [["re_batch"], ["drop_batch", "re_batch"], ["Squeeze",
+                                       "Unsqueeze"], ["Unsqueeze", "Squeeze"]])  # fmt: skip
+def test_an_axis_0_guess_does_not_change_the_axes_found_downstream(attach_to):
+    # The guess for the squeezed tensor once went into the shared memo, and the Unsqueeze
+    # after it followed the guess: its axis depended on what else was selected.
+    model = _squeezed_batch_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AxisGuessWarning)
+        caps = {c.tensor: c for c in select_captures(model, attach_to)}
+    assert caps["us"].axis == 1
+    assert caps["us"].axis_rule.startswith("channel axis of Conv")  # followed, not guessed
+
+
+def test_a_rank_2_tensor_whose_rule_lands_on_axis_0_is_warned():
+    # (6, 16): the channels sit on axis 0, where counting cannot put them; the fallback
+    # (axis 1) is a guess and says so, with the override.
+    model = _squeezed_batch_model()
+    with pytest.warns(AxisGuessWarning, match=r"layer 'drop_batch'.*assuming axis 1.*"
+                      r"--neuron-axis drop_batch=AXIS"):  # fmt: skip
+        (cap,) = select_captures(model, ["drop_batch"])
+    assert cap.axis == 1 and cap.axis_rule.endswith("(guessed)")

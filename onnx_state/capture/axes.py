@@ -144,9 +144,10 @@ def neuron_axis(model: GraphIndex | ModelProto, tensor: str) -> AxisChoice:
             choice = _consumer_rule(index, out) or choice
         memo[out] = choice
     if choice.axis == 0 and (index.rank(tensor) or 0) >= 2:
-        # Axis 0 holds the samples: a rule that lands there followed the wrong dimension.
-        choice = _guess(index, tensor, f"{choice.rule} gives axis 0, the samples")
-        memo[tensor] = choice
+        # Axis 0 holds the samples: a rule that lands there followed the wrong dimension
+        # (e.g. a batch-1 model that squeezed its batch away). The memo keeps the followed
+        # axis: a later Unsqueeze brings it back to where it was.
+        choice = _guess(index, tensor, f"{choice.rule} gives axis 0, the samples", sure=False)
     return choice
 
 
@@ -193,14 +194,15 @@ def _chain_rule(rule: str, op: str) -> str:
     return " → ".join(parts)
 
 
-def _guess(index: GraphIndex, name: str, why: str) -> AxisChoice:
+def _guess(index: GraphIndex, name: str, why: str, sure: bool = True) -> AxisChoice:
     """The axis a consumer defines for *name* (a Conv reading it: channels on axis 1), else
-    a guess: nothing upstream decided it."""
+    a guess: nothing upstream decided it. A rank-2 tensor's axis 1 is the only one left
+    unless (not *sure*) its axis 0 may hold the neurons after all."""
     found = _consumer_rule(index, name)
     if found is not None:
         return found
     rank = index.rank(name)
-    if rank == 2:
+    if rank == 2 and sure:
         return AxisChoice(1, "the only axis besides the samples")
     axis = 2 if rank == 3 else 1
     return AxisChoice(axis, f"guess ({why})", guessed=True)
