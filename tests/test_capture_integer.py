@@ -7,11 +7,13 @@ Every value here is small and integral, so the numpy references are exact by han
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_state import analyze
 from onnx_state.capture import Instrumented, select_captures
+from onnx_state.errors import InputError
 from tests.models import make_model
 from tests.reference import assert_states, unique_rows
 
@@ -225,3 +227,56 @@ def test_a_per_channel_zero_point_is_not_carried_through_ops_that_move_channels(
     )  # fmt: skip
     with pytest.raises(ModelError, match="Slice between it and its quantizer moves or cuts"):
         select_captures(model2, ["cut"])
+
+
+def conv_q_model(elem: int, zero_point: float | int):
+    """Conv (integer weights) → QuantizeLinear(scale 1, *zero_point* of type *elem*) →
+    DequantizeLinear: opset 21, which quantizes to 16-bit, float8 and 4-bit types."""
+    w = np.random.default_rng(6).integers(-2, 3, (4, 2, 1, 1)).astype(np.float32)
+    zp = helper.make_tensor("zy", elem, [], [zero_point])
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+        helper.make_node("QuantizeLinear", ["c", "one", "zy"], ["cq"], name="qc"),
+        helper.make_node("DequantizeLinear", ["cq", "one", "zy"], ["y"], name="dqc"),
+    ]
+    graph = helper.make_graph(
+        nodes, "q", [vi("x", ["N", 2, 3, 3])], [vi("y", ["N", 4, 3, 3])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(1.0, np.float32),
+                                                                    "one"), zp],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model, w[:, :, 0, 0]
+
+
+@pytest.mark.parametrize(
+    ("elem", "zero_point", "low", "high"),
+    [(TensorProto.UINT16, 32774, 0, 65535), (TensorProto.INT16, -3, -32768, 32767)],
+)
+def test_16_bit_quantized_tensors_fire_iff_above_their_zero_point(elem, zero_point, low, high):
+    # (they were compared with 0: only 8-bit types looked their zero point up)
+    model, w = conv_q_model(elem, zero_point)
+    x = np.random.default_rng(7).integers(-5, 6, (16, 2, 3, 3)).astype(np.float32)
+    c = np.einsum("nchw,oc->nohw", x.astype(np.int64), w.astype(np.int64))
+    q = np.clip(c + zero_point, low, high)
+    (cap,) = select_captures(model, ["Conv"], quantized=True)
+    assert (cap.read, cap.zero_point, cap.arithmetic) == ("cq", zero_point, "quantized")
+    (layer,) = analyze(model, x, attach_to=["Conv"], quantized=True, parity=False).layers
+    assert_states(layer, *packed_counts(q > zero_point, 1))
+
+
+@pytest.mark.parametrize("elem", [TensorProto.FLOAT8E4M3FN, TensorProto.INT4])
+def test_float8_and_4_bit_quantized_tensors_are_not_read_as_numbers(elem):
+    # onnxruntime hands float8 out as raw bytes (a negative one "fired": its sign bit) and
+    # 4-bit types not at all: quantized=True keeps the float tensor, and naming one refuses
+    model, w = conv_q_model(elem, 0)
+    (cap,) = select_captures(model, ["Conv"], quantized=True)
+    assert (cap.read, cap.arithmetic) == ("c", "float")
+    x = np.random.default_rng(8).integers(-5, 6, (16, 2, 3, 3)).astype(np.float32)
+    c = np.einsum("nchw,oc->nohw", x.astype(np.int64), w.astype(np.int64))
+    (layer,) = analyze(model, x, attach_to=["Conv"], quantized=True, parity=False).layers
+    assert_states(layer, *packed_counts(c > 0, 1))
+    name = TensorProto.DataType.Name(elem)
+    with pytest.raises(InputError, match=rf"tensor 'cq' is {name}.*capture the float tensor"):
+        select_captures(model, ["QuantizeLinear"])

@@ -68,7 +68,18 @@ INTEGER_TYPES = {
     onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
     onnx.TensorProto.UINT16, onnx.TensorProto.INT32, onnx.TensorProto.INT64,
 }  # fmt: skip
-_QUANTIZED_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+# Quantized tensors fire iff > their zero point (ONNX's QuantizeLinear makes 8- and 16-bit ones).
+_QUANTIZED_TYPES = {
+    onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+    onnx.TensorProto.UINT16,
+}  # fmt: skip
+# Types onnxruntime hands to Python as raw bytes (float8) or not at all (4-bit): not counted.
+_RAW_TYPES = {
+    getattr(onnx.TensorProto, t) for t in (
+        "FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ", "FLOAT8E8M0",
+        "INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2",
+    ) if hasattr(onnx.TensorProto, t)
+}  # fmt: skip
 # Quantizing ops -> the input that holds their output's zero point.
 _ZERO_POINT_INPUT = {
     "quantizelinear": 2, "qlinearconv": 7, "qlinearmatmul": 7, "qgemm": 8, "qlinearadd": 7,
@@ -337,9 +348,17 @@ def _capture(
         source = _same_states_activation(index, tensor)
     if quantized and merge is None:
         q = _quantizer_of(index, source)
-        if q is not None:
+        # (a float8 or 4-bit quantization keeps the float tensor: see _RAW_TYPES)
+        if q is not None and index.info.get(q, (None,))[0] in _QUANTIZED_TYPES:
             source, arithmetic = q, "quantized"
     src_type, src_shape = index.info.get(source, (elem_type, shape))
+    if src_type in _RAW_TYPES:
+        type_name = onnx.TensorProto.DataType.Name(src_type)
+        raise InputError(
+            f"{name}: tensor {source!r} is {type_name}, which onnxruntime does not hand out "
+            f"as numbers; capture the float tensor it is made from, or exclude layer "
+            f"{layer.name!r}"
+        )
     zero_point = None
     if src_type in INTEGER_TYPES:
         arithmetic = "quantized" if src_type in _QUANTIZED_TYPES else "integer"
@@ -448,8 +467,8 @@ def _quantizer_of(index: GraphIndex, tensor: str) -> str | None:
 def _zero_point(
     index: GraphIndex, tensor: str, axis: int, rank: int | None, layer: str
 ) -> int | tuple[int, ...] | None:
-    """The threshold of an integer tensor: int32/int64 accumulators fire iff > 0, 8-bit
-    quantized values iff > the zero point of the op that quantized them."""
+    """The threshold of an integer tensor: int32/int64 accumulators fire iff > 0, 8- and
+    16-bit quantized values iff > the zero point of the op that quantized them."""
     elem_type = index.info.get(tensor, (None,))[0]
     if elem_type not in _QUANTIZED_TYPES:
         return 0
@@ -500,7 +519,7 @@ def _zero_point(
             break
         name = data
     warnings.warn(
-        f"layer {layer!r}: no quantizing op found for the 8-bit tensor {tensor!r}; assuming "
+        f"layer {layer!r}: no quantizing op found for the quantized tensor {tensor!r}; assuming "
         "zero point 0 (it fires iff > 0). Capture the float tensor if that is wrong",
         AxisGuessWarning,
         stacklevel=4,
