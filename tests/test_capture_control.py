@@ -638,3 +638,37 @@ def test_inspect_lists_nested_layers_with_their_path():
     assert {la["inside"] for la in nested} >= {"/".join((*INNER, "then_branch"))}
     conv = next(la for la in nested if la["name"].endswith("t3_conv"))
     assert conv["outputs"][0]["neuron_axis"] == 1
+
+
+def test_a_body_input_hides_an_outer_constant_of_its_name():
+    # The main graph's initializer lo = 0 is not what the Loop body's carried input lo holds:
+    # the Clip(c, lo, 6) inside the If is not Relu-like, and must not be read for the Conv.
+    clip = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["c"], name="conv"),
+         helper.make_node("Clip", ["c", "lo", "hi"], ["out"], name="clip")],
+        "then", [], [vi("out", F, ["N", 4, 3, 3])],
+    )  # fmt: skip
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["c_else"], ["out_else"])], "else", [], [vi("out_else")]
+    )
+    body = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["o"], name="gate", then_branch=clip,
+                          else_branch=other),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Identity", ["lo"], ["lo_out"])],
+        "body", [vi("i", I64, []), vi("cond_in", B, []), vi("lo", F, [])],
+        [vi("cond_out", B, []), vi("lo_out", F, []), vi("o", F, ["N", 4, 3, 3])],
+    )  # fmt: skip
+    model = make_model(
+        [helper.make_node("Neg", ["x"], ["c_else"]),
+         helper.make_node("Loop", ["M", "", "lo_in"], ["lo_end", "ys"], name="loop", body=body)],
+        [vi("x", F, ["N", 4, 3, 3]), vi("flag", B, []), vi("lo_in", F, [])],
+        [vi("ys", F, [None, "N", 4, 3, 3]), vi("lo_end", F, [])],
+        [("W", ints(4, 4, 1, 1).astype(np.float32)), ("lo", np.array(0, np.float32)),
+         ("hi", np.array(6, np.float32)), ("M", np.array(1, np.int64))],
+    )  # fmt: skip
+    sub = subgraph_model(model, ("loop", "body", "gate", "then_branch"))
+    assert {t.name for t in sub.graph.initializer} == {"W", "hi"}
+    assert "lo" in [i.name for i in sub.graph.input]
+    (cap,) = select_captures(sub, ["Conv"])
+    assert cap.read == "c"  # the Conv's own output: the Clip's could differ (lo = 0.25)

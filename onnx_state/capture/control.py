@@ -354,6 +354,20 @@ def _constants(graph: GraphProto) -> dict[str, onnx.TensorProto]:
     return found
 
 
+def _scope_constants(graphs: Sequence[GraphProto]) -> dict[str, onnx.TensorProto]:
+    """The constants a graph nested in *graphs* (outermost first) sees by name: each
+    graph's own, and an inner graph's input or computed value hides an outer constant of
+    its name (a Loop body's carried ``lo`` is not the main graph's initializer ``lo``)."""
+    constants: dict[str, onnx.TensorProto] = {}
+    for graph in graphs:
+        own = _constants(graph)
+        computed = {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
+        for name in computed - own.keys():
+            constants.pop(name, None)
+        constants.update(own)
+    return constants
+
+
 def subgraph_model(model: ModelProto, path: Path) -> ModelProto:
     """The subgraph at *path* as a model of its own, for the main-graph tools to read.
 
@@ -375,9 +389,7 @@ def subgraph_model(model: ModelProto, path: Path) -> ModelProto:
     enclosing = [inferred.graph]
     for node, attr_name in zip(place.owners[:-1], path[1::2][:-1], strict=True):
         enclosing.append(next(a.g for a in node.attribute if a.name == attr_name))
-    constants: dict[str, onnx.TensorProto] = {}
-    for outer in enclosing:
-        constants.update(_constants(outer))
+    constants = _scope_constants(enclosing)
     for name in sorted(_free_names(place.graph)):
         if name in constants:
             tensor = graph.initializer.add()
