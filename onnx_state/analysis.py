@@ -323,6 +323,8 @@ def _count_by_class(
     captures = {(c.key, c.axis): c for c in inst.captures}
     for (key, axis), per in by_class.items():
         x = run.captured[key]
+        if x.size == 0 and x.ndim:  # an If branch that did not run: no state in any class
+            continue
         batch_axis = inst.batch_axis(key, x, run.samples)
         for c in classes:
             chosen = np.take(x, np.flatnonzero(truth == c), axis=batch_axis)

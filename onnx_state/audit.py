@@ -647,6 +647,19 @@ class _LayerWatch:
         self.by_class: dict[int, StateCounter] = {}
         self.windows: list[StateCounter] = []
 
+    def skip(self, x: np.ndarray, start: int, samples: int) -> None:
+        """A batch of *samples* (from *start*) in which the layer did not run (*x* empty, an
+        If branch not taken): no state; no novelty for these samples (NaN)."""
+        self.counter.update(x, axis=self.capture.axis)  # (its width, where *x* has one)
+        if self.hamming is not None:
+            raise InputError(
+                f"{self.capture.name} did not run on samples {start}..{start + samples} (it "
+                "sits in an If branch not taken): Hamming novelty needs its states for every "
+                f"sample; exclude layer {self.capture.layer!r}"
+            )
+        if self.reference_ids is not None:
+            self.novel_per_sample.append(np.full(samples, np.nan))
+
     def update(
         self,
         x: np.ndarray,
@@ -768,6 +781,9 @@ def _run_pass(
             truth = truth if per_class else None
         for w in watches:
             x = run.captured[w.capture.key]
+            if x.size == 0 and x.ndim:  # an If branch that did not run: no state
+                w.skip(x, start, run.samples)
+                continue
             w.update(x, inst.batch_axis(w.capture.key, x, run.samples), start, pred, truth)
 
     n = size = 0
@@ -1021,6 +1037,8 @@ def _layer_audit(w: _LayerWatch, ref_layer: LayerResult | None) -> LayerAudit:
                 f"{res.name} has {res.neurons} neurons here but {ref_layer.neurons} in the "
                 "reference; is it the same model?"
             )
+        if not (res.state_count and ref_layer.state_count):
+            return entry  # a layer that never ran (an If branch) on one side: nothing to compare
         seen = metrics.seen_in(res.state_ids(), ref_layer.state_ids())
         per_sample = np.concatenate(w.novel_per_sample)
         entry.novelty = float(res.counts()[~seen].sum() / res.state_count)

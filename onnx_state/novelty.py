@@ -91,7 +91,11 @@ class ReferenceLayer:
         self.threads = threads
         ids, counts = layer.state_ids(), layer.counts()
         if len(ids) == 0:
-            raise InputError(f"the reference layer {layer.name} observed no states")
+            raise InputError(
+                f"the reference layer {layer.name} observed no states (a layer in an If "
+                f"branch that did not run?): Hamming novelty needs them; exclude layer "
+                f"{layer.layer!r}, or use exact novelty"
+            )
         self.all = _Side(ids, HammingIndex(ids))
         self.classes: dict[int, _Side] = {}
         table = layer.class_counts if by_class else None

@@ -363,6 +363,11 @@ def _features(
             for k in mapping:
                 feats.setdefault(f"input:{k}", []).append(run.batch[k].reshape(n, -1))
         for c in inst.captures:
+            if run.captured[c.key].size == 0 and n:
+                raise InputError(
+                    f"{c.name} did not run on these samples (it sits in an If branch not "
+                    f"taken): it has no activations to separate; exclude layer {c.layer!r}"
+                )
             t = inst.batch_first(c.key, run.captured[c.key], n)
             feats.setdefault(c.name, []).append(t.reshape(n, -1).astype(np.float32))
 

@@ -672,3 +672,102 @@ def test_a_body_input_hides_an_outer_constant_of_its_name():
     assert "lo" in [i.name for i in sub.graph.input]
     (cap,) = select_captures(sub, ["Conv"])
     assert cap.read == "c"  # the Conv's own output: the Clip's could differ (lo = 0.25)
+
+
+def expected_class_counts(layer, states, labels, axis):
+    """[state row, class, count] of numpy *states* (samples first, neurons on *axis*) per
+    class of *labels*: what a result's class_counts holds."""
+    ids = [row.tobytes() for row in layer.state_ids()]
+    rows = []
+    for c in np.unique(labels):
+        cids, counts = reference_counts(states[labels == c], axis)
+        rows += [[ids.index(i.tobytes()), int(c), int(n)] for i, n in zip(cids, counts)]
+    return sorted(rows)
+
+
+def test_labels_count_each_class_of_the_branch_that_ran_and_none_of_the_other():
+    # The branch that did not run gives an empty tensor: it once failed the class split with
+    # "axis 0 ... does not hold the batch's 5 samples; give output_batch_axis".
+    from onnx_state import analyze
+
+    model = nested_if_model()
+    model.graph.node.append(helper.make_node("ReduceMean", ["y"], ["scores"], axes=[2, 3],
+                                             keepdims=0))  # fmt: skip
+    model.graph.output.insert(0, vi("scores", F, ["N", 4]))
+    x, labels = ints(10, 3, 8, 8), np.arange(10) % 3
+    flags = {f"c{k}": np.array(True) for k in range(4)}
+    result = analyze(model, {"x": x}, labels=labels, constants=flags, batch_size=5, parity=False)
+    by_name = {r.name: r for r in result.layers}
+    inner = "_".join(INNER)
+    ran = by_name[f"{inner}_then_branch_t3_conv_post_states"]
+    conv = numpy_conv(x, W_IN)
+    assert ran.class_counts.tolist() == expected_class_counts(ran, conv, labels, 1)
+    idle = by_name[f"{inner}_else_branch_e3_conv_post_states"]
+    assert idle.state_count == 0 and len(idle.class_counts) == 0
+
+
+def test_labels_split_a_loop_body_by_sample_not_by_iteration():
+    # Stacked (iterations, N, ...): with as many iterations as samples a batch, axis 0 (the
+    # iterations) once passed for the samples, with a warning.
+    import warnings
+
+    from onnx_state import analyze
+
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "Wh"], ["b"], name="rec_proj"),
+         helper.make_node("Relu", ["b"], ["h_new"], name="act"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [vi("i", I64, []), vi("cond_in", B, []), vi("h", F, ["N", 4])],
+        [vi("cond_out", B, []), vi("h_new", F, ["N", 4]), vi("b", F, ["N", 4])],
+    )  # fmt: skip
+    model = make_model(
+        [helper.make_node("Loop", ["M", "", "h0"], ["h_T", "bs"], name="rnn", body=body)],
+        [vi("h0", F, ["N", 4])],
+        [vi("h_T", F, ["N", 4]), vi("bs", F, [None, "N", 4])],
+        [("Wh", WH), ("M", np.array(3, np.int64))],
+    )
+    h0, labels = ints(6, 4), np.array([0, 1, 1, 0, 2, 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = analyze(model, h0, labels=labels, attach_to=["MatMul"], batch_size=3,
+                         parity=False)  # fmt: skip
+    (layer,) = result.layers
+    h, steps = h0.astype(np.float64), []
+    for _ in range(3):
+        steps.append(h @ WH)
+        h = np.maximum(steps[-1], 0)
+    per_sample = np.stack(steps, axis=1)  # (N, iterations, 4): samples first
+    assert layer.class_counts.tolist() == expected_class_counts(layer, per_sample, labels, 2)
+
+
+def test_audit_and_separation_of_a_layer_whose_branch_did_not_run():
+    # exact novelty: no states, so no novelty for those samples (NaN); Hamming novelty and
+    # separation need every sample's activations: one line naming the layer to exclude
+    from onnx_state import analyze
+    from onnx_state.audit import audit
+    from onnx_state.errors import InputError
+    from onnx_state.separation import separation
+
+    model = nested_if_model()
+    x = ints(10, 3, 8, 8)
+    flags = {f"c{k}": np.array(True) for k in range(4)}
+    inner = "_".join(INNER)
+    ran, idle = f"{inner}_then_branch_t3_conv", f"{inner}_else_branch_e3_conv"
+    layers = ["/".join((*INNER, "then_branch", "t3_conv")), "/".join((*INNER, "else_branch",
+                                                                         "e3_conv"))]  # fmt: skip
+    kw = {"constants": flags, "batch_size": 5, "attach_to": layers}
+    reference = analyze(model, {"x": x}, parity=False, **kw)
+    result = audit(model, {"x": x}, reference=reference, novelty="exact", **kw)
+    assert np.isnan(result.sample_novelty[f"{idle}_post_states"]).all()
+    assert (result.sample_novelty[f"{ran}_post_states"] == 0).all()  # the reference's data
+    with pytest.raises(InputError, match=rf"{idle}_post_states observed no states .* exclude "
+                       rf"layer '{layers[1]}'"):  # fmt: skip
+        audit(model, {"x": x}, reference=reference, **kw)  # (the reference's layer did not run)
+    # a reference in which both branches ran (flags fed with each batch)
+    halves = [{"x": x[:5], **flags}, {"x": x[5:], **flags, "c3": np.array(False)}]
+    both = analyze(model, halves, parity=False, attach_to=layers)
+    with pytest.raises(InputError, match=rf"{idle}_post_states did not run on samples 0..5 .*"
+                       rf"exclude layer '{layers[1]}'"):  # fmt: skip
+        audit(model, {"x": x}, reference=both, **kw)
+    with pytest.raises(InputError, match=rf"did not run .* exclude layer '{layers[1]}'"):
+        separation(model, {"x": x}, labels=np.arange(10) % 2, samples_per_class=5, **kw)

@@ -43,6 +43,7 @@ def expose_nested(
                 elem_type=e.elem_type,
                 shape=e.shape,
                 merge_axis=None if c.merge_axis is None else c.merge_axis + e.stacked,
+                stacked=e.stacked,
             )
         )
     return out, result

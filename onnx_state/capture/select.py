@@ -123,6 +123,8 @@ class Capture:
     # For a layer inside If/Loop/Scan bodies: (owner, subgraph attribute, ...) down to its
     # subgraph (see capture.control); ``tensor`` is then that subgraph's name.
     path: tuple[str, ...] = ()
+    # Iteration axes in front of the array, one per Loop/Scan on the path: never the samples
+    stacked: int = 0
     packed: bool = False  # read as bits packed inside the graph (capture.pack), uint8 bytes
 
     @property

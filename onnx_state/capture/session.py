@@ -269,6 +269,10 @@ class Instrumented:
             raise InputError(f"output_batch_axis must be an integer, got {output_batch_axis!r}")
         self.output_batch_axis = output_batch_axis
         self._batch_axes: dict[str, int] = {}  # per output or tensor, once decided
+        # Captures the main graph does not declare (threaded out of If/Loop/Scan bodies):
+        # their exposed shape, and the iteration axes in front, which cannot be the samples
+        self._nested = {c.key: (c.shape if c.merge_axis is None else None, c.stacked)
+                        for c in self.captures if c.path}  # fmt: skip
         self._constant_names: set[str] = set()  # of the current stream
 
     @property
@@ -485,26 +489,30 @@ class Instrumented:
         batched = [s for s in self.specs if s.name not in self._constant_names and s.shape]
         batch_dims = {s.shape[0] for s in batched}
         free_batch = not any(isinstance(d, int) and d > 0 for d in batch_dims)
-        declared = self.index.shape(name)
+        nested_shape, stacked = self._nested.get(name, (None, 0))
+        declared = self.index.shape(name) or nested_shape
         if declared is None or len(declared) != len(shape):
             declared = (None,) * len(shape)
-        named = [i for i, d in enumerate(declared) if isinstance(d, str) and d in batch_dims]
+        named = [i for i, d in enumerate(declared)
+                 if isinstance(d, str) and d in batch_dims and i >= stacked]  # fmt: skip
         if len(named) == 1:
             return named[0]
-        sized = [i for i, d in enumerate(shape) if d == samples]
+        sized = [i for i, d in enumerate(shape) if d == samples and i >= stacked]
         if free_batch:  # a dimension the graph fixes cannot be a free batch dimension
             sized = [i for i in sized if not _fixed(declared[i])]
         if len(sized) == 1 or (sized and samples == 1):
             return sized[0]  # a size-1 axis moved first changes no element's order
-        if name not in self.output_names and (not sized or sized[0] == 0):
-            # A captured tensor (per-sample figures only): axis 0, as counting assumes none.
+        if name not in self.output_names:
+            # A captured tensor (per-sample figures only; counting needs no batch axis): the
+            # first axis after any iteration axes, as the graph lays them out, if it fits.
+            axis = stacked if stacked in sized or not sized else sized[0]
             warnings.warn(
                 f"cannot tell which axis of {name!r} (shape {shape}) holds the {samples} "
-                f"samples (axes {sized or 'none'} fit); per-sample figures assume axis 0",
+                f"samples (axes {sized or 'none'} fit); per-sample figures assume axis {axis}",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            return 0
+            return axis
         raise InputError(
             f"cannot tell which axis of {name!r} (shape {shape}) holds the batch's {samples} "
             f"samples (axes {sized or 'none'} fit); give output_batch_axis "
