@@ -431,15 +431,18 @@ def test_no_substitution_when_another_consumer_or_a_sign_changing_activation_fol
         helper.make_node("Sigmoid", ["a"], ["s"], name="sig"),
         helper.make_node("Add", ["x", "one"], ["b"], name="add2"),
         helper.make_node("LeakyRelu", ["b"], ["lb"], name="neg_leak", alpha=-0.5),
+        # alpha 0: 0 * -inf is NaN, where the input held -inf (the NaN counts would differ)
+        helper.make_node("Add", ["x", "one"], ["c"], name="add3"),
+        helper.make_node("LeakyRelu", ["c"], ["lc"], name="flat_leak", alpha=0.0),
     ]
     model = make_model(
         nodes,
         [vi("x", ["N", 3])],
-        [vi("r", ["N", 3]), vi("s", ["N", 3]), vi("lb", ["N", 3])],
+        [vi("r", ["N", 3]), vi("s", ["N", 3]), vi("lb", ["N", 3]), vi("lc", ["N", 3])],
         [("zero", np.array(0, np.float32)), ("one", np.array(1, np.float32))],
     )
     caps = select_captures(model, ["Add"])
-    assert [c.read for c in caps] == ["a", "b"]
+    assert [c.read for c in caps] == ["a", "b", "c"]
 
 
 def test_model_input_metadata_and_exporter_metadata_decide_first():

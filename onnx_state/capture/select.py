@@ -10,7 +10,7 @@ being the output's position on its node.
 What is read can differ from the layer's tensor, never its states:
 
 - a tensor whose only consumers are activations f with x > 0 ⇔ f(x) > 0 exactly in floating
-  point (Relu; LeakyRelu with alpha >= 0; Clip with min 0 and max > 0) is read at the
+  point (Relu; LeakyRelu with alpha > 0; Clip with min 0 and max > 0) is read at the
   activation's output, which keeps onnxruntime's Conv+activation fusion (``literal`` reads
   the tensor itself);
 - with ``quantized``, a float tensor whose only consumer is a QuantizeLinear (a QDQ model)
@@ -414,8 +414,9 @@ def _same_states_activation(index: GraphIndex, tensor: str) -> str:
     """The output of the activation that alone consumes *tensor*, where x > 0 ⇔ f(x) > 0.
 
     Relu(x) = max(x, 0) returns x itself for x > 0 (subnormals included: onnxruntime does
-    not flush denormals unless asked) and 0 or -0 otherwise; LeakyRelu with alpha >= 0
-    returns x for x > 0 and alpha * x <= 0 otherwise (an underflow gives -0, still not > 0);
+    not flush denormals unless asked) and 0 or -0 otherwise; LeakyRelu with alpha > 0
+    returns x for x > 0 and alpha * x <= 0 otherwise (an underflow gives -0, still not > 0;
+    alpha = 0 would turn -inf into NaN, which the NaN count would see);
     Clip(x, 0, max > 0) gives min(x, max) > 0 for x > 0 and 0 otherwise. NaN stays NaN in
     each. A graph output is already read without disturbing the model: it stays.
     """
@@ -435,7 +436,7 @@ def _keeps_sign(index: GraphIndex, node: NodeProto) -> bool:
         return True
     if op == "LeakyRelu":
         alpha = next((a.f for a in node.attribute if a.name == "alpha"), 0.01)
-        return alpha >= 0
+        return alpha > 0
     if op == "Clip":
         if index.opset() < 11:
             lo = next((a.f for a in node.attribute if a.name == "min"), None)
