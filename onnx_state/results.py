@@ -319,8 +319,12 @@ class Analysis:
         )
 
     def network_efficiency(self, alpha1: float = 1, alpha2: float | None = None) -> float:
-        """Geometric mean of the layer efficiencies."""
-        return metrics.network_efficiency(r.efficiency(alpha1, alpha2) for r in self.layers)
+        """Geometric mean of the efficiencies of the layers that observed states (a layer
+        in an If branch that never ran is no part of the network that ran)."""
+        ran = [r for r in self.layers if r.state_count]
+        if not ran:
+            raise InputError("no layer observed a state: network efficiency needs one")
+        return metrics.network_efficiency(r.efficiency(alpha1, alpha2) for r in ran)
 
     def aiq(self, beta: float = 2) -> float:
         """aIQ = (network efficiency * accuracy**beta) ** (1 / (beta + 1)); needs labels."""
@@ -330,7 +334,7 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         """Summary for JSON: attributes, per-layer metrics, network metrics."""
-        observed = all(r.state_count > 0 for r in self.layers) and self.layers
+        observed = any(r.state_count > 0 for r in self.layers)
         net = self.network_efficiency() if observed else None
         return {
             "schema": store.SCHEMA,

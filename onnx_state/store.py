@@ -132,7 +132,7 @@ def write_store(
             for i, layer in enumerate(layers):
                 g = root.create_group(f"layers/{i}")
                 g.attrs.update({k: _plain(v) for k, v in layer.attrs.items()})
-                width = max(1, (layer.attrs["neurons"] + 7) // 8)
+                width = (layer.attrs["neurons"] + 7) // 8  # 0: a layer that never ran
                 ids = layer.ids.reshape(len(layer.ids), width)
                 g.create_array("state_ids", data=np.ascontiguousarray(ids, dtype=np.uint8))
                 g.create_array("counts", data=np.ascontiguousarray(layer.counts, dtype=np.int64))
@@ -430,9 +430,12 @@ def _read_layer(
     for key in (*text, "captured", "axis_rule") if version >= 2 else text:
         check_str(attrs.get(key, MISSING), f"{attr} {key}")
     check_str(attrs.get("kind", MISSING), f"{attr} kind", ("post", "pre"))
-    neurons = check_int(attrs.get("neurons", MISSING), f"{attr} neurons", minimum=1)
+    # 0 neurons: a layer in an If branch that never ran, whose width the graph leaves open
+    neurons = check_int(attrs.get("neurons", MISSING), f"{attr} neurons", minimum=0)
     check_int(attrs.get("axis", MISSING), f"{attr} axis")
     state_count = check_int(attrs.get("state_count", MISSING), f"{attr} state_count", 0)
+    if neurons == 0 and state_count:
+        raise StoreError(f"{attr} neurons is 0 but state_count is {state_count}; expected >= 1")
     check_int(attrs.get("nan_count", MISSING), f"{attr} nan_count", minimum=0)
 
     width = (neurons + 7) // 8

@@ -771,3 +771,34 @@ def test_audit_and_separation_of_a_layer_whose_branch_did_not_run():
         audit(model, {"x": x}, reference=both, **kw)
     with pytest.raises(InputError, match=rf"did not run .* exclude layer '{layers[1]}'"):
         separation(model, {"x": x}, labels=np.arange(10) % 2, samples_per_class=5, **kw)
+
+
+def test_a_branch_that_never_ran_and_has_no_fixed_width_saves_and_loads(tmp_path):
+    # 0 neurons (its weight is an input of K filters): the store refused to load it, and
+    # network efficiency failed on it; it now covers the layers that ran
+    from onnx_state import Analysis, analyze
+
+    then = helper.make_graph([helper.make_node("Conv", ["x", "W_in"], ["t"], name="fixed")],
+                             "then", [], [vi("t", F, ["N", 4, 6, 6])])  # fmt: skip
+    other = helper.make_graph([helper.make_node("Conv", ["x", "W_any"], ["e"], name="open")],
+                              "else", [], [vi("e", F, [None] * 4)])  # fmt: skip
+    model = make_model(
+        [if_node("c", "y", then, other, name="if0")],
+        [vi("x", F, ["N", 3, 8, 8]), vi("c", B, []), vi("W_any", F, ["K", 3, 3, 3])],
+        [vi("y", F, [None] * 4)],
+        [("W_in", W_IN)],
+    )
+    x = ints(6, 3, 8, 8)
+    fixed = {"c": np.array(True), "W_any": W_OUT}
+    result = analyze(model, {"x": x}, constants=fixed, batch_size=3, parity=False)
+    by_name = {r.name: r for r in result.layers}
+    idle = by_name["if0_else_branch_open_post_states"]
+    assert (idle.neurons, idle.state_count) == (0, 0)
+    ran = by_name["if0_then_branch_fixed_post_states"]
+    assert result.network_efficiency() == ran.efficiency()
+    result.save(tmp_path / "r.zarr")
+    back = Analysis.load(tmp_path / "r.zarr")
+    assert [(r.neurons, r.state_count) for r in back.layers] == [
+        (r.neurons, r.state_count) for r in result.layers
+    ]
+    assert back.to_dict()["network_efficiency"] == ran.efficiency()

@@ -194,7 +194,7 @@ CASES = [
     ("kind unknown", set_attr("layers/2", "kind", "middle"),
      f'{L2}: attribute kind is "middle"; expected "post" or "pre"'),
     ("neurons zero", set_attr("layers/0", "neurons", 0),
-     f"{L0}: attribute neurons is 0; expected an integer >= 1"),
+     f"{L0}: attribute neurons is 0 but state_count is 1908; expected >= 1"),
     ("neurons a float", set_attr("layers/0", "neurons", 4.0), f"{L0}: attribute neurons is 4.0"),
     ("no neurons", del_attr("layers/2", "neurons"), f"{L2}: attribute neurons is missing"),
     ("state_count negative", set_attr("layers/1", "state_count", -5),
