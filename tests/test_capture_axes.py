@@ -142,7 +142,10 @@ def test_bidirectional_lstm_outputs_join_both_directions_as_pytorch_does():
     assert all(c.merge_axis is not None for c in caps)
     from onnx_state.capture import Instrumented
 
-    inst = Instrumented(model, attach_to=["LSTM"])
+    # (analyze would cut x along axis 0, its time axis: warned; run takes the batch whole)
+    with pytest.warns(RuntimeWarning, match=r"input 'x' is the sequence of LSTM 'lstm', whose "
+                      r"axis 0 is time"):  # fmt: skip
+        inst = Instrumented(model, attach_to=["LSTM"])
     run = inst.run({"x": x}, batch)
     y_torch = np.concatenate([fwd[0], bwd[0]], axis=-1)  # (seq, batch, 2H): nn.LSTM output
     h_n = np.concatenate([fwd[1], bwd[1]], axis=-1)
@@ -553,3 +556,24 @@ def test_a_rank_2_tensor_whose_rule_lands_on_axis_0_is_warned():
                       r"--neuron-axis drop_batch=AXIS"):  # fmt: skip
         (cap,) = select_captures(model, ["drop_batch"])
     assert cap.axis == 1 and cap.axis_rule.endswith("(guessed)")
+
+
+def test_a_time_major_recurrent_input_is_warned_and_a_batch_first_one_is_not():
+    # (a sequence-first LSTM cut into batches along axis 0 would count time chunks, its
+    # state reset at each cut, with no word of it)
+    from onnx_state.capture import Instrumented
+
+    def lstm_model(layout):
+        shape = ["T", "N", 3] if layout == 0 else ["N", "T", 3]
+        node = helper.make_node("LSTM", ["x", "W", "R"], ["Y"], name="lstm", hidden_size=2,
+                                layout=layout)  # fmt: skip
+        inits = [("W", np.ones((1, 8, 3), np.float32)), ("R", np.ones((1, 8, 2), np.float32))]
+        y = ["T", 1, "N", 2] if layout == 0 else ["N", "T", 1, 2]
+        return make_model([node], [vi("x", shape)], [vi("Y", y)], inits)
+
+    with pytest.warns(RuntimeWarning, match=r"input 'x' is the sequence of LSTM 'lstm'.*"
+                      r"export the model batch-first"):  # fmt: skip
+        Instrumented(lstm_model(0), attach_to=["LSTM"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        Instrumented(lstm_model(1), attach_to=["LSTM"])

@@ -17,6 +17,7 @@ import onnx
 from onnx import ModelProto
 
 from onnx_state.capture import load
+from onnx_state.capture.axes import RECURRENT_OPS
 from onnx_state.capture.data import (
     InputSpec,
     batch_count,
@@ -253,6 +254,7 @@ class Instrumented:
         self.captures = [replace(c, packed=True) if pack and _packable(c) else c
                          for c in self.captures]  # fmt: skip
         self.specs: list[InputSpec] = input_specs(self.original)
+        _warn_time_major_inputs(self.index, self.specs)
         self.output_names = [o.name for o in self.original.graph.output]
         if not self.output_names:
             raise ModelError("the model declares no graph outputs; it cannot be run")
@@ -563,6 +565,28 @@ class Instrumented:
             return _run(plain, self.output_names, batch)
         finally:
             del plain
+
+
+def _warn_time_major_inputs(index: GraphIndex, specs: Sequence[InputSpec]) -> None:
+    """Warn for each input that a recurrent layer reads as its sequence along axis 0 (time
+    first, as ONNX's RNN/GRU/LSTM with layout 0 and a batch_first=False export take it):
+    batches are cut along axis 0, so they would hold time steps, not samples."""
+    for spec in specs:
+        for i in sorted(index.consumers.get(spec.name, ())):
+            node = index.nodes[i]
+            layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
+            if node.op_type.lower() in RECURRENT_OPS and node.input[0] == spec.name and not layout:
+                warnings.warn(
+                    f"input {spec.name!r} is the sequence of {node.op_type} "
+                    f"{node.name or node.output[0]!r}, whose axis 0 is time ([seq, batch, "
+                    "features]); onnx_state takes samples along axis 0 of every input, so a "
+                    "batch would hold time steps and cut the sequences: export the model "
+                    "batch-first, or feed each whole sequence as one batch (per-sample "
+                    "figures then count time steps)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                break
 
 
 def instrument(
