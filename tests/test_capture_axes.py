@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_state import analyze
 from onnx_state.capture import select_captures
 from onnx_state.capture.axes import neuron_axis
-from onnx_state.errors import AxisGuessWarning
+from onnx_state.errors import AxisGuessWarning, InputError
 from tests.models import make_model
 from tests.reference import assert_states, reference_counts
 
@@ -212,6 +212,27 @@ def test_every_output_of_a_split_is_captured_and_named_apart():
     assert set(by_name) == {"head_post_states", "head.1_post_states"}
     check(by_tensor["box"], x[:, :64], 1)
     check(by_tensor["cls"], x[:, 64:], 1)
+    # naming one output captures that one; excluding one leaves the other
+    assert [c.tensor for c in select_captures(model, ["cls"])] == ["cls"]
+    assert [c.tensor for c in select_captures(model, ["Split"], exclude=["box"])] == ["cls"]
+    assert [c.tensor for c in select_captures(model, ["Split", "Conv"], exclude=["box", "cls"])
+            ] == ["x"]  # fmt: skip
+
+
+def test_by_type_a_rank_1_output_beside_the_states_is_left_out():
+    # (onnxruntime's EmbedLayerNormalization also gives its rank-1 mask_index: selecting the
+    # type refused the whole layer; here BatchNormalization's training outputs)
+    nodes = [helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"],
+                              ["y", "mean", "var"], name="bn", training_mode=1)]  # fmt: skip
+    one = np.ones(3, np.float32)
+    model = make_model(
+        nodes, [vi("x", ["N", 3, 4])],
+        [vi("y", ["N", 3, 4]), vi("mean", [3]), vi("var", [3])],
+        [("s", one), ("b", one), ("m", one), ("v", one)],
+    )  # fmt: skip
+    assert [c.tensor for c in select_captures(model, ["BatchNormalization"])] == ["y"]
+    with pytest.raises(InputError, match="tensor 'mean' has rank 1"):
+        select_captures(model, ["mean"])  # named, it is refused in one line
 
 
 def test_broadcast_follows_the_data_input_not_the_parameter():

@@ -261,15 +261,22 @@ def select_captures(
     for path, where, layer in placed:
         if not any(_layer_matches(layer, k) for k in attach_to):
             continue
-        if any(k in _names(layer) for k in exclude):
+        outs = layer.outputs or (layer.output,)
+        if any(k in _names(layer) and k not in outs for k in exclude) or set(outs) <= set(exclude):
             continue
+        # Outputs named in attach_to (or exclude) alone, when nothing names the layer whole;
+        # by type, every used output that can hold states (EmbedLayerNormalization's
+        # rank-1 mask_index cannot)
+        whole = any(_layer_matches(layer, k) and k not in outs for k in attach_to)
+        chosen = [t for t in outs if (whole or t in attach_to) and t not in exclude]
+        if whole and len(outs) > 1:
+            chosen = [t for t in chosen if (where.rank(t) or 2) >= 2] or chosen
         for side in sides:
             if side == "before":
                 tensors = [] if layer.input is None else [(layer.input, "")]
             else:
-                outs = layer.outputs or (layer.output,)
                 tensors = [(t, "" if k == 0 else f".{_position(where, t)}") for k, t in
-                           enumerate(outs)]  # fmt: skip
+                           enumerate(outs) if t in chosen]  # fmt: skip
             for tensor, suffix in tensors:
                 name = capture_name(layer.name + suffix, side)
                 capture = _capture(where, layer, side, tensor, name, overrides, literal, quantized)
