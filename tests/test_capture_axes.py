@@ -598,3 +598,20 @@ def test_a_time_major_recurrent_input_is_warned_and_a_batch_first_one_is_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         Instrumented(lstm_model(1), attach_to=["LSTM"])
+
+
+def test_neurons_on_axis_0_are_refused_at_selection_naming_the_layer():
+    # Gemm(transA=1) reads its input (features, N): before it, the neurons are on axis 0
+    # (this once failed mid-run with a message that named no layer)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["xt"], name="flip"),
+        helper.make_node("Gemm", ["xt", "W"], ["y"], name="fc", transA=1),
+    ]
+    model = make_model(
+        nodes, [vi("x", ["N", 6])], [vi("y", ["N", 3])], [("W", np.ones((6, 3), np.float32))]
+    )
+    with pytest.raises(InputError, match=r"fc_pre_states: the neurons of tensor 'xt' are on its "
+                       r"axis 0 .*--neuron-axis fc=AXIS"):  # fmt: skip
+        select_captures(model, ["fc"], method="before")
+    with pytest.raises(InputError, match=r"fc_post_states: the neurons .* axis 0"):
+        select_captures(model, ["fc"], neuron_axes={"fc": 0})

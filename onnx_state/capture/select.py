@@ -352,6 +352,13 @@ def _capture(
     if rank is not None and not -rank <= axis < rank:
         raise InputError(f"neuron axis {axis} is out of range for {name} of rank {rank}")
     axis = axis % rank if rank else axis
+    if axis == 0 and (rank or 2) >= 2:
+        raise InputError(
+            f"{name}: the neurons of tensor {tensor!r} are on its axis 0 ({choice.rule}), "
+            f"where onnx_state counts the samples; give layer {layer.name!r} another axis "
+            f"(neuron_axes, --neuron-axis {layer.name}=AXIS), capture it on its other side "
+            "(method), or exclude it"
+        )
     source, arithmetic = tensor, "float"
     if not literal and merge is None:
         source = _same_states_activation(index, tensor)
