@@ -615,3 +615,17 @@ def test_neurons_on_axis_0_are_refused_at_selection_naming_the_layer():
         select_captures(model, ["fc"], method="before")
     with pytest.raises(InputError, match=r"fc_post_states: the neurons .* axis 0"):
         select_captures(model, ["fc"], neuron_axes={"fc": 0})
+
+
+def test_a_matmul_with_a_constant_first_operand_is_warned_as_a_guess():
+    # W (6, 4) · x (N, 4, 5): W's rows (axis 1) if it is a weight, or the last axis if it
+    # is a graph conv's adjacency A · X; the shapes cannot tell
+    model = make_model(
+        [helper.make_node("MatMul", ["W", "x"], ["y"], name="wx")],
+        [vi("x", ["N", 4, 5])], [vi("y", ["N", 6, 5])],
+        [("W", np.ones((6, 4), np.float32))],
+    )  # fmt: skip
+    with pytest.warns(AxisGuessWarning, match=r"layer 'wx'.*constant first operand.*assuming "
+                      r"axis 2.*--neuron-axis wx=AXIS"):  # fmt: skip
+        (cap,) = select_captures(model, ["MatMul"])
+    assert cap.axis == 2

@@ -244,9 +244,20 @@ def _decide(
             return AxisChoice(rank - 1, f"channels-last {node.op_type}")
         return AxisChoice(1, f"channel axis of {node.op_type}")
     if op in LAST_AXIS_OPS:
-        if rank:
-            return AxisChoice(rank - 1, f"last axis of {node.op_type}")
-        return None
+        if not rank:
+            return None
+        if (
+            op == "matmul"
+            and node.input[0] in index.constants
+            and (node.input[1] not in index.constants)
+        ):
+            # W · x: a weight's rows are the neurons (axis -2), or, as in a graph conv A · X,
+            # the features stay last; the shapes cannot tell the two apart
+            return AxisChoice(
+                rank - 1, "guess (MatMul with a constant first operand: last axis; axis "
+                f"{rank - 2} if it is a weight)", guessed=True,
+            )  # fmt: skip
+        return AxisChoice(rank - 1, f"last axis of {node.op_type}")
     if op in SOFTMAX_OPS | LAYERNORM_OPS and position == 0 and rank:
         return AxisChoice(_attr_axis(index, node, rank), f"axis attribute of {node.op_type}")
     if op in RECURRENT_OPS:
