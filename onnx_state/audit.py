@@ -650,7 +650,12 @@ class _LayerWatch:
     def skip(self, x: np.ndarray, start: int, samples: int) -> None:
         """A batch of *samples* (from *start*) in which the layer did not run (*x* empty, an
         If branch not taken): no state; no novelty for these samples (NaN)."""
-        self.counter.update(x, axis=self.capture.axis)  # (its width, where *x* has one)
+        axis = self.capture.axis
+        if not self.counter.neurons and x.shape[axis]:
+            self.counter.update(x, axis=axis)  # (its width, where *x* has one)
+        if self.window is not None:  # its windows exist, empty where the layer never ran
+            while len(self.windows) <= (start + samples - 1) // self.window:
+                self.windows.append(new_counter(self.capture))
         if self.hamming is not None:
             raise InputError(
                 f"{self.capture.name} did not run on samples {start}..{start + samples} (it "
@@ -997,8 +1002,13 @@ def audit(
 
 
 def _exact_scores(novel: Mapping[str, np.ndarray], watches: Sequence[_LayerWatch]) -> np.ndarray:
-    """The strict score: the mean over layers of each sample's fraction of unseen states."""
-    return np.asarray(np.mean([novel[w.capture.name] for w in watches], axis=0))
+    """The strict score: the mean over layers of each sample's fraction of unseen states
+    (over the layers that ran on it: one in an If branch not taken gives NaN)."""
+    table = np.array([novel[w.capture.name] for w in watches], dtype=np.float64)
+    ran = ~np.isnan(table)
+    sums = np.where(ran, table, 0.0).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(sums / ran.sum(axis=0))
 
 
 def _layer_audit(w: _LayerWatch, ref_layer: LayerResult | None) -> LayerAudit:
@@ -1066,8 +1076,10 @@ def _windows(
         for w in watches:
             name = w.capture.name
             counter = w.windows[k]
-            ids, counts = counter.state_ids(), counter.counts()
             ref = ref_layers[name]
+            if not (counter.state_count and ref.state_count):
+                continue  # the layer did not run here (an If branch), or in the reference
+            ids, counts = counter.state_ids(), counter.counts()
             seen = metrics.seen_in(ids, ref.state_ids())
             nov[name] = float(counts[~seen].sum() / counts.sum())
             js[name] = metrics.js_divergence(ids, counts, ref.state_ids(), ref.counts())

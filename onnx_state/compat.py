@@ -307,7 +307,7 @@ def network_efficiency(
     if hasattr(model_or_layers, "efficiency_layers"):
         items: Iterable[Any] = model_or_layers.efficiency_layers
     elif hasattr(model_or_layers, "layers") and hasattr(model_or_layers, "n_samples"):
-        items = model_or_layers.layers
+        return float(model_or_layers.network_efficiency(alpha1, alpha2))  # layers that ran
     else:
         items = model_or_layers
     values = [i.efficiency(alpha1, alpha2) if hasattr(i, "efficiency") else float(i) for i in items]

@@ -629,3 +629,38 @@ def test_a_matmul_with_a_constant_first_operand_is_warned_as_a_guess():
                       r"axis 2.*--neuron-axis wx=AXIS"):  # fmt: skip
         (cap,) = select_captures(model, ["MatMul"])
     assert cap.axis == 2
+
+
+def test_a_layer_named_like_its_first_output_is_still_selected_and_excluded_whole():
+    nodes = [
+        helper.make_node("Split", ["x", "sp"], ["a", "b"], name="a", axis=1),
+        helper.make_node("Relu", ["a"], ["ra"], name="r1"),
+        helper.make_node("Relu", ["b"], ["rb"], name="r2"),
+    ]
+    model = make_model(
+        nodes, [vi("x", ["N", 8])], [vi("ra", ["N", 4]), vi("rb", ["N", 4])],
+        [("sp", np.array([4, 4], np.int64))],
+    )  # fmt: skip
+    assert [c.tensor for c in select_captures(model, ["a"])] == ["a", "b"]
+    caps = select_captures(model, ["Split", "Relu"], exclude=["a"])
+    assert [c.layer for c in caps] == ["r1", "r2"]
+
+
+def test_a_capture_that_mixes_samples_into_rows_is_refused_for_per_sample_figures():
+    # Reshape (N, 6) -> (2N, 3) -> MatMul: no axis of the captured (2N, 4) holds the samples
+    nodes = [
+        helper.make_node("Reshape", ["x", "rows"], ["xr"]),
+        helper.make_node("MatMul", ["xr", "W"], ["h"], name="proj"),
+        helper.make_node("Reshape", ["h", "back"], ["scores"]),
+    ]
+    model = make_model(
+        nodes, [vi("x", ["N", 6])], [vi("scores", ["N", 8])],
+        [("W", np.ones((3, 4), np.float32)), ("rows", np.array([-1, 3], np.int64)),
+         ("back", np.array([-1, 8], np.int64))],
+    )  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    assert analyze(model, x, attach_to=["MatMul"], batch_size=5, parity=False).layers
+    with pytest.raises(InputError, match=r"no axis of captured tensor 'h' \(shape \(10, 4\)\) "
+                       r"holds the batch's 5 samples.*exclude layer 'proj'"):  # fmt: skip
+        analyze(model, x, labels=np.arange(10) % 3, attach_to=["MatMul"], batch_size=5,
+                parity=False)  # fmt: skip

@@ -802,3 +802,53 @@ def test_a_branch_that_never_ran_and_has_no_fixed_width_saves_and_loads(tmp_path
         (r.neurons, r.state_count) for r in result.layers
     ]
     assert back.to_dict()["network_efficiency"] == ran.efficiency()
+    import onnx_state
+
+    assert onnx_state.network_efficiency(result) == ran.efficiency()  # the TensorState form
+    # audit: with no reference, an exact-novelty reference, and windows (the last of which
+    # the layer never ran in); its width comes from the batches where it ran
+    from onnx_state.audit import audit
+
+    kw = {"batch_size": 3, "attach_to": ["if0/then_branch/fixed", "if0/else_branch/open"]}
+    plain = audit(model, {"x": x}, constants=fixed, **kw)
+    assert [la.state_count for la in plain.layers] == [r.state_count for r in result.layers]
+    halves = [{"x": x[:3], **fixed}, {"x": x[3:], **fixed, "c": np.array(False)}]
+    both = analyze(model, halves, parity=False, **kw)
+    later = [{"x": x[:3], **fixed, "c": np.array(False)}, {"x": x[3:], **fixed}]
+    got = audit(model, later, reference=both, novelty="exact", window=3, **kw)
+    assert {la.name: la.neurons for la in got.layers} == {r.name: 4 for r in result.layers}
+    assert [sorted(w.novelty) for w in got.windows] == [
+        ["if0_else_branch_open_post_states"],
+        ["if0_then_branch_fixed_post_states"],
+    ]
+    assert not np.isnan(got.sample_scores).any()  # the mean over the layers that ran
+
+
+def test_a_loop_body_tensor_may_have_its_neurons_on_the_bodys_axis_0():
+    # (stacked per iteration, the body's axis 0 is the exposed tensor's axis 1: not refused)
+    from onnx_state import analyze
+
+    w = RNG.normal(size=(6, 4, 3)).astype(np.float32)
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["x", "i"], ["xi"], axis=0),  # one sample: (4, 5)
+         helper.make_node("Unsqueeze", ["xi", "ax0"], ["xu"]),
+         helper.make_node("Conv", ["xu", "W"], ["c"], name="conv"),  # (1, 6, 3)
+         helper.make_node("Squeeze", ["c", "ax0"], ["s"], name="sq"),  # (6, 3)
+         helper.make_node("Relu", ["s"], ["r"], name="act"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body", [vi("i", I64, []), vi("cond_in", B, [])],
+        [vi("cond_out", B, []), vi("r", F, [6, 3])],
+    )  # fmt: skip
+    model = make_model(
+        [helper.make_node("Shape", ["x"], ["shp"]),
+         helper.make_node("Gather", ["shp", "zero"], ["M"], axis=0),
+         helper.make_node("Loop", ["M", ""], ["rs"], name="loop", body=body)],
+        [vi("x", F, ["N", 4, 5])], [vi("rs", F, ["N", 6, 3])],
+        [("W", w), ("ax0", np.array([0], np.int64)), ("zero", np.array(0, np.int64))],
+    )  # fmt: skip
+    x = RNG.normal(size=(8, 4, 5)).astype(np.float32)
+    (layer,) = analyze(model, {"x": x}, attach_to=["loop/body/act"], parity=False,
+                       neuron_axes={"loop/body/act": 0}).layers  # fmt: skip
+    ref = run(model, {"x": x})["rs"]  # the model's own output: the stacked Relu, (N, 6, 3)
+    assert layer.axis == 1
+    assert_states(layer, *reference_counts(ref, 1))

@@ -246,16 +246,14 @@ def _decide(
     if op in LAST_AXIS_OPS:
         if not rank:
             return None
-        if (
-            op == "matmul"
-            and node.input[0] in index.constants
-            and (node.input[1] not in index.constants)
-        ):
+        first, second = [*node.input, "", ""][:2]  # (a broken node may lack some)
+        if op == "matmul" and first in index.constants and second not in index.constants:
             # W · x: a weight's rows are the neurons (axis -2), or, as in a graph conv A · X,
             # the features stay last; the shapes cannot tell the two apart
+            weight = f"; axis {rank - 2} if it is a weight" if rank > 2 else ""
             return AxisChoice(
-                rank - 1, "guess (MatMul with a constant first operand: last axis; axis "
-                f"{rank - 2} if it is a weight)", guessed=True,
+                rank - 1, f"guess (MatMul with a constant first operand: last axis{weight})",
+                guessed=True,
             )  # fmt: skip
         return AxisChoice(rank - 1, f"last axis of {node.op_type}")
     if op in SOFTMAX_OPS | LAYERNORM_OPS and position == 0 and rank:

@@ -177,6 +177,12 @@ def _layer_matches(layer: Layer, key: str) -> bool:
     )
 
 
+def _names_whole(layer: Layer, key: str, outs: Sequence[str]) -> bool:
+    """Whether *key* names *layer* as a whole (its name, a node's, or a type), not just one
+    of its outputs *outs* (a layer named like its first output is still named whole)."""
+    return key not in outs or key == layer.name or key in layer.nodes
+
+
 def _names(layer: Layer) -> tuple[str, ...]:
     """What an exclusion may name: the layer, its nodes, its outputs."""
     return (layer.name, *layer.nodes, layer.output, *layer.outputs)
@@ -262,12 +268,14 @@ def select_captures(
         if not any(_layer_matches(layer, k) for k in attach_to):
             continue
         outs = layer.outputs or (layer.output,)
-        if any(k in _names(layer) and k not in outs for k in exclude) or set(outs) <= set(exclude):
+        if any(k in _names(layer) and _names_whole(layer, k, outs) for k in exclude) or set(
+            outs
+        ) <= set(exclude):
             continue
         # Outputs named in attach_to (or exclude) alone, when nothing names the layer whole;
         # by type, every used output that can hold states (EmbedLayerNormalization's
         # rank-1 mask_index cannot)
-        whole = any(_layer_matches(layer, k) and k not in outs for k in attach_to)
+        whole = any(_layer_matches(layer, k) and _names_whole(layer, k, outs) for k in attach_to)
         chosen = [t for t in outs if (whole or t in attach_to) and t not in exclude]
         if whole and len(outs) > 1:
             chosen = [t for t in chosen if (where.rank(t) or 2) >= 2] or chosen
@@ -279,7 +287,8 @@ def select_captures(
                            enumerate(outs) if t in chosen]  # fmt: skip
             for tensor, suffix in tensors:
                 name = capture_name(layer.name + suffix, side)
-                capture = _capture(where, layer, side, tensor, name, overrides, literal, quantized)
+                capture = _capture(where, layer, side, tensor, name, overrides, literal,
+                                   quantized, "body" in path[1::2])  # fmt: skip
                 captures.append(replace(capture, path=path) if path else capture)
     _warn_guesses(captures)
     unknown = set(overrides) - {c.layer for c in captures} - {c.name for c in captures}
@@ -327,8 +336,10 @@ def _capture(
     overrides: Mapping[str, int],
     literal: bool,
     quantized: bool,
+    in_body: bool = False,
 ) -> Capture:
-    """One capture of *tensor*: its axis, what is read, and its integer threshold."""
+    """One capture of *tensor*: its axis, what is read, and its integer threshold.
+    *in_body*: the tensor lies in a Loop or Scan body, which stacks it per iteration."""
     elem_type, shape = index.info.get(tensor, (None, None))
     if elem_type is None:
         raise ModelError(
@@ -352,7 +363,9 @@ def _capture(
     if rank is not None and not -rank <= axis < rank:
         raise InputError(f"neuron axis {axis} is out of range for {name} of rank {rank}")
     axis = axis % rank if rank else axis
-    if axis == 0 and (rank or 2) >= 2:
+    if axis == 0 and (rank or 2) >= 2 and not in_body:
+        # (inside a Loop/Scan body axis 0 moves right, behind the iteration axes: see
+        # rewrite.expose_nested)
         raise InputError(
             f"{name}: the neurons of tensor {tensor!r} are on its axis 0 ({choice.rule}), "
             f"where onnx_state counts the samples; give layer {layer.name!r} another axis "

@@ -479,6 +479,14 @@ class Instrumented:
             axis = self._batch_axis(name, array.shape, samples)
             self._batch_axes[name] = axis
         if not -array.ndim <= axis < array.ndim or array.shape[axis] != samples:
+            if name not in self.output_names:  # a capture: output_batch_axis cannot help
+                layer = next((c.layer for c in self.captures if c.key == name), name)
+                raise InputError(
+                    f"no axis of captured tensor {name!r} (shape {array.shape}) holds the "
+                    f"batch's {samples} samples (its layer mixes them, e.g. a Reshape to "
+                    f"rows), so per-sample figures (labels, audit's novelty, separation) "
+                    f"cannot use it; exclude layer {layer!r} from them"
+                )
             raise InputError(
                 f"axis {axis} of {name!r} (shape {array.shape}) does not hold the batch's "
                 f"{samples} samples; give output_batch_axis (--output-batch-axis)"
@@ -507,7 +515,9 @@ class Instrumented:
         if name not in self.output_names:
             # A captured tensor (per-sample figures only; counting needs no batch axis): the
             # first axis after any iteration axes, as the graph lays them out, if it fits.
-            axis = stacked if stacked in sized or not sized else sized[0]
+            if not sized:
+                return stacked  # no axis fits: batch_axis refuses it, naming the layer
+            axis = stacked if stacked in sized else sized[0]
             warnings.warn(
                 f"cannot tell which axis of {name!r} (shape {shape}) holds the {samples} "
                 f"samples (axes {sized or 'none'} fit); per-sample figures assume axis {axis}",
