@@ -16,7 +16,7 @@ from onnx_state import distributed, metrics, store
 from onnx_state._version import __version__
 from onnx_state.capture import BatchRun, Capture, Fingerprint, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
-from onnx_state.capture.session import new_counter
+from onnx_state.capture.session import did_not_run, new_counter
 from onnx_state.count import ParallelCounting, StateCounter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError
@@ -323,7 +323,7 @@ def _count_by_class(
     captures = {(c.key, c.axis): c for c in inst.captures}
     for (key, axis), per in by_class.items():
         x = run.captured[key]
-        if x.size == 0 and x.ndim:  # an If branch that did not run: no state in any class
+        if did_not_run(x):  # no state in any class
             continue
         batch_axis = inst.batch_axis(key, x, run.samples)
         for c in classes:

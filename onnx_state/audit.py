@@ -29,7 +29,7 @@ from onnx_state import distributed, metrics
 from onnx_state.analysis import instrument_on_worker, layer_result
 from onnx_state.capture import BatchRun, Capture, Instrumented, Method, Optimization
 from onnx_state.capture.data import data_specs, resolve_batch_size
-from onnx_state.capture.session import fires, new_counter
+from onnx_state.capture.session import did_not_run, fires, new_counter
 from onnx_state.count import StateCounter
 from onnx_state.distributed import Table
 from onnx_state.errors import InputError, StoreError, did_you_mean
@@ -786,7 +786,7 @@ def _run_pass(
             truth = truth if per_class else None
         for w in watches:
             x = run.captured[w.capture.key]
-            if x.size == 0 and x.ndim:  # an If branch that did not run: no state
+            if did_not_run(x):
                 w.skip(x, start, run.samples)
                 continue
             w.update(x, inst.batch_axis(w.capture.key, x, run.samples), start, pred, truth)

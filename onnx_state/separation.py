@@ -36,6 +36,7 @@ from onnx_state.capture import (
     data_specs,
     open_data,
 )
+from onnx_state.capture.session import did_not_run
 from onnx_state.errors import InputError, StoreError, did_you_mean
 from onnx_state.labels import labels_array
 from onnx_state.mst import cross_edges, mst_edges, squared_distances
@@ -363,7 +364,7 @@ def _features(
             for k in mapping:
                 feats.setdefault(f"input:{k}", []).append(run.batch[k].reshape(n, -1))
         for c in inst.captures:
-            if run.captured[c.key].size == 0 and n:
+            if did_not_run(run.captured[c.key]):
                 raise InputError(
                     f"{c.name} did not run on these samples (it sits in an If branch not "
                     f"taken): it has no activations to separate; exclude layer {c.layer!r}"

@@ -50,6 +50,7 @@ __all__ = [
     "BatchRun",
     "Instrumented",
     "Optimization",
+    "did_not_run",
     "fires",
     "instrument",
     "make_session",
@@ -577,6 +578,12 @@ class Instrumented:
             del plain
 
 
+def did_not_run(array: np.ndarray) -> bool:
+    """Whether a captured *array* is the empty tensor of an If branch that did not run
+    (see ``capture.control``): it holds no state, and no sample's activations."""
+    return array.size == 0 and array.ndim > 0
+
+
 def _warn_time_major_inputs(index: GraphIndex, specs: Sequence[InputSpec]) -> None:
     """Warn for each input that a recurrent layer reads as its sequence along axis 0 (time
     first, as ONNX's RNN/GRU/LSTM with layout 0 and a batch_first=False export take it):
@@ -585,7 +592,8 @@ def _warn_time_major_inputs(index: GraphIndex, specs: Sequence[InputSpec]) -> No
         for i in sorted(index.consumers.get(spec.name, ())):
             node = index.nodes[i]
             layout = next((a.i for a in node.attribute if a.name == "layout"), 0)
-            if node.op_type.lower() in RECURRENT_OPS and node.input[0] == spec.name and not layout:
+            is_sequence = bool(node.input) and node.input[0] == spec.name
+            if node.op_type.lower() in RECURRENT_OPS and is_sequence and not layout:
                 warnings.warn(
                     f"input {spec.name!r} is the sequence of {node.op_type} "
                     f"{node.name or node.output[0]!r}, whose axis 0 is time ([seq, batch, "
