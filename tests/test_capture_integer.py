@@ -185,7 +185,8 @@ def test_int8_counts_are_exact_at_the_extremes():
     q = np.clip(np.round(x) - 1, -128, 127).astype(np.int64)
     inst = Instrumented(model, attach_to=["QuantizeLinear"])
     (cap,) = inst.captures
-    assert cap.zero_point == -1
+    # (on x86 read as uint8, as onnxruntime runs it: see the int8 chain tests below)
+    assert (cap.zero_point, cap.as_uint8) in {(-1, False), (127, True)}
     (layer,) = analyze(model, x, attach_to=["QuantizeLinear"], parity=False).layers
     assert_states(layer, *packed_counts(q > -1, 1))
 
@@ -280,3 +281,84 @@ def test_float8_and_4_bit_quantized_tensors_are_not_read_as_numbers(elem):
     name = TensorProto.DataType.Name(elem)
     with pytest.raises(InputError, match=rf"tensor 'cq' is {name}.*capture the float tensor"):
         select_captures(model, ["QuantizeLinear"])
+
+
+def int8_chain_model(shared: bool = False):
+    """An int8-activation QDQ chain, scales 1 so every value is an exact integer:
+    x → Q/DQ (zero point -2) → conv1 → Q/DQ (3) → conv2 → Q/DQ (-1) → y. With *shared*,
+    conv1's quantized output also feeds a second DequantizeLinear (an extra output)."""
+    rng = np.random.default_rng(11)
+    w1 = rng.integers(-2, 3, (4, 2, 1, 1)).astype(np.int8)
+    w2 = rng.integers(-2, 3, (3, 4, 1, 1)).astype(np.int8)
+    q = lambda x, s, z, y, name: helper.make_node("QuantizeLinear", [x, s, z], [y], name=name)  # noqa: E731
+    dq = lambda x, s, z, y, name: helper.make_node("DequantizeLinear", [x, s, z], [y], name=name)  # noqa: E731
+    nodes = [
+        q("x", "one", "zx", "xq", "qx"), dq("xq", "one", "zx", "xd", "dqx"),
+        dq("W1", "one", "zw", "w1d", "dqw1"), dq("W2", "one", "zw", "w2d", "dqw2"),
+        helper.make_node("Conv", ["xd", "w1d"], ["c1"], name="conv1"),
+        q("c1", "one", "z1", "c1q", "qc1"), dq("c1q", "one", "z1", "c1d", "dqc1"),
+        helper.make_node("Conv", ["c1d", "w2d"], ["c2"], name="conv2"),
+        q("c2", "one", "z2", "c2q", "qc2"), dq("c2q", "one", "z2", "y", "dqc2"),
+    ]  # fmt: skip
+    outputs = [vi("y", ["N", 3, 3, 3])]
+    if shared:
+        nodes.append(dq("c1q", "one", "z1", "side", "dqside"))
+        outputs.append(vi("side", ["N", 4, 3, 3]))
+    model = make_model(
+        nodes, [vi("x", ["N", 2, 3, 3])], outputs,
+        [("one", np.array(1.0, np.float32)), ("zx", np.array(-2, np.int8)), ("W1", w1),
+         ("W2", w2), ("zw", np.array(0, np.int8)), ("z1", np.array(3, np.int8)),
+         ("z2", np.array(-1, np.int8))],
+        opset=[helper.make_opsetid("", 13)],
+    )  # fmt: skip
+    return model, w1, w2
+
+
+def fused_convs(model, tmp_path) -> int:
+    """QLinearConv nodes in onnxruntime's optimized graph of *model* (CPU, all levels)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(options.optimized_model_filepath)
+    return sum(n.op_type == "QLinearConv" for n in optimized.graph.node)
+
+
+def test_captured_int8_activations_keep_onnxruntimes_int8_kernels(tmp_path):
+    """On x86 onnxruntime runs int8 QDQ activations as uint8 (zero point + 128), which a
+    captured quantized tensor used to prevent: both convs ran in float (0 QLinearConv
+    against 2). The captured pairs are converted as onnxruntime converts them."""
+    model, w1, w2 = int8_chain_model()
+    x = np.random.default_rng(12).integers(-6, 7, (24, 2, 3, 3)).astype(np.float32)
+    xi = np.clip(x.astype(np.int64) - 2, -128, 127) + 2  # quantized and dequantized
+    q1 = np.clip(np.einsum("nchw,oc->nohw", xi, w1[:, :, 0, 0].astype(np.int64)) + 3, -128, 127)
+    c2 = np.einsum("nchw,oc->nohw", q1 - 3, w2[:, :, 0, 0].astype(np.int64))
+    q2 = np.clip(c2 - 1, -128, 127)
+    inst = Instrumented(model, attach_to=["Conv"], quantized=True)
+    assert fused_convs(inst.model, tmp_path) == fused_convs(model, tmp_path) > 0
+    result = analyze(model, x, attach_to=["Conv"], quantized=True)
+    assert result.parity_max_abs_diff == 0.0
+    first, second = result.layers
+    assert_states(first, *packed_counts(q1 > 3, 1))
+    assert_states(second, *packed_counts(q2 > -1, 1))
+    run = inst.run({"x": x[:8]})
+    for c, zp, ref in zip(inst.captures, (3, -1), (q1, q2)):
+        if c.as_uint8:  # x86: read as uint8, both zero points + 128
+            assert (c.elem_type, c.zero_point) == (U8, zp + 128)
+            np.testing.assert_array_equal(run.captured[c.key].astype(np.int64) - 128, ref[:8])
+        else:
+            np.testing.assert_array_equal(run.captured[c.key], ref[:8])
+
+
+def test_an_int8_tensor_that_feeds_two_layers_stays_int8():
+    """onnxruntime converts a pair only while its DequantizeLinear is the one consumer."""
+    model, _, _ = int8_chain_model(shared=True)
+    inst = Instrumented(model, attach_to=["Conv"], quantized=True)
+    first, _ = inst.captures
+    assert not first.as_uint8 and first.elem_type == I8 and first.zero_point == 3
+    x = np.random.default_rng(13).integers(-6, 7, (8, 2, 3, 3)).astype(np.float32)
+    ref = analyze(model, x, attach_to=["Conv"], quantized=True, optimization="disable")
+    got = analyze(model, x, attach_to=["Conv"], quantized=True)
+    for a, b in zip(ref.layers, got.layers):
+        assert a.state_counts.tolist() == b.state_counts.tolist()

@@ -126,6 +126,8 @@ class Capture:
     # Iteration axes in front of the array, one per Loop/Scan on the path: never the samples
     stacked: int = 0
     packed: bool = False  # read as bits packed inside the graph (capture.pack), uint8 bytes
+    # an int8 Q/DQ pair run as uint8, zero points + 128, as onnxruntime runs it (capture.qdq)
+    as_uint8: bool = False
 
     @property
     def kind(self) -> str:

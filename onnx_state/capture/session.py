@@ -32,6 +32,7 @@ from onnx_state.capture.data import (
     resolve_batch_size,
 )
 from onnx_state.capture.index import GraphIndex
+from onnx_state.capture.qdq import converted, converts_int8, run_as_uint8, uint8_captures
 from onnx_state.capture.rewrite import add_outputs, expose_nested
 from onnx_state.capture.select import Capture, Method, select_captures
 from onnx_state.capture.weights import (
@@ -254,6 +255,8 @@ class Instrumented:
         self._base, self.captures = expose_nested(self.original, self.captures)
         self.captures = [replace(c, packed=True) if pack and _packable(c) else c
                          for c in self.captures]  # fmt: skip
+        if converts_int8(providers, optimization):  # keep onnxruntime's int8 fusions
+            self.captures = uint8_captures(self.index, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         _warn_time_major_inputs(self.index, self.specs)
         self.output_names = [o.name for o in self.original.graph.output]
@@ -288,8 +291,8 @@ class Instrumented:
                     f"{self._runnable_path} changed since it was loaded (the session runs the "
                     "model as it was then); build a new Instrumented to use the new file"
                 )
-            return add_outputs(proto, self.captures)
-        return add_outputs(self._base, self.captures)
+            return converted(add_outputs(proto, self.captures), self.captures)
+        return converted(add_outputs(self._base, self.captures), self.captures)
 
     @property
     def session(self) -> Any:
@@ -319,7 +322,10 @@ class Instrumented:
                                 for c in packed]  # fmt: skip
                     base, outs = add_packed_outputs(base, requests)
                     self._packed = {c.read: o for c, o in zip(packed, outs)}
-                with _extra_outputs(base, [c for c in self.captures if not c.packed]):
+                with (
+                    _extra_outputs(base, [c for c in self.captures if not c.packed]),
+                    run_as_uint8(base, self.captures),
+                ):
                     self._session = make_session(
                         base, *self._session_args, config=self.plan.session_config(),
                         weights=weights,
