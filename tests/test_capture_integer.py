@@ -362,3 +362,23 @@ def test_an_int8_tensor_that_feeds_two_layers_stays_int8():
     got = analyze(model, x, attach_to=["Conv"], quantized=True)
     for a, b in zip(ref.layers, got.layers):
         assert a.state_counts.tolist() == b.state_counts.tolist()
+
+
+def test_a_float_capture_of_a_qdq_layer_warns_that_it_stops_the_int8_kernels():
+    model, _, _ = int8_chain_model()
+    with pytest.warns(
+        RuntimeWarning, match=r"2 captured float tensor\(s\).*'conv1'.*quantized=True"
+    ):
+        Instrumented(model, attach_to=["Conv"])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Instrumented(model, attach_to=["Conv"], quantized=True)  # the int8 tensors: no warning
+        Instrumented(make_float_conv_model(), attach_to=["Conv"])  # no QDQ: no warning
+
+
+def make_float_conv_model():
+    w = np.ones((2, 2, 1, 1), np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")]
+    return make_model(nodes, [vi("x", ["N", 2, 3, 3])], [vi("y", ["N", 2, 3, 3])], [("W", w)])

@@ -257,6 +257,8 @@ class Instrumented:
                          for c in self.captures]  # fmt: skip
         if converts_int8(providers, optimization):  # keep onnxruntime's int8 fusions
             self.captures = uint8_captures(self.index, self.captures)
+        if not quantized:
+            _warn_float_qdq(self.index, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         _warn_time_major_inputs(self.index, self.specs)
         self.output_names = [o.name for o in self.original.graph.output]
@@ -611,6 +613,34 @@ def _warn_time_major_inputs(index: GraphIndex, specs: Sequence[InputSpec]) -> No
                     stacklevel=3,
                 )
                 break
+
+
+def _warn_float_qdq(index: GraphIndex, captures: Sequence[Capture]) -> None:
+    """Warn once when captures read the float output of QDQ groups (DequantizeLinear in,
+    QuantizeLinear alone out): onnxruntime fuses such a group into an int8 kernel (Conv into
+    QLinearConv...), which a captured float output prevents."""
+    floats = []
+    for c in captures:
+        if c.path or c.arithmetic != "float":
+            continue
+        users = [index.nodes[i] for i in index.consumers.get(c.read, ())]
+        producer = index.producers.get(c.read)
+        if (
+            producer is not None and len(users) == 1 and users[0].op_type == "QuantizeLinear"
+            and any(getattr(index.producers.get(i), "op_type", "") == "DequantizeLinear"
+                    for i in producer.input)
+        ):  # fmt: skip
+            floats.append(c.layer)
+    if floats:
+        warnings.warn(
+            f"{len(floats)} captured float tensor(s) of QDQ-quantized layers (first: "
+            f"{floats[0]!r}) feed a QuantizeLinear alone; capturing them stops onnxruntime "
+            "fusing those layers into int8 kernels, so the run is slower and its states are "
+            "not the deployed int8 arithmetic: pass quantized=True (--quantized) to read the "
+            "int8 tensors the deployed model computes",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def instrument(
