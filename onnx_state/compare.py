@@ -125,6 +125,25 @@ def match_captures(
     return pairs, left, right
 
 
+def _rows(x: np.ndarray, axis: int, batch: int | None) -> np.ndarray:
+    """*x* with its samples first and its neurons (*axis*) last, the other axes between in
+    their order: so A's and B's states pair up even when one model keeps its samples
+    elsewhere (a time-first Keras LSTM's (T, N, H) against PyTorch's (N, T, H))."""
+    axis %= x.ndim
+    if batch is None or batch == axis:
+        return np.moveaxis(x, axis, -1)
+    return np.moveaxis(x, (batch, axis), (0, -1))
+
+
+def _sample_axis(inst: Instrumented, key: str, x: np.ndarray, samples: int) -> int | None:
+    """The axis of captured *x* that holds the batch's samples; None where no axis does (a
+    layer that mixes them into rows: its rows are then paired as they come)."""
+    try:
+        return inst.batch_axis(key, x, samples)
+    except InputError:
+        return None
+
+
 class _PairStats:
     """Streaming agreement statistics of one matched pair of layers."""
 
@@ -141,11 +160,15 @@ class _PairStats:
         self.counter_a = new_counter(a)
         self.counter_b = new_counter(b)
 
-    def update(self, ta: np.ndarray, tb: np.ndarray) -> None:
+    def update(
+        self, ta: np.ndarray, tb: np.ndarray, batch_a: int | None = None, batch_b: int | None = None
+    ) -> None:
+        """Add one batch: A's and B's captured tensors, whose samples lie along *batch_a*
+        and *batch_b* (None: unknown, the rows are paired in their own order)."""
         if self.refused:
             return
-        xa = np.moveaxis(ta, self.a.axis, -1)
-        xb = np.moveaxis(tb, self.b.axis, -1)
+        xa = _rows(ta, self.a.axis, batch_a)
+        xb = _rows(tb, self.b.axis, batch_b)
         if xa.shape[-1] != xb.shape[-1]:
             self.refused = f"neuron counts differ ({xa.shape[-1]} vs {xb.shape[-1]})"
             return
@@ -385,10 +408,16 @@ def input_adapter(
     specs_a: Sequence[InputSpec], specs_b: Sequence[InputSpec]
 ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
     """Map A's batches to B's inputs: same names, or one input renamed and, when B's sample
-    axes are a permutation of A's (NCHW vs NHWC), transposed."""
+    axes are a permutation of A's (NCHW vs NHWC), transposed (whatever the names: a PyTorch
+    and a Keras export both call their input ``x``)."""
     names_a, names_b = [s.name for s in specs_a], [s.name for s in specs_b]
     if sorted(names_a) == sorted(names_b):
-        return lambda batch: batch
+        sa, sb = specs_a[0], next(s for s in specs_b if s.name == specs_a[0].name)
+        as_is = len(sa.shape) == len(sb.shape) and all(
+            _fits(da, db) for da, db in zip(sa.shape[1:], sb.shape[1:])
+        )
+        if len(specs_a) != 1 or as_is:
+            return lambda batch: batch
     if len(specs_a) != 1 or len(specs_b) != 1:
         raise InputError(
             f"model inputs differ ({', '.join(names_a)} vs {', '.join(names_b)}); give B its "
@@ -673,9 +702,10 @@ def _step(
     except InputError as exc:
         raise InputError(f"model B: {exc}; give B its own data with --data-b") from None
     run_b = inst_b.run(batch_b, run_a.samples)
-    for s in stats:
-        s.update(run_a.captured[s.a.key], run_b.captured[s.b.key])
     n = run_a.samples
+    for s in stats:
+        ta, tb = run_a.captured[s.a.key], run_b.captured[s.b.key]
+        s.update(ta, tb, _sample_axis(inst_a, s.a.key, ta, n), _sample_axis(inst_b, s.b.key, tb, n))
     out_a: np.ndarray | None
     out_b: np.ndarray | None
     if accuracy_a is not None and accuracy_b is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onnx_state.compare import compare
 from onnx_state.errors import InputError, LayerNotFoundError
@@ -164,3 +164,57 @@ def test_a_comparison_reads_back_from_its_json_and_refuses_a_corrupt_one():
         Comparison.from_dict(d)
     with pytest.raises(StoreError, match="schema version"):
         Comparison.from_dict({**c.to_dict(), "schema_version": 9})
+
+
+def sequence_twins():
+    """One dense layer over a sequence: A keeps samples first (N, 5, 4), B runs time-first
+    (5, N, 4), as a Keras LSTM export does, and transposes back for its output."""
+    w = np.random.default_rng(7).standard_normal((3, 4)).astype(np.float32)
+    vi = helper.make_tensor_value_info
+    a = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="dense")],
+        [vi("x", TensorProto.FLOAT, ["N", 5, 3])],
+        [vi("y", TensorProto.FLOAT, ["N", 5, 4])],
+        [("W", w)],
+    )
+    b = make_model(
+        [
+            helper.make_node("Transpose", ["x"], ["xt"], name="time_first", perm=[1, 0, 2]),
+            helper.make_node("MatMul", ["xt", "W"], ["yt"], name="dense"),
+            helper.make_node("Transpose", ["yt"], ["y"], name="samples_first", perm=[1, 0, 2]),
+        ],
+        [vi("x", TensorProto.FLOAT, ["N", 5, 3])],
+        [vi("y", TensorProto.FLOAT, ["N", 5, 4])],
+        [("W", w)],
+    )
+    return a, b, w
+
+
+def test_states_pair_by_sample_when_one_model_keeps_its_samples_elsewhere():
+    """B's (5, N, 4) rows come out step by step, A's sample by sample: paired as they came,
+    the same model agreed 12.5 % on a real torch/Keras LSTM pair."""
+    a, b, w = sequence_twins()
+    x = np.random.default_rng(8).standard_normal((12, 5, 3)).astype(np.float32)
+    c = compare(a, b, x, attach_to=["MatMul"], batch_size=4)
+    (p,) = c.pairs
+    assert p.state_agreement == 1.0 and p.mean_hamming == 0 and p.max_abs_diff == 0
+    # and against a perturbed B: the numpy reference, samples aligned
+    b.graph.initializer[0].CopyFrom(numpy_helper.from_array(-w, "W"))
+    (p,) = compare(a, b, x, attach_to=["MatMul"], batch_size=4).pairs
+    fa = (x @ w > 0).reshape(-1, 4)
+    fb = (x @ -w > 0).reshape(-1, 4)
+    assert p.state_agreement == pytest.approx(np.mean(np.all(fa == fb, axis=1)), abs=1e-15)
+    assert p.mean_hamming == pytest.approx(np.mean(np.sum(fa != fb, axis=1)), abs=1e-12)
+
+
+def test_a_channels_last_twin_with_the_same_input_name_is_transposed_too():
+    """PyTorch and Keras exports both name their input x: the names matched, so B got A's
+    NCHW batches unchanged and was refused."""
+    a, b = nhwc_twin()
+    b.graph.input[0].name = "x"
+    b.graph.node[0].input[0] = "x"
+    b.graph.node[0].output[0] = "x_nchw"
+    for node in b.graph.node[1:]:
+        node.input[:] = ["x_nchw" if i == "x" else i for i in node.input]
+    c = compare(a, b, int_data(20), attach_to=["Conv", "MatMul"])
+    assert [p.state_agreement for p in c.pairs] == [1.0, 1.0]

@@ -636,8 +636,8 @@ def _warn_float_qdq(index: GraphIndex, captures: Sequence[Capture]) -> None:
             f"{len(floats)} captured float tensor(s) of QDQ-quantized layers (first: "
             f"{floats[0]!r}) feed a QuantizeLinear alone; capturing them stops onnxruntime "
             "fusing those layers into int8 kernels, so the run is slower and its states are "
-            "not the deployed int8 arithmetic: pass quantized=True (--quantized) to read the "
-            "int8 tensors the deployed model computes",
+            "not the deployed int8 arithmetic (analyze and audit read the int8 tensors the "
+            "deployed model computes with quantized=True, --quantized)",
             RuntimeWarning,
             stacklevel=3,
         )
