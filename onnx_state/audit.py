@@ -727,6 +727,13 @@ def _check_reference(reference: Analysis, captures: Sequence[Capture]) -> dict[s
         if r.axis != c.axis:
             raise StoreError(f"{c.name} has neuron axis {c.axis} here but {r.axis} in the "
                              "reference")  # fmt: skip
+        plain = c.shape is not None and c.merge_axis is None and not c.path
+        width = c.shape[c.axis] if plain else None  # type: ignore[index]
+        if isinstance(width, int) and width > 0 and r.neurons and width != r.neurons:
+            raise StoreError(
+                f"{c.name} has {width} neurons here but {r.neurons} in the reference; is it "
+                "the same model?"
+            )
     return by_name
 
 
@@ -880,7 +887,8 @@ def audit(
     batch_size, constants, output_batch_axis:
         Batching and constant inputs (as for ``analyze``).
     top_k:
-        k of DeepGauge's top-k neuron coverage.
+        k of DeepGauge's top-k neuron coverage, which ranks neurons by their mean value in
+        the tensor read (post-activation by default; the layer's own with *literal*).
     providers, threads, optimization:
         The onnxruntime session (as for ``analyze``); *threads* also bounds the distance
         kernel's threads.

@@ -334,3 +334,22 @@ def test_gates_and_options_that_could_never_act_are_refused(bundled):
     with pytest.raises(InputError, match="exact novelty has none"):
         audit(model, x[:40], reference=ref, novelty="exact", calibration=x[:20],
               attach_to="Linear")  # fmt: skip
+
+
+def _conv_of_width(width: int):
+    w = np.random.default_rng(width).standard_normal((width, 2, 1, 1)).astype(np.float32)
+    vi = helper.make_tensor_value_info
+    return make_model(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")],
+        [vi("x", TensorProto.FLOAT, ["N", 2, 3, 3])],
+        [vi("y", TensorProto.FLOAT, ["N", width, 3, 3])],
+        [("W", w)],
+    )
+
+
+@pytest.mark.parametrize("novelty", ["hamming", "exact"])
+def test_a_reference_of_another_width_is_refused_naming_both_widths(novelty):
+    x = np.random.default_rng(2).standard_normal((10, 2, 3, 3)).astype(np.float32)
+    ref = onnx_state.analyze(_conv_of_width(12), x, attach_to=["Conv"])
+    with pytest.raises(StoreError, match=r"conv_post_states has 4 neurons here but 12 in the"):
+        audit(_conv_of_width(4), x, reference=ref, attach_to=["Conv"], novelty=novelty)
