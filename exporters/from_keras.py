@@ -72,16 +72,60 @@ def annotate(proto: onnx.ModelProto, model: Any) -> onnx.ModelProto:
     """Write onnx_state layer metadata for a tf2onnx export of Keras *model* (in place)."""
     layers = keras_layers(model)
     layers.pop(model.name, None)
-    for node in proto.graph.node:
+    tagged: dict[int, str] = {}
+    for i, node in enumerate(proto.graph.node):
         name = _layer_of(node.name, layers)
         if name is not None:
-            _set(node, META_LAYER_NAME, name)
-            _set(node, META_LAYER_TYPE, layers[name])
+            tagged[i] = name
+    for i, name in {**tagged, **_enclosed(proto.graph, tagged)}.items():
+        _set(proto.graph.node[i], META_LAYER_NAME, name)
+        _set(proto.graph.node[i], META_LAYER_TYPE, layers[name])
     # Keras inputs are channels-last: their neurons are on the last axis.
     inits = {t.name for t in proto.graph.initializer}
     axes = {i.name: -1 for i in proto.graph.input if i.name not in inits}
     _set(proto, META_INPUT_AXES, json.dumps(axes, sort_keys=True))
     return proto
+
+
+def _enclosed(graph: onnx.GraphProto, tagged: dict[int, str]) -> dict[int, str]:
+    """Layers for the nodes without a scope that lie inside one layer: every tagged node
+    reached from them up and down through other such nodes is of that layer.
+
+    tf2onnx's rewriters name the nodes they make without the Keras scope: a
+    ``Bidirectional(LSTM)`` becomes one fused ``LSTM__115`` between the layer's own
+    Transpose and Concat, with unscoped Slices and Squeezes after it. Left untagged, they cut
+    the layer in three by data flow, and the layer's name landed on its input Transpose.
+    """
+    producers = {o: i for i, n in enumerate(graph.node) for o in n.output if o}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(graph.node):
+        for t in n.input:
+            consumers.setdefault(t, []).append(i)
+
+    def reached(start: int, up: bool) -> set[str]:
+        found: set[str] = set()
+        seen, todo = {start}, [start]
+        while todo:
+            node = graph.node[todo.pop()]
+            if up:
+                nxt = [producers[t] for t in node.input if t in producers]
+            else:
+                nxt = [j for t in node.output for j in consumers.get(t, ())]
+            for j in nxt:
+                if j in tagged:
+                    found.add(tagged[j])
+                elif j not in seen:
+                    seen.add(j)
+                    todo.append(j)
+        return found
+
+    filled = {}
+    for i in range(len(graph.node)):
+        if i not in tagged:
+            above, below = reached(i, up=True), reached(i, up=False)
+            if len(above) == 1 and above == below:
+                filled[i] = next(iter(above))
+    return filled
 
 
 def export(

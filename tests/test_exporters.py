@@ -279,3 +279,28 @@ def test_keras_three_channel_input_and_dense_stack():
     assert [la.name for la in eff.efficiency_layers] == ["d1_post_states", "d2_post_states"]
     h1 = keras.Model(dense.inputs, dense.get_layer("d1").output).predict(xd, verbose=0)
     assert eff.efficiency_layers[0].state_ids() == [r.tobytes() for r in reference_counts(h1, 1)[0]]
+
+
+@pytest.mark.tensorflow
+def test_keras_bidirectional_lstm_is_one_layer_with_both_directions():
+    """tf2onnx fuses the two LSTMs into one node without the Keras scope: it used to cut
+    the layer in three, and the name ``lstm`` landed on its input Transpose (4 neurons)."""
+    import keras
+
+    from exporters.from_keras import export
+
+    inp = keras.Input((5, 4), name="x")
+    h = keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="lstm")(inp)
+    out = keras.layers.Dense(2, name="fc")(keras.layers.Flatten(name="flat")(h))
+    model = keras.Model(inp, out)
+    x = np.random.default_rng(9).standard_normal((30, 5, 4)).astype(np.float32)
+    proto = export(model)
+    layers = [la for la in ts.capture.list_layers(proto) if la.layer_type == "Bidirectional"]
+    assert [la.name for la in layers] == ["lstm"] and "LSTM" in layers[0].op_types
+    (layer,) = ts.analyze(proto, x, attach_to=["Bidirectional"]).layers
+    inner = keras.Model(inp, model.get_layer("lstm").output).predict(x, verbose=0)  # (N, 5, 6)
+    assert layer.neurons == 6 and layer.state_count == 30 * 5
+    ids, counts = reference_counts(inner, -1)
+    assert sorted(layer.counts().tolist()) == sorted(counts.tolist())
+    agree = np.isin(layer.state_bytes(), [r.tobytes() for r in ids])
+    assert agree.mean() >= 0.999
