@@ -135,6 +135,12 @@ def _rows(x: np.ndarray, axis: int, batch: int | None) -> np.ndarray:
     return np.moveaxis(x, (batch, axis), (0, -1))
 
 
+def _values(capture: Capture, x: np.ndarray) -> np.ndarray:
+    """*x* as float64 values of the model's tensor: an int8 tensor that onnxruntime runs as
+    uint8 (``Capture.as_uint8``, capture.qdq) is read back as int8."""
+    return x.astype(np.float64) - 128 if capture.as_uint8 else x.astype(np.float64)
+
+
 def _sample_axis(inst: Instrumented, key: str, x: np.ndarray, samples: int) -> int | None:
     """The axis of captured *x* that holds the batch's samples; None where no axis does (a
     layer that mixes them into rows: its rows are then paired as they come)."""
@@ -183,7 +189,8 @@ class _PairStats:
         self.hamming += int(same.size - np.count_nonzero(same))
         agree = same.sum(axis=0, dtype=np.int64)
         self.neuron_agree = agree if self.neuron_agree is None else self.neuron_agree + agree
-        da, db = xa.astype(np.float64), xb.astype(np.float64)
+        # values as the model defines them: an int8 tensor read as uint8 is shifted back
+        da, db = _values(self.a, xa), _values(self.b, xb)
         diff = np.abs(da - db)
         finite = np.isfinite(diff)
         if finite.any():

@@ -18,7 +18,16 @@ import numpy as np
 from onnx import ModelProto
 
 from onnx_state import metrics
-from onnx_state.capture import METHODS, BatchRun, Instrumented, Method, Side, capture_name
+from onnx_state.capture import (
+    METHODS,
+    BatchRun,
+    Capture,
+    Instrumented,
+    Method,
+    Side,
+    capture_name,
+)
+from onnx_state.capture.session import new_counter
 from onnx_state.count import StateCounter
 from onnx_state.errors import ArgumentError, InputError, LayerNotFoundError, did_you_mean
 from onnx_state.results import StateMetrics
@@ -35,14 +44,20 @@ __all__ = [
 class EfficiencyLayer(StateMetrics):
     """A live capture point: TensorState's StateCapture, backed by a StateCounter."""
 
-    def __init__(self, name: str, axis: int, storage_path: Path | None = None) -> None:
+    def __init__(
+        self, name: str, axis: int, storage_path: Path | None = None, capture: Capture | None = None
+    ) -> None:
         self.name = name
         self.axis = axis
         self._storage = storage_path
+        self._capture = capture  # an ONNX capture: its integer tensors fire iff > zero point
         self._counter = self._new_counter()
 
     def _new_counter(self) -> StateCounter:
-        return StateCounter(record=self._storage if self._storage is not None else False)
+        record = self._storage if self._storage is not None else False
+        if self._capture is not None:
+            return new_counter(self._capture, record=record)
+        return StateCounter(record=record)
 
     def update(self, x: Any) -> None:
         """Count the states of one captured batch."""
@@ -267,7 +282,9 @@ def _onnx_model(
         model, attach_to=attach, exclude=exclude, method=method, neuron_axes=axes, **session
     )
     layers = [
-        EfficiencyLayer(c.name, c.axis, None if storage is None else storage / f"{c.name}.zarr")
+        EfficiencyLayer(
+            c.name, c.axis, None if storage is None else storage / f"{c.name}.zarr", capture=c
+        )
         for c in inst.captures
     ]
     pairs = [(layer, c.key) for layer, c in zip(layers, inst.captures)]

@@ -376,9 +376,75 @@ def test_a_float_capture_of_a_qdq_layer_warns_that_it_stops_the_int8_kernels():
         warnings.simplefilter("error")
         Instrumented(model, attach_to=["Conv"], quantized=True)  # the int8 tensors: no warning
         Instrumented(make_float_conv_model(), attach_to=["Conv"])  # no QDQ: no warning
+    # a layer's input, the DequantizeLinear output, is inside the group too
+    with pytest.warns(RuntimeWarning, match=r"2 captured float tensor\(s\)"):
+        Instrumented(model, attach_to=["Conv"], quantized=True, method="before")
+
+
+def test_an_int8_tensor_that_a_subgraph_also_reads_stays_int8():
+    """A second reader inside an If branch: onnxruntime leaves the pair int8; converting it
+    made the session fail (DequantizeLinear bound to uint8 and int8)."""
+    model, _, _ = int8_chain_model()
+    branch = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["c1q", "one", "z1"], ["t"], name="inner_dq")],
+        "branch", [], [vi("t", ["N", 4, 3, 3])],
+    )  # fmt: skip
+    model.graph.input.append(vi("flag", [], TensorProto.BOOL))
+    model.graph.node.append(
+        helper.make_node("If", ["flag"], ["side"], name="gate", then_branch=branch,
+                         else_branch=branch)
+    )  # fmt: skip
+    model.graph.output.append(vi("side", ["N", 4, 3, 3]))
+    inst = Instrumented(model, attach_to=["Conv"], quantized=True)
+    assert [c.as_uint8 for c in inst.captures] == [False, inst.captures[1].as_uint8]
+    x = np.random.default_rng(14).integers(-6, 7, (8, 2, 3, 3)).astype(np.float32)
+    data = {"x": x}
+    got = analyze(model, data, attach_to=["Conv"], quantized=True, constants={"flag": True})
+    ref = analyze(model, data, attach_to=["Conv"], quantized=True, constants={"flag": True},
+                  optimization="disable")  # fmt: skip
+    for a, b in zip(ref.layers, got.layers):
+        assert a.state_counts.tolist() == b.state_counts.tolist()
+
+
+def test_packed_and_quantized_captures_of_both_sides_together():
+    """capture.pack's nodes read the same tensors: the pairs are looked up, not re-judged
+    (this raised 'no longer convertible')."""
+    model, _, _ = int8_chain_model()
+    x = np.random.default_rng(15).integers(-6, 7, (16, 2, 3, 3)).astype(np.float32)
+    kw = dict(attach_to=["Conv"], quantized=True, method="both")
+    got = analyze(model, x, pack=True, **kw)
+    ref = analyze(model, x, optimization="disable", **kw)
+    assert [la.state_counts.tolist() for la in got.layers] == [
+        la.state_counts.tolist() for la in ref.layers
+    ]
 
 
 def make_float_conv_model():
     w = np.ones((2, 2, 1, 1), np.float32)
     nodes = [helper.make_node("Conv", ["x", "W"], ["y"], name="conv")]
     return make_model(nodes, [vi("x", ["N", 2, 3, 3])], [vi("y", ["N", 2, 3, 3])], [("W", w)])
+
+
+def test_compare_reads_int8_values_back_whatever_onnxruntime_runs_them_as():
+    """A's qc1 pair runs as uint8, B's (read twice) stays int8: the values are the same,
+    but the uint8 reading made max |diff| 128 and cosine 0.38."""
+    from onnx_state.compare import compare
+
+    x = np.random.default_rng(16).integers(-6, 7, (12, 2, 3, 3)).astype(np.float32)
+    a, b = int8_chain_model()[0], int8_chain_model(shared=True)[0]
+    for p in compare(a, b, x, attach_to=["QuantizeLinear"]).pairs:
+        assert (p.state_agreement, p.max_abs_diff, p.cosine) == (1.0, 0.0, pytest.approx(1.0))
+
+
+def test_the_tensorstate_api_counts_quantized_tensors_against_their_zero_point():
+    """EfficiencyLayer counted x > 0: wrong for any nonzero zero point, and for uint8
+    readings (zero point 128) nearly every value fired."""
+    from onnx_state.compat import build_efficiency_model
+
+    model, _, _ = int8_chain_model()
+    x = np.random.default_rng(17).integers(-6, 7, (16, 2, 3, 3)).astype(np.float32)
+    eff = build_efficiency_model(model, attach_to=["Conv"], quantized=True)
+    eff.predict(x, 8)
+    ref = analyze(model, x, attach_to=["Conv"], quantized=True)
+    for mine, theirs in zip(eff.efficiency_layers, ref.layers):
+        assert sorted(mine.counts().tolist()) == sorted(theirs.state_counts.tolist())

@@ -27,8 +27,10 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto
 
+from onnx_state.capture.control import _free_names
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.select import Capture
+from onnx_state.errors import ModelError
 
 __all__ = ["converted", "converts_int8", "run_as_uint8", "uint8_captures"]
 
@@ -66,6 +68,8 @@ def _pair(
     captures add); also the DequantizeLinear read by one node at most (onnxruntime first
     gives each consumer its own, which leaves the pair unconverted)."""
     outputs = index.graph_outputs - exposed
+    if tensor in _subgraph_reads(index):  # an If/Loop body reads it too: a second consumer
+        return None
     q = index.producers.get(tensor)
     if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx"):
         return None
@@ -83,6 +87,16 @@ def _pair(
     if zp_q is None or zp_q != zp_dq:
         return None
     return q, dq
+
+
+def _subgraph_reads(index: GraphIndex) -> set[str]:
+    """Main-graph names that the If/Loop/Scan bodies of *index*'s model read."""
+    reads: set[str] = set()
+    for node in index.nodes:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                reads |= _free_names(sub)
+    return reads
 
 
 def uint8_captures(index: GraphIndex, captures: Sequence[Capture]) -> list[Capture]:
@@ -104,26 +118,43 @@ def _convert(model: ModelProto, captures: Sequence[Capture]) -> Callable[[], Non
     """Convert the pairs of *captures* marked ``as_uint8`` in *model*, in place; returns
     the function that puts *model* back exactly as it was."""
     wanted = {c.read for c in captures if c.as_uint8}
-    exposed = frozenset(c.read for c in captures)
     if not wanted:
         return lambda: None
     graph = model.graph
-    index = GraphIndex(model, info={})
-    made: dict[str, str] = {}  # int8 zero point -> its uint8 initializer
-    edits: list[tuple[NodeProto, int, str]] = []
-    types: list[tuple[onnx.ValueInfoProto, int]] = []
-    added = 0
+    # The pairs were judged on the model as loaded; this copy may carry nodes added since
+    # (capture.pack's, reading the same tensors), so here they are only looked up.
+    producers = {o: n for n in graph.node for o in n.output if o}
+    pairs = []
     for tensor in sorted(wanted):
-        pair = _pair(index, tensor, exposed)
-        if pair is None:  # decided on this same graph: cannot happen unless it changed
-            raise AssertionError(f"the QDQ pair of {tensor!r} is no longer convertible")
-        q, dq = pair
+        q = producers.get(tensor)
+        dq = next((n for n in graph.node if n.op_type == "DequantizeLinear"
+                   and n.input and n.input[0] == tensor), None)  # fmt: skip
+        if q is None or dq is None:
+            raise ModelError(f"the quantizing pair of captured tensor {tensor!r} is missing")
+        pairs.append((tensor, q, dq))
+    taken = set(producers) | {t.name for t in graph.initializer} | {i.name for i in graph.input}
+    zero_points = {t.name: t for t in graph.initializer}
+    constant = {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.output
+                for a in n.attribute if a.name == "value"}  # fmt: skip
+    made: dict[str, str] = {}  # int8 zero point -> its uint8 initializer
+    new_inits = []
+    for _, q, _ in pairs:
         zp = q.input[2]
         if zp not in made:
-            value = np.array(int(index.constant_array(zp).reshape(-1)[0]) + 128, np.uint8)
-            made[zp] = _fresh(index, f"{zp}_uint8")
-            graph.initializer.append(onnx.numpy_helper.from_array(value, made[zp]))
-            added += 1
+            proto = zero_points[zp] if zp in zero_points else constant.get(zp)
+            if proto is None:
+                raise ModelError(f"the zero point {zp!r} of a captured int8 tensor is missing")
+            value = int(onnx.numpy_helper.to_array(proto).reshape(-1)[0]) + 128
+            made[zp] = _fresh(taken, f"{zp}_uint8")
+            taken.add(made[zp])
+            new_inits.append(onnx.numpy_helper.from_array(np.array(value, np.uint8), made[zp]))
+    # all looked up: the edits below cannot fail half-way
+    edits: list[tuple[NodeProto, int, str]] = []
+    types: list[tuple[onnx.ValueInfoProto, int]] = []
+    graph.initializer.extend(new_inits)
+    added = len(new_inits)
+    for tensor, q, dq in pairs:
+        zp = q.input[2]  # (the DequantizeLinear's has the same value, or no pair was chosen)
         for node in (q, dq):
             edits.append((node, 2, node.input[2]))
             node.input[2] = made[zp]
@@ -142,10 +173,8 @@ def _convert(model: ModelProto, captures: Sequence[Capture]) -> Callable[[], Non
     return undo
 
 
-def _fresh(index: GraphIndex, name: str) -> str:
-    """*name*, or *name* with a number, not yet used in the graph."""
-    taken = set(index.producers) | set(index.consumers) | index.constants
-    taken.update(i.name for i in index.model.graph.input)
+def _fresh(taken: set[str], name: str) -> str:
+    """*name*, or *name* with a number, not in *taken*."""
     candidate, k = name, 1
     while candidate in taken:
         candidate, k = f"{name}_{k}", k + 1

@@ -257,8 +257,7 @@ class Instrumented:
                          for c in self.captures]  # fmt: skip
         if converts_int8(providers, optimization):  # keep onnxruntime's int8 fusions
             self.captures = uint8_captures(self.index, self.captures)
-        if not quantized:
-            _warn_float_qdq(self.index, self.captures)
+        _warn_float_qdq(self.index, self.captures)
         self.specs: list[InputSpec] = input_specs(self.original)
         _warn_time_major_inputs(self.index, self.specs)
         self.output_names = [o.name for o in self.original.graph.output]
@@ -616,20 +615,30 @@ def _warn_time_major_inputs(index: GraphIndex, specs: Sequence[InputSpec]) -> No
 
 
 def _warn_float_qdq(index: GraphIndex, captures: Sequence[Capture]) -> None:
-    """Warn once when captures read the float output of QDQ groups (DequantizeLinear in,
-    QuantizeLinear alone out): onnxruntime fuses such a group into an int8 kernel (Conv into
-    QLinearConv...), which a captured float output prevents."""
+    """Warn once when captures read float tensors inside QDQ groups, which onnxruntime
+    fuses into int8 kernels (Conv into QLinearConv...) unless a tensor inside is a graph
+    output: a DequantizeLinear's output (``before`` a layer), or a layer's output (through a
+    Relu/Clip it reads) that a QuantizeLinear alone consumes."""
+
+    def dequantized(name: str) -> bool:
+        node = index.producers.get(name)
+        return (
+            node is not None
+            and node.op_type == "DequantizeLinear"
+            and bool(node.input and node.input[0] not in index.constants)
+        )
+
     floats = []
     for c in captures:
         if c.path or c.arithmetic != "float":
             continue
         users = [index.nodes[i] for i in index.consumers.get(c.read, ())]
         producer = index.producers.get(c.read)
-        if (
-            producer is not None and len(users) == 1 and users[0].op_type == "QuantizeLinear"
-            and any(getattr(index.producers.get(i), "op_type", "") == "DequantizeLinear"
-                    for i in producer.input)
-        ):  # fmt: skip
+        if producer is not None and producer.op_type in ("Relu", "Clip") and producer.input:
+            producer = index.producers.get(producer.input[0])  # a Relu fused into the group
+        quantized_out = len(users) == 1 and users[0].op_type == "QuantizeLinear"
+        in_group = producer is not None and any(dequantized(i) for i in producer.input)
+        if dequantized(c.read) or (quantized_out and in_group):
             floats.append(c.layer)
     if floats:
         warnings.warn(
@@ -637,7 +646,7 @@ def _warn_float_qdq(index: GraphIndex, captures: Sequence[Capture]) -> None:
             f"{floats[0]!r}) feed a QuantizeLinear alone; capturing them stops onnxruntime "
             "fusing those layers into int8 kernels, so the run is slower and its states are "
             "not the deployed int8 arithmetic (analyze and audit read the int8 tensors the "
-            "deployed model computes with quantized=True, --quantized)",
+            "deployed model computes at the layers' outputs with quantized=True, --quantized)",
             RuntimeWarning,
             stacklevel=3,
         )
