@@ -52,6 +52,7 @@ __all__ = [
     "NestedTensor",
     "Path",
     "expose",
+    "free_names",
     "nested_nodes",
     "node_labels",
     "subgraph_model",
@@ -332,7 +333,7 @@ def _locate(
 
 
 # -- a subgraph on its own --------------------------------------------------------------------
-def _free_names(graph: GraphProto) -> set[str]:
+def free_names(graph: GraphProto) -> set[str]:
     """Names *graph* (and the subgraphs inside it) uses from an enclosing scope."""
     defined = {v.name for v in graph.input} | {t.name for t in graph.initializer}
     defined.update(o for n in graph.node for o in n.output)
@@ -340,7 +341,7 @@ def _free_names(graph: GraphProto) -> set[str]:
     for node in graph.node:
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                used |= _free_names(sub)
+                used |= free_names(sub)
     return used - defined
 
 
@@ -390,7 +391,7 @@ def subgraph_model(model: ModelProto, path: Path) -> ModelProto:
     for node, attr_name in zip(place.owners[:-1], path[1::2][:-1], strict=True):
         enclosing.append(next(a.g for a in node.attribute if a.name == attr_name))
     constants = _scope_constants(enclosing)
-    for name in sorted(_free_names(place.graph)):
+    for name in sorted(free_names(place.graph)):
         if name in constants:
             tensor = graph.initializer.add()
             tensor.CopyFrom(constants[name])

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto
 
-from onnx_state.capture.control import _free_names
+from onnx_state.capture.control import free_names
 from onnx_state.capture.index import GraphIndex
 from onnx_state.capture.select import Capture
 from onnx_state.errors import ModelError
@@ -58,23 +58,20 @@ def _int8_scalar(index: GraphIndex, name: str) -> int | None:
     return int(value.reshape(-1)[0])
 
 
-def _pair(
-    index: GraphIndex, tensor: str, exposed: frozenset[str] = frozenset()
-) -> tuple[NodeProto, NodeProto] | None:
+def _pair(index: GraphIndex, tensor: str, nested: set[str]) -> tuple[NodeProto, NodeProto] | None:
     """The (QuantizeLinear, DequantizeLinear) pair that produces and reads *tensor*, when
     onnxruntime would convert it: as its transformer requires, three inputs each, the
-    DequantizeLinear the only consumer, equal constant int8 scalar zero points, and neither
-    QuantizeLinear's output not a graph output of the model (*exposed*: the outputs the
-    captures add); also the DequantizeLinear read by one node at most (onnxruntime first
-    gives each consumer its own, which leaves the pair unconverted)."""
-    outputs = index.graph_outputs - exposed
-    if tensor in _subgraph_reads(index):  # an If/Loop body reads it too: a second consumer
-        return None
+    DequantizeLinear the only consumer (no If/Loop body among *nested*, the names those
+    read, reads it either), equal constant int8 scalar zero points, and the QuantizeLinear's
+    output not a graph output; also the DequantizeLinear read by one node at most
+    (onnxruntime first gives each consumer its own, which leaves the pair unconverted)."""
     q = index.producers.get(tensor)
     if q is None or q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx"):
         return None
+    if any(a.name == "output_dtype" and a.i for a in q.attribute):  # (opset 21) a type to keep
+        return None
     readers = [index.nodes[i] for i in sorted(index.consumers.get(tensor, ()))]
-    if len(readers) != 1 or tensor in outputs:
+    if len(readers) != 1 or tensor in index.graph_outputs or tensor in nested:
         return None
     dq = readers[0]
     if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
@@ -95,18 +92,19 @@ def _subgraph_reads(index: GraphIndex) -> set[str]:
     for node in index.nodes:
         for attr in node.attribute:
             for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
-                reads |= _free_names(sub)
+                reads |= free_names(sub)
     return reads
 
 
 def uint8_captures(index: GraphIndex, captures: Sequence[Capture]) -> list[Capture]:
     """*captures*, with each quantized one whose int8 pair onnxruntime would convert read
     as uint8 (``Capture.as_uint8``, zero point + 128)."""
+    nested = _subgraph_reads(index)
     out = []
     for c in captures:
         if (
             c.arithmetic == "quantized" and not c.path and c.elem_type == onnx.TensorProto.INT8
-            and isinstance(c.zero_point, int) and _pair(index, c.read) is not None
+            and isinstance(c.zero_point, int) and _pair(index, c.read, nested) is not None
         ):  # fmt: skip
             c = replace(c, elem_type=onnx.TensorProto.UINT8, zero_point=c.zero_point + 128,
                         as_uint8=True)  # fmt: skip
@@ -117,46 +115,42 @@ def uint8_captures(index: GraphIndex, captures: Sequence[Capture]) -> list[Captu
 def _convert(model: ModelProto, captures: Sequence[Capture]) -> Callable[[], None]:
     """Convert the pairs of *captures* marked ``as_uint8`` in *model*, in place; returns
     the function that puts *model* back exactly as it was."""
-    wanted = {c.read for c in captures if c.as_uint8}
+    wanted = sorted({c.read for c in captures if c.as_uint8})
     if not wanted:
         return lambda: None
     graph = model.graph
     # The pairs were judged on the model as loaded; this copy may carry nodes added since
     # (capture.pack's, reading the same tensors), so here they are only looked up.
-    producers = {o: n for n in graph.node for o in n.output if o}
+    index = GraphIndex(model, info={})
     pairs = []
-    for tensor in sorted(wanted):
-        q = producers.get(tensor)
-        dq = next((n for n in graph.node if n.op_type == "DequantizeLinear"
-                   and n.input and n.input[0] == tensor), None)  # fmt: skip
+    for tensor in wanted:
+        dq = next((index.nodes[i] for i in sorted(index.consumers.get(tensor, ()))
+                   if index.nodes[i].op_type == "DequantizeLinear"), None)  # fmt: skip
+        q = index.producers.get(tensor)
         if q is None or dq is None:
             raise ModelError(f"the quantizing pair of captured tensor {tensor!r} is missing")
         pairs.append((tensor, q, dq))
-    taken = set(producers) | {t.name for t in graph.initializer} | {i.name for i in graph.input}
-    zero_points = {t.name: t for t in graph.initializer}
-    constant = {n.output[0]: a.t for n in graph.node if n.op_type == "Constant" and n.output
-                for a in n.attribute if a.name == "value"}  # fmt: skip
+    taken = set(index.producers) | index.constants | {i.name for i in graph.input}
     made: dict[str, str] = {}  # int8 zero point -> its uint8 initializer
     new_inits = []
     for _, q, _ in pairs:
         zp = q.input[2]
         if zp not in made:
-            proto = zero_points[zp] if zp in zero_points else constant.get(zp)
-            if proto is None:
+            value = index.constant_array(zp)
+            if value is None:
                 raise ModelError(f"the zero point {zp!r} of a captured int8 tensor is missing")
-            value = int(onnx.numpy_helper.to_array(proto).reshape(-1)[0]) + 128
             made[zp] = _fresh(taken, f"{zp}_uint8")
             taken.add(made[zp])
-            new_inits.append(onnx.numpy_helper.from_array(np.array(value, np.uint8), made[zp]))
+            shifted = np.array(int(value.reshape(-1)[0]) + 128, np.uint8)
+            new_inits.append(onnx.numpy_helper.from_array(shifted, made[zp]))
     # all looked up: the edits below cannot fail half-way
-    edits: list[tuple[NodeProto, int, str]] = []
+    edits: list[tuple[NodeProto, str]] = []
     types: list[tuple[onnx.ValueInfoProto, int]] = []
     graph.initializer.extend(new_inits)
-    added = len(new_inits)
     for tensor, q, dq in pairs:
         zp = q.input[2]  # (the DequantizeLinear's has the same value, or no pair was chosen)
         for node in (q, dq):
-            edits.append((node, 2, node.input[2]))
+            edits.append((node, node.input[2]))
             node.input[2] = made[zp]
         for vi in graph.value_info:
             if vi.name == tensor and vi.type.HasField("tensor_type"):
@@ -164,11 +158,11 @@ def _convert(model: ModelProto, captures: Sequence[Capture]) -> Callable[[], Non
                 vi.type.tensor_type.elem_type = onnx.TensorProto.UINT8
 
     def undo() -> None:
-        for node, k, name in edits:
-            node.input[k] = name
+        for node, name in edits:
+            node.input[2] = name
         for vi, elem_type in types:
             vi.type.tensor_type.elem_type = elem_type
-        del graph.initializer[len(graph.initializer) - added :]
+        del graph.initializer[len(graph.initializer) - len(new_inits) :]
 
     return undo
 
