@@ -643,7 +643,7 @@ def _warn_float_qdq(index: GraphIndex, captures: Sequence[Capture]) -> None:
     if floats:
         warnings.warn(
             f"{len(floats)} captured float tensor(s) of QDQ-quantized layers (first: "
-            f"{floats[0]!r}) feed a QuantizeLinear alone; capturing them stops onnxruntime "
+            f"{floats[0]!r}) lie inside int8 QDQ groups; capturing them stops onnxruntime "
             "fusing those layers into int8 kernels, so the run is slower and its states are "
             "not the deployed int8 arithmetic (analyze and audit read the int8 tensors the "
             "deployed model computes at the layers' outputs with quantized=True, --quantized)",
